@@ -1,0 +1,16 @@
+//! Database migrations, run at start-up and by `chat-server migrate`.
+//!
+//! A landed migration is history: never edit one, add a new one.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_initial::Migration)]
+    }
+}

@@ -1,0 +1,53 @@
+//! `/api/admin/*`: user administration, for the `admin` role only.
+
+use poem_openapi::{param::Path, payload::Json, OpenApi};
+use uuid::Uuid;
+
+use super::error::ApiResult;
+use super::json::JsonBody;
+use super::models::{UpdateUserRequest, User};
+use super::security::BearerAuth;
+use super::state::AppState;
+use super::Tags;
+use crate::domain::types::Role;
+use crate::store::UserPatch;
+
+pub struct AdminApi {
+    pub state: AppState,
+}
+
+#[OpenApi(prefix_path = "/admin", tag = "Tags::Admin")]
+impl AdminApi {
+    /// List all users
+    #[oai(path = "/users", method = "get")]
+    async fn list_users(&self, auth: BearerAuth) -> ApiResult<Json<Vec<User>>> {
+        auth.require(Role::Admin)?;
+        let users = self.state.auth.list_users().await?;
+        Ok(Json(users.into_iter().map(User::from).collect()))
+    }
+
+    /// Change a user's role or disable them
+    ///
+    /// A disabled user's tokens stop working on their next request. Admins cannot disable
+    /// or demote themselves.
+    #[oai(path = "/users/:id", method = "patch")]
+    async fn update_user(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        body: JsonBody<UpdateUserRequest>,
+    ) -> ApiResult<Json<User>> {
+        let admin = auth.require(Role::Admin)?;
+        let patch = UserPatch {
+            role: body.0.role.map(Into::into),
+            disabled: body.0.disabled,
+        };
+        Ok(Json(
+            self.state
+                .auth
+                .update_user(admin, id.0, patch)
+                .await?
+                .into(),
+        ))
+    }
+}

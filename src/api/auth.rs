@@ -1,0 +1,89 @@
+//! `/api/auth/*`: register, login, refresh, logout, me.
+
+use poem_openapi::{payload::Json, ApiResponse, OpenApi};
+
+use super::error::ApiResult;
+use super::json::JsonBody;
+use super::models::{AuthTokens, LoginRequest, RefreshRequest, RegisterRequest, User};
+use super::security::BearerAuth;
+use super::state::AppState;
+use super::Tags;
+
+pub struct AuthApi {
+    pub state: AppState,
+}
+
+#[derive(ApiResponse)]
+pub enum Registered {
+    /// The account exists and is signed in. The first account on a server is `admin`.
+    #[oai(status = 201)]
+    Created(Json<AuthTokens>),
+}
+
+#[derive(ApiResponse)]
+pub enum LoggedOut {
+    /// The refresh token no longer works.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+#[OpenApi(prefix_path = "/auth", tag = "Tags::Auth")]
+impl AuthApi {
+    /// Create an account
+    ///
+    /// 409 `CONFLICT` if the e-mail is taken; 400 for a bad e-mail or a password under 8
+    /// characters; 403 when registration is closed (`ALLOW_REGISTRATION=false`).
+    #[oai(path = "/register", method = "post")]
+    async fn register(&self, body: JsonBody<RegisterRequest>) -> ApiResult<Registered> {
+        let r = body.0;
+        let session = self
+            .state
+            .auth
+            .register(&r.email, r.password, r.display_name)
+            .await?;
+        Ok(Registered::Created(Json(session.into())))
+    }
+
+    /// Sign in
+    ///
+    /// An unknown e-mail and a wrong password get the same 401.
+    #[oai(path = "/login", method = "post")]
+    async fn login(&self, body: JsonBody<LoginRequest>) -> ApiResult<Json<AuthTokens>> {
+        let session = self
+            .state
+            .auth
+            .login(&body.0.email, body.0.password)
+            .await?;
+        Ok(Json(session.into()))
+    }
+
+    /// Exchange a refresh token for new tokens
+    ///
+    /// The presented token is spent. Presenting a spent token again is 401 and revokes every
+    /// token issued from the same sign-in.
+    #[oai(path = "/refresh", method = "post")]
+    async fn refresh(&self, body: JsonBody<RefreshRequest>) -> ApiResult<Json<AuthTokens>> {
+        let session = self.state.auth.refresh(&body.0.refresh_token).await?;
+        Ok(Json(session.into()))
+    }
+
+    /// Sign out: revoke a refresh token
+    #[oai(path = "/logout", method = "post")]
+    async fn logout(
+        &self,
+        auth: BearerAuth,
+        body: JsonBody<RefreshRequest>,
+    ) -> ApiResult<LoggedOut> {
+        self.state
+            .auth
+            .logout(auth.user(), &body.0.refresh_token)
+            .await?;
+        Ok(LoggedOut::NoContent)
+    }
+
+    /// The signed-in user
+    #[oai(path = "/me", method = "get")]
+    async fn me(&self, auth: BearerAuth) -> ApiResult<Json<User>> {
+        Ok(Json(self.state.auth.me(auth.user()).await?.into()))
+    }
+}

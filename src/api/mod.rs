@@ -1,0 +1,75 @@
+//! The HTTP layer: poem-openapi operations, grouped by resource, sharing one error type and
+//! one error renderer. Handlers parse, call one service method and shape the answer.
+
+pub mod admin;
+pub mod auth;
+pub mod conversations;
+pub mod error;
+pub mod health;
+pub mod json;
+pub mod models;
+pub mod security;
+pub mod state;
+
+use poem::{Endpoint, EndpointExt, Route};
+use poem_openapi::OpenApiService;
+
+pub use state::AppState;
+
+#[derive(poem_openapi::Tags)]
+pub enum Tags {
+    /// Liveness and database health
+    Health,
+    /// Accounts and tokens
+    Auth,
+    /// User administration (admin role)
+    Admin,
+    /// Conversations, messages and the event log
+    Conversations,
+}
+
+type Apis = (
+    health::HealthApi,
+    auth::AuthApi,
+    admin::AdminApi,
+    conversations::ConversationsApi,
+);
+
+fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
+    let apis = (
+        health::HealthApi {
+            state: state.clone(),
+        },
+        auth::AuthApi {
+            state: state.clone(),
+        },
+        admin::AdminApi {
+            state: state.clone(),
+        },
+        conversations::ConversationsApi { state },
+    );
+    OpenApiService::new(apis, "Chat Server API", env!("CARGO_PKG_VERSION"))
+        .description(
+            "A persistent, multi-user AI chat backend. Errors always have the body \
+             `{\"message\", \"code\"}`. Conversations are projections of an append-only event log.",
+        )
+        .url_prefix("/api")
+}
+
+/// The generated OpenAPI document, as served at `/api/openapi.json`.
+pub fn spec_json(state: AppState) -> String {
+    openapi_service(state).spec()
+}
+
+/// All routes, with the error renderer around them.
+pub fn routes(state: AppState) -> impl Endpoint {
+    let api = openapi_service(state.clone());
+    let spec = api.spec_endpoint();
+    let docs = api.swagger_ui();
+    Route::new()
+        .at("/api/openapi.json", spec)
+        .nest("/api", api)
+        .nest("/docs", docs)
+        .data(state)
+        .catch_all_error(error::render_error)
+}

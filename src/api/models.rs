@@ -1,0 +1,317 @@
+//! The JSON shapes of the API (camelCase, as the contract fixes them), and their
+//! conversions from domain records. Request types also derive `Deserialize` for
+//! [`super::json::JsonBody`].
+
+use chrono::{DateTime, Utc};
+use poem_openapi::{Enum, Object};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::domain::events::RecordedEvent;
+use crate::domain::projection::{ConversationRecord, MessageRecord};
+use crate::domain::types;
+use crate::domain::users::UserRecord;
+use crate::service::auth::Session;
+use crate::service::conversations::ConversationView;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Admin,
+}
+
+impl From<types::Role> for Role {
+    fn from(role: types::Role) -> Self {
+        match role {
+            types::Role::User => Self::User,
+            types::Role::Admin => Self::Admin,
+        }
+    }
+}
+
+impl From<Role> for types::Role {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::User => Self::User,
+            Role::Admin => Self::Admin,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum MessageRole {
+    User,
+    Assistant,
+    System,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum MessageStatus {
+    Complete,
+    Streaming,
+    Cancelled,
+    Failed,
+    Interrupted,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: Option<String>,
+    pub role: Role,
+    /// A disabled account cannot log in, and its tokens stop working at once.
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UserRecord> for User {
+    fn from(u: UserRecord) -> Self {
+        Self {
+            id: u.id,
+            email: u.email,
+            display_name: u.display_name,
+            role: u.role.into(),
+            disabled: u.disabled,
+            created_at: u.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct AuthTokens {
+    pub user: User,
+    /// Short-lived JWT for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Long-lived JWT for `POST /api/auth/refresh`; single use (rotated on refresh).
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+impl From<Session> for AuthTokens {
+    fn from(s: Session) -> Self {
+        Self {
+            user: s.user.into(),
+            access_token: s.access_token,
+            refresh_token: s.refresh_token,
+            token_type: "Bearer".into(),
+            expires_in: s.expires_in,
+        }
+    }
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct RegisterRequest {
+    pub email: String,
+    /// At least 8 characters.
+    pub password: String,
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateUserRequest {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+}
+
+/// Fields of a new conversation; all optional.
+#[derive(Debug, Default, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct ConversationInput {
+    /// Defaults to "New conversation"; at most 200 characters.
+    pub title: Option<String>,
+    /// Sent to the model before the messages. On update, `""` clears it.
+    pub system_prompt: Option<String>,
+    /// The model to use; `null` means the server's default. On update, `""` resets it.
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct EditMessageRequest {
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ConversationSummary {
+    pub id: Uuid,
+    pub title: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub message_count: i64,
+    pub last_seq: i64,
+}
+
+impl From<ConversationRecord> for ConversationSummary {
+    fn from(c: ConversationRecord) -> Self {
+        Self {
+            id: c.id,
+            title: c.title,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            message_count: c.message_count,
+            last_seq: c.last_seq,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Conversation {
+    pub id: Uuid,
+    pub title: String,
+    pub system_prompt: Option<String>,
+    /// `null` means the server's default model.
+    pub model: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// The `seq` of the conversation's latest event.
+    pub last_seq: i64,
+    pub messages: Vec<Message>,
+}
+
+impl From<ConversationView> for Conversation {
+    fn from(v: ConversationView) -> Self {
+        let c = v.conversation;
+        Self {
+            id: c.id,
+            title: c.title,
+            system_prompt: c.system_prompt,
+            model: c.model,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            last_seq: c.last_seq,
+            messages: v.messages.into_iter().map(Message::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}
+
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Message {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    pub role: MessageRole,
+    pub content: String,
+    pub status: MessageStatus,
+    /// When the message was created.
+    pub timestamp: DateTime<Utc>,
+    /// The model that wrote an assistant message.
+    #[oai(skip_serializing_if_is_none)]
+    pub model: Option<String>,
+    /// Token counts, when the provider reported them.
+    #[oai(skip_serializing_if_is_none)]
+    pub usage: Option<Usage>,
+}
+
+impl From<MessageRecord> for Message {
+    fn from(m: MessageRecord) -> Self {
+        Self {
+            id: m.id,
+            conversation_id: m.conversation_id,
+            role: match m.role {
+                types::MessageRole::User => MessageRole::User,
+                types::MessageRole::Assistant => MessageRole::Assistant,
+                types::MessageRole::System => MessageRole::System,
+            },
+            content: m.content,
+            status: match m.status {
+                types::MessageStatus::Complete => MessageStatus::Complete,
+                types::MessageStatus::Streaming => MessageStatus::Streaming,
+                types::MessageStatus::Cancelled => MessageStatus::Cancelled,
+                types::MessageStatus::Failed => MessageStatus::Failed,
+                types::MessageStatus::Interrupted => MessageStatus::Interrupted,
+            },
+            timestamp: m.created_at,
+            model: m.model,
+            usage: m.usage.map(|u| Usage {
+                prompt_tokens: u.prompt_tokens,
+                completion_tokens: u.completion_tokens,
+            }),
+        }
+    }
+}
+
+/// One entry of a conversation's append-only log.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Event {
+    /// Position in the conversation's log: from 1, without gaps.
+    pub seq: i64,
+    /// `conversation_created`, `conversation_updated`, `conversation_deleted`, `message_added`,
+    /// `message_edited`, `message_deleted`, `stream_started` or `stream_completed`.
+    #[oai(rename = "type")]
+    pub event_type: String,
+    /// The event's fields (camelCase), by type.
+    pub data: serde_json::Value,
+    /// The user who caused it; `null` for the server itself (e.g. marking an interrupted stream).
+    pub actor_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<RecordedEvent> for Event {
+    fn from(e: RecordedEvent) -> Self {
+        Self {
+            seq: e.seq,
+            event_type: e.event.type_name().to_string(),
+            data: e.event.data(),
+            actor_id: e.actor_id,
+            created_at: e.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct MessageResponse {
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct Health {
+    /// `OK`, or `DEGRADED` when the database does not answer.
+    pub status: String,
+    pub timestamp: DateTime<Utc>,
+    pub version: String,
+    /// Seconds since the server started.
+    pub uptime: f64,
+    /// `ok` or `unavailable`.
+    pub database: String,
+}

@@ -1,0 +1,324 @@
+//! Typed configuration, loaded once at start-up from the environment (and `.env`).
+//!
+//! Everything the server reads from its environment goes through [`Config::from_lookup`], so
+//! tests build a configuration from a map without touching the process environment.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context};
+
+/// A value that must never reach a log: `Debug` prints a placeholder.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The shortest JWT secret accepted in production: HS256 wants at least 256 bits of key.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub app_env: AppEnv,
+    pub host: String,
+    pub port: u16,
+    pub database_url: String,
+    /// Where the development JWT secret (and the default SQLite file) live.
+    pub data_dir: PathBuf,
+    pub jwt: JwtConfig,
+    pub openai: OpenAiConfig,
+    pub cors_origins: Vec<String>,
+    pub allow_registration: bool,
+    pub stream_checkpoint: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Debug)]
+pub struct JwtConfig {
+    pub secret: Secret,
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct OpenAiConfig {
+    pub api_key: Option<Secret>,
+    pub base_url: Option<String>,
+    pub model: String,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/chat.db?mode=rwc";
+pub const JWT_ISSUER: &str = "chat-server";
+pub const JWT_AUDIENCE: &str = "chat-server";
+const SECRET_FILE: &str = "jwt_secret";
+
+impl Config {
+    /// Reads `.env` if present, then the process environment.
+    pub fn from_env() -> anyhow::Result<Self> {
+        // A missing .env is normal; a malformed one is worth stopping for.
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(e).context("reading .env"),
+        }
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Builds the configuration from any key lookup (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+
+        let app_env = match get("APP_ENV")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("development") | Some("dev") | Some("test") => AppEnv::Development,
+            Some("production") | Some("prod") => AppEnv::Production,
+            Some(other) => bail!("APP_ENV must be `development` or `production`, not `{other}`"),
+        };
+        let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        let data_dir = get("DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(|| sqlite_parent_dir(&database_url))
+            .unwrap_or_else(|| PathBuf::from("data"));
+        let port = match get("PORT") {
+            Some(p) => p
+                .parse()
+                .with_context(|| format!("PORT must be a port number, not `{p}`"))?,
+            None => 5001,
+        };
+        let secret = resolve_jwt_secret(app_env, get("JWT_SECRET"), &data_dir)?;
+        let cors_origins = get("CORS_ORIGINS")
+            .unwrap_or_else(|| "http://localhost:8081".into())
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_string())
+            .filter(|o| !o.is_empty())
+            .collect();
+        let stream_checkpoint_ms: u64 = parse_or(&get, "STREAM_CHECKPOINT_MS", 1000)?;
+
+        Ok(Self {
+            app_env,
+            host: get("HOST").unwrap_or_else(|| "127.0.0.1".into()),
+            port,
+            database_url,
+            data_dir,
+            jwt: JwtConfig {
+                secret,
+                issuer: JWT_ISSUER.into(),
+                audience: JWT_AUDIENCE.into(),
+                access_ttl: Duration::from_secs(parse_or(&get, "ACCESS_TOKEN_TTL_SECS", 15 * 60)?),
+                refresh_ttl: Duration::from_secs(parse_or(
+                    &get,
+                    "REFRESH_TOKEN_TTL_SECS",
+                    30 * 24 * 3600,
+                )?),
+            },
+            openai: OpenAiConfig {
+                api_key: get("OPENAI_API_KEY").map(Secret::new),
+                base_url: get("OPENAI_BASE_URL"),
+                model: get("OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
+            },
+            cors_origins,
+            allow_registration: parse_bool(get("ALLOW_REGISTRATION"), "ALLOW_REGISTRATION", true)?,
+            stream_checkpoint: Duration::from_millis(stream_checkpoint_ms),
+            log_format: match get("LOG_FORMAT").as_deref() {
+                Some("json") => LogFormat::Json,
+                None | Some("pretty") | Some("text") => LogFormat::Pretty,
+                Some(other) => bail!("LOG_FORMAT must be `pretty` or `json`, not `{other}`"),
+            },
+        })
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+}
+
+fn parse_or<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+) -> anyhow::Result<T> {
+    match get(key) {
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{key} must be a number, not `{v}`")),
+        None => Ok(default),
+    }
+}
+
+fn parse_bool(value: Option<String>, key: &str, default: bool) -> anyhow::Result<bool> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(other) => bail!("{key} must be true or false, not `{other}`"),
+    }
+}
+
+/// `sqlite://data/chat.db?mode=rwc` → `data`: the default data folder sits beside the database.
+fn sqlite_parent_dir(url: &str) -> Option<PathBuf> {
+    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    let path = path.split('?').next()?;
+    if path.is_empty() || path == ":memory:" {
+        return None;
+    }
+    let parent = PathBuf::from(path).parent()?.to_path_buf();
+    Some(if parent.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        parent
+    })
+}
+
+/// Production demands an explicit, long secret. Development generates one on first start and
+/// keeps it in the data folder, so tokens survive restarts without any setup.
+fn resolve_jwt_secret(
+    env: AppEnv,
+    configured: Option<String>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Secret> {
+    if let Some(secret) = configured {
+        if env == AppEnv::Production && secret.len() < MIN_JWT_SECRET_BYTES {
+            bail!(
+                "JWT_SECRET is {} bytes; APP_ENV=production requires at least {MIN_JWT_SECRET_BYTES}",
+                secret.len()
+            );
+        }
+        return Ok(Secret::new(secret));
+    }
+    if env == AppEnv::Production {
+        bail!(
+            "JWT_SECRET is not set; APP_ENV=production refuses to start without a secret of at least {MIN_JWT_SECRET_BYTES} bytes"
+        );
+    }
+    let path = data_dir.join(SECRET_FILE);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_string();
+        if existing.len() >= MIN_JWT_SECRET_BYTES {
+            return Ok(Secret::new(existing));
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data folder {}", data_dir.display()))?;
+    let mut bytes = [0u8; 48];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
+    let secret = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
+    write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    tracing::warn!(
+        path = %path.display(),
+        "JWT_SECRET is not set: generated a development secret and stored it in the data folder; set JWT_SECRET in production"
+    );
+    Ok(Secret::new(secret))
+}
+
+#[cfg(unix)]
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn production_without_secret_refuses_to_start() {
+        let err = config(&[("APP_ENV", "production")]).unwrap_err();
+        assert!(err.to_string().contains("JWT_SECRET is not set"), "{err}");
+    }
+
+    #[test]
+    fn production_with_short_secret_refuses_to_start() {
+        let err = config(&[("APP_ENV", "production"), ("JWT_SECRET", "short")]).unwrap_err();
+        assert!(err.to_string().contains("at least 32"), "{err}");
+    }
+
+    #[test]
+    fn production_with_long_secret_starts() {
+        let secret = "x".repeat(32);
+        let cfg = config(&[("APP_ENV", "production"), ("JWT_SECRET", &secret)]).unwrap();
+        assert_eq!(cfg.jwt.secret.expose(), secret);
+        assert!(
+            !format!("{cfg:?}").contains(&secret),
+            "secret leaked into Debug"
+        );
+    }
+
+    #[test]
+    fn development_generates_a_secret_once_and_keeps_it() {
+        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
+        let dir_s = dir.to_string_lossy().to_string();
+        let first = config(&[("DATA_DIR", &dir_s)]).unwrap();
+        let second = config(&[("DATA_DIR", &dir_s)]).unwrap();
+        assert!(first.jwt.secret.expose().len() >= MIN_JWT_SECRET_BYTES);
+        assert_eq!(first.jwt.secret.expose(), second.jwt.secret.expose());
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
+        let cfg = config(&[("DATA_DIR", &dir.to_string_lossy())]).unwrap();
+        assert_eq!(cfg.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!((cfg.host.as_str(), cfg.port), ("127.0.0.1", 5001));
+        assert_eq!(cfg.cors_origins, vec!["http://localhost:8081"]);
+        assert!(cfg.allow_registration);
+        assert_eq!(cfg.openai.model, "gpt-4o-mini");
+        assert_eq!(cfg.stream_checkpoint, Duration::from_millis(1000));
+        assert_eq!(
+            sqlite_parent_dir(DEFAULT_DATABASE_URL),
+            Some(PathBuf::from("data"))
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,26 @@
+//! Domain model: validated inputs, the conversation event enum, the pure projection
+//! (`apply`) and the pure command functions that turn a request into events.
+
+pub mod commands;
+pub mod events;
+pub mod inputs;
+pub mod projection;
+pub mod types;
+pub mod users;
+
+/// Why a command was refused. The API layer maps each variant to a status and code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DomainError {
+    #[error("conversation not found")]
+    ConversationNotFound,
+    #[error("message not found")]
+    MessageNotFound,
+    /// The request is well-formed but the conversation's current state forbids it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}

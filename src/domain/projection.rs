@@ -1,0 +1,379 @@
+//! The projection of a conversation's log: one pure function, [`apply`], folds events into
+//! a [`ConversationState`]. The live write path (on the rows an event touches), the
+//! `rebuild-projections` command (on the whole log) and `atSeq` time travel (on a prefix of
+//! the log) all call it, so they cannot drift apart.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::events::{ConversationEvent, RecordedEvent};
+use super::types::{MessageRole, MessageStatus, Usage};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConversationRecord {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub title: String,
+    pub system_prompt: Option<String>,
+    pub model: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_seq: i64,
+    pub message_count: i64,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    /// The `seq` of the event that created the message: the conversation's order.
+    pub position: i64,
+    pub role: MessageRole,
+    pub content: String,
+    pub status: MessageStatus,
+    pub model: Option<String>,
+    pub usage: Option<Usage>,
+    pub client_message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A conversation and those of its messages that are loaded (all of them for a replay; the
+/// ones an event touches on the live path). `dirty_messages` records which message rows
+/// the applied events changed, so the store writes exactly those.
+#[derive(Clone, Debug, Default)]
+pub struct ConversationState {
+    pub conversation: Option<ConversationRecord>,
+    pub messages: BTreeMap<Uuid, MessageRecord>,
+    pub dirty_messages: BTreeSet<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ApplyError {
+    #[error("event {seq} ({event_type}) applied to a conversation that does not exist")]
+    NoConversation { seq: i64, event_type: &'static str },
+    #[error("event {seq} creates a conversation that already exists")]
+    AlreadyCreated { seq: i64 },
+    #[error("event {seq} ({event_type}) names message {message_id}, which is not there")]
+    NoMessage {
+        seq: i64,
+        event_type: &'static str,
+        message_id: Uuid,
+    },
+    #[error("event {seq} has no actor to own the conversation")]
+    NoOwner { seq: i64 },
+}
+
+impl ConversationState {
+    pub fn last_seq(&self) -> i64 {
+        self.conversation.as_ref().map_or(0, |c| c.last_seq)
+    }
+
+    /// The conversation as its owner may see it: present, not deleted, theirs.
+    pub fn visible_to(&self, user_id: Uuid) -> Option<&ConversationRecord> {
+        self.conversation
+            .as_ref()
+            .filter(|c| c.deleted_at.is_none() && c.owner_id == user_id)
+    }
+
+    /// Messages in conversation order.
+    pub fn ordered_messages(&self) -> Vec<&MessageRecord> {
+        let mut messages: Vec<_> = self.messages.values().collect();
+        messages.sort_by_key(|m| (m.position, m.id));
+        messages
+    }
+}
+
+/// Folds one event into the state. Events were valid when appended, so an error here means
+/// the log or the loaded state is inconsistent: a bug, never a client mistake.
+pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<(), ApplyError> {
+    let seq = recorded.seq;
+    let at = recorded.created_at;
+    let event_type = recorded.event.type_name();
+
+    if let ConversationEvent::ConversationCreated(e) = &recorded.event {
+        if state.conversation.is_some() {
+            return Err(ApplyError::AlreadyCreated { seq });
+        }
+        state.conversation = Some(ConversationRecord {
+            id: recorded.conversation_id,
+            owner_id: recorded.actor_id.ok_or(ApplyError::NoOwner { seq })?,
+            title: e.title.clone(),
+            system_prompt: e.system_prompt.clone(),
+            model: e.model.clone(),
+            created_at: at,
+            updated_at: at,
+            last_seq: seq,
+            message_count: 0,
+            deleted_at: None,
+        });
+        return Ok(());
+    }
+
+    let conversation = state
+        .conversation
+        .as_mut()
+        .ok_or(ApplyError::NoConversation { seq, event_type })?;
+    conversation.last_seq = seq;
+    conversation.updated_at = at;
+
+    let missing = |message_id| ApplyError::NoMessage {
+        seq,
+        event_type,
+        message_id,
+    };
+    match &recorded.event {
+        ConversationEvent::ConversationCreated(_) => unreachable!("handled above"),
+        ConversationEvent::ConversationUpdated(e) => {
+            if let Some(title) = &e.title {
+                conversation.title = title.clone();
+            }
+            if let Some(prompt) = &e.system_prompt {
+                conversation.system_prompt = non_empty(prompt);
+            }
+            if let Some(model) = &e.model {
+                conversation.model = non_empty(model);
+            }
+        }
+        ConversationEvent::ConversationDeleted(_) => conversation.deleted_at = Some(at),
+        ConversationEvent::MessageAdded(e) => {
+            conversation.message_count += 1;
+            state.messages.insert(
+                e.message_id,
+                MessageRecord {
+                    id: e.message_id,
+                    conversation_id: recorded.conversation_id,
+                    position: seq,
+                    role: e.role,
+                    content: e.content.clone(),
+                    status: MessageStatus::Complete,
+                    model: None,
+                    usage: None,
+                    client_message_id: e.client_message_id.clone(),
+                    created_at: at,
+                    updated_at: at,
+                },
+            );
+            state.dirty_messages.insert(e.message_id);
+        }
+        ConversationEvent::StreamStarted(e) => {
+            conversation.message_count += 1;
+            state.messages.insert(
+                e.message_id,
+                MessageRecord {
+                    id: e.message_id,
+                    conversation_id: recorded.conversation_id,
+                    position: seq,
+                    role: MessageRole::Assistant,
+                    content: String::new(),
+                    status: MessageStatus::Streaming,
+                    model: Some(e.model.clone()),
+                    usage: None,
+                    client_message_id: None,
+                    created_at: at,
+                    updated_at: at,
+                },
+            );
+            state.dirty_messages.insert(e.message_id);
+        }
+        ConversationEvent::MessageEdited(e) => {
+            let message = state
+                .messages
+                .get_mut(&e.message_id)
+                .ok_or_else(|| missing(e.message_id))?;
+            message.content = e.content.clone();
+            message.updated_at = at;
+            state.dirty_messages.insert(e.message_id);
+        }
+        ConversationEvent::MessageDeleted(e) => {
+            state
+                .messages
+                .remove(&e.message_id)
+                .ok_or_else(|| missing(e.message_id))?;
+            conversation.message_count -= 1;
+            state.dirty_messages.insert(e.message_id);
+        }
+        ConversationEvent::StreamCompleted(e) => {
+            let message = state
+                .messages
+                .get_mut(&e.message_id)
+                .ok_or_else(|| missing(e.message_id))?;
+            message.content = e.content.clone();
+            message.status = e.status;
+            message.usage = e.usage;
+            message.updated_at = at;
+            state.dirty_messages.insert(e.message_id);
+        }
+    }
+    Ok(())
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+/// Replays a whole (prefix of a) log from nothing.
+pub fn replay<'a>(
+    events: impl IntoIterator<Item = &'a RecordedEvent>,
+) -> Result<ConversationState, ApplyError> {
+    let mut state = ConversationState::default();
+    for event in events {
+        apply(&mut state, event)?;
+    }
+    Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::events::*;
+
+    fn at(seq: i64, event: ConversationEvent) -> RecordedEvent {
+        RecordedEvent {
+            conversation_id: Uuid::nil(),
+            seq,
+            actor_id: Some(Uuid::from_u128(7)),
+            created_at: DateTime::from_timestamp(1_700_000_000 + seq, 0).unwrap(),
+            event,
+        }
+    }
+
+    #[test]
+    fn given_a_history_replay_projects_conversation_and_messages() {
+        let (m1, m2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let log = vec![
+            at(
+                1,
+                ConversationEvent::ConversationCreated(ConversationCreated {
+                    title: "a".into(),
+                    system_prompt: None,
+                    model: None,
+                }),
+            ),
+            at(
+                2,
+                ConversationEvent::MessageAdded(MessageAdded {
+                    message_id: m1,
+                    role: MessageRole::User,
+                    content: "hi".into(),
+                    client_message_id: None,
+                }),
+            ),
+            at(
+                3,
+                ConversationEvent::StreamStarted(StreamStarted {
+                    message_id: m2,
+                    user_message_id: Some(m1),
+                    model: "m".into(),
+                }),
+            ),
+            at(
+                4,
+                ConversationEvent::StreamCompleted(StreamCompleted {
+                    message_id: m2,
+                    content: "hello".into(),
+                    status: MessageStatus::Complete,
+                    usage: Some(Usage {
+                        prompt_tokens: 3,
+                        completion_tokens: 1,
+                    }),
+                    error: None,
+                }),
+            ),
+            at(
+                5,
+                ConversationEvent::MessageEdited(MessageEdited {
+                    message_id: m1,
+                    content: "hey".into(),
+                }),
+            ),
+            at(
+                6,
+                ConversationEvent::ConversationUpdated(ConversationUpdated {
+                    title: Some("b".into()),
+                    system_prompt: Some("sys".into()),
+                    model: None,
+                }),
+            ),
+        ];
+        let state = replay(&log).unwrap();
+        let c = state.conversation.as_ref().unwrap();
+        assert_eq!(
+            (
+                c.title.as_str(),
+                c.system_prompt.as_deref(),
+                c.last_seq,
+                c.message_count
+            ),
+            ("b", Some("sys"), 6, 2)
+        );
+        let messages = state.ordered_messages();
+        assert_eq!(
+            messages
+                .iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>(),
+            ["hey", "hello"]
+        );
+        assert_eq!(
+            messages[1].usage,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1
+            })
+        );
+
+        // Time travel: the prefix up to seq 3 has the assistant message still streaming.
+        let earlier = replay(&log[..3]).unwrap();
+        assert_eq!(
+            earlier.ordered_messages()[1].status,
+            MessageStatus::Streaming
+        );
+        assert_eq!(earlier.ordered_messages()[0].content, "hi");
+    }
+
+    #[test]
+    fn deleting_a_message_removes_it_and_marks_it_dirty() {
+        let m1 = Uuid::from_u128(1);
+        let log = vec![
+            at(
+                1,
+                ConversationEvent::ConversationCreated(ConversationCreated {
+                    title: "a".into(),
+                    system_prompt: None,
+                    model: None,
+                }),
+            ),
+            at(
+                2,
+                ConversationEvent::MessageAdded(MessageAdded {
+                    message_id: m1,
+                    role: MessageRole::User,
+                    content: "hi".into(),
+                    client_message_id: None,
+                }),
+            ),
+            at(
+                3,
+                ConversationEvent::MessageDeleted(MessageDeleted { message_id: m1 }),
+            ),
+        ];
+        let state = replay(&log).unwrap();
+        assert!(state.messages.is_empty());
+        assert!(state.dirty_messages.contains(&m1));
+        assert_eq!(state.conversation.unwrap().message_count, 0);
+    }
+
+    #[test]
+    fn events_before_creation_are_rejected() {
+        let err = replay(&[at(
+            1,
+            ConversationEvent::ConversationDeleted(ConversationDeleted {}),
+        )])
+        .unwrap_err();
+        assert!(matches!(err, ApplyError::NoConversation { seq: 1, .. }));
+    }
+}

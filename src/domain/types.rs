@@ -1,0 +1,67 @@
+//! Small closed vocabularies shared by the layers: roles and message states. Their string
+//! forms are what the database and the JSON API hold.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!("unknown {} `{other}`", stringify!($name))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// What an account may do. `admin` adds the user administration endpoints.
+    Role { User => "user", Admin => "admin" }
+);
+
+string_enum!(
+    /// Who wrote a message.
+    MessageRole { User => "user", Assistant => "assistant", System => "system" }
+);
+
+string_enum!(
+    /// Where a message is in its life. Only assistant messages are ever anything but
+    /// `complete`.
+    MessageStatus {
+        Complete => "complete",
+        Streaming => "streaming",
+        Cancelled => "cancelled",
+        Failed => "failed",
+        Interrupted => "interrupted",
+    }
+);
+
+/// Token counts reported by the provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+}

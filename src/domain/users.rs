@@ -1,0 +1,18 @@
+//! An account as the services see it.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::types::Role;
+
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub email: String,
+    /// argon2id PHC string; never leaves the service layer.
+    pub password_hash: String,
+    pub display_name: Option<String>,
+    pub role: Role,
+    pub disabled: bool,
+    pub created_at: DateTime<Utc>,
+}

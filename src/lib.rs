@@ -1,0 +1,12 @@
+//! A persistent, multi-user AI chat backend.
+//!
+//! Layers, each a folder, depending downwards only: `api` (HTTP) → `service` (use cases) →
+//! `domain` (pure rules and the event log's vocabulary) and `store` (SeaORM).
+
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

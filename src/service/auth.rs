@@ -1,0 +1,216 @@
+//! Accounts and sessions: register, login, refresh with rotation, logout, and turning an
+//! access token into the current user (checked against the database on every request, so a
+//! disabled account or a changed role takes effect at once).
+
+use uuid::Uuid;
+
+use super::tokens::{TokenKeys, TokenType};
+use super::{passwords, ServiceError, ServiceResult};
+use crate::domain::inputs::{bounded_text, Email, Password, MAX_DISPLAY_NAME_CHARS};
+use crate::domain::types::Role;
+use crate::domain::users::UserRecord;
+use crate::store::{NewUser, RotateOutcome, Store, StoreError, UserPatch};
+
+const BAD_CREDENTIALS: &str = "invalid email or password";
+const BAD_TOKEN: &str = "invalid or expired token";
+const BAD_REFRESH: &str = "invalid or expired refresh token";
+
+/// The authenticated caller, as of this request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CurrentUser {
+    pub id: Uuid,
+    pub role: Role,
+}
+
+pub struct Session {
+    pub user: UserRecord,
+    pub access_token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+}
+
+#[derive(Clone)]
+pub struct AuthService {
+    store: Store,
+    keys: TokenKeys,
+    allow_registration: bool,
+}
+
+impl AuthService {
+    pub fn new(store: Store, keys: TokenKeys, allow_registration: bool) -> Self {
+        Self {
+            store,
+            keys,
+            allow_registration,
+        }
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn register(
+        &self,
+        email: &str,
+        password: String,
+        display_name: Option<String>,
+    ) -> ServiceResult<Session> {
+        if !self.allow_registration {
+            return Err(ServiceError::Forbidden("registration is closed"));
+        }
+        let email = Email::parse(email)?;
+        let password = Password::parse(password)?;
+        let display_name = display_name
+            .map(|n| bounded_text("displayName", &n, MAX_DISPLAY_NAME_CHARS, true))
+            .transpose()?
+            .filter(|n| !n.is_empty());
+        let password_hash = passwords::hash(password.expose().to_string()).await?;
+        let user = self
+            .store
+            .create_user(NewUser {
+                email: email.as_str().to_string(),
+                password_hash,
+                display_name,
+            })
+            .await
+            .map_err(|e| match e {
+                StoreError::UniqueViolation(_) => {
+                    ServiceError::Conflict("email is already registered".into())
+                }
+                other => other.into(),
+            })?;
+        tracing::info!(user_id = %user.id, role = %user.role, "user registered");
+        self.start_session(user, Uuid::now_v7()).await
+    }
+
+    #[tracing::instrument(skip_all)]
+    pub async fn login(&self, email: &str, password: String) -> ServiceResult<Session> {
+        // Unknown e-mails still pay for a verification, so timing does not tell them apart.
+        let user = match Email::parse(email) {
+            Ok(email) => self.store.find_user_by_email(email.as_str()).await?,
+            Err(_) => None,
+        };
+        let hash = user.as_ref().map_or_else(
+            || passwords::dummy_hash().to_string(),
+            |u| u.password_hash.clone(),
+        );
+        let matches = passwords::verify(password, hash).await?;
+        match user {
+            Some(user) if matches && !user.disabled => {
+                self.start_session(user, Uuid::now_v7()).await
+            }
+            _ => Err(ServiceError::Unauthorized(BAD_CREDENTIALS)),
+        }
+    }
+
+    /// Exchanges a refresh token for a new pair. The old token is spent; presenting a spent
+    /// token again revokes its whole family (every token descended from that login).
+    #[tracing::instrument(skip_all)]
+    pub async fn refresh(&self, refresh_token: &str) -> ServiceResult<Session> {
+        let claims = self
+            .keys
+            .verify(refresh_token, TokenType::Refresh)
+            .ok_or(ServiceError::Unauthorized(BAD_REFRESH))?;
+        let user = self
+            .active_user(claims.sub)
+            .await?
+            .ok_or(ServiceError::Unauthorized(BAD_REFRESH))?;
+        let next = self.keys.issue(TokenType::Refresh, user.id, user.role)?;
+        match self
+            .store
+            .rotate_refresh_token(claims.jti, user.id, next.id, next.expires_at)
+            .await?
+        {
+            RotateOutcome::Rotated => {
+                let access = self.keys.issue(TokenType::Access, user.id, user.role)?;
+                Ok(Session {
+                    expires_in: self.keys.access_ttl.as_secs(),
+                    user,
+                    access_token: access.token,
+                    refresh_token: next.token,
+                })
+            }
+            RotateOutcome::Reused => {
+                tracing::warn!(user_id = %user.id, "a rotated refresh token was presented again; revoked its family");
+                Err(ServiceError::Unauthorized(BAD_REFRESH))
+            }
+            RotateOutcome::Invalid => Err(ServiceError::Unauthorized(BAD_REFRESH)),
+        }
+    }
+
+    /// Ends one session. A token that is not the caller's (or not valid) is refused, so
+    /// logout cannot be used to probe other users' tokens.
+    pub async fn logout(&self, user: CurrentUser, refresh_token: &str) -> ServiceResult<()> {
+        let claims = self
+            .keys
+            .verify(refresh_token, TokenType::Refresh)
+            .filter(|c| c.sub == user.id)
+            .ok_or(ServiceError::Unauthorized(BAD_REFRESH))?;
+        self.store.revoke_refresh_token(claims.jti, user.id).await?;
+        Ok(())
+    }
+
+    /// The user behind an access token, if the token is valid and the account active.
+    pub async fn authenticate(&self, access_token: &str) -> ServiceResult<CurrentUser> {
+        let claims = self
+            .keys
+            .verify(access_token, TokenType::Access)
+            .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
+        let user = self
+            .active_user(claims.sub)
+            .await?
+            .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
+        Ok(CurrentUser {
+            id: user.id,
+            role: user.role,
+        })
+    }
+
+    pub async fn me(&self, user: CurrentUser) -> ServiceResult<UserRecord> {
+        self.store
+            .find_user(user.id)
+            .await?
+            .ok_or(ServiceError::Unauthorized(BAD_TOKEN))
+    }
+
+    pub async fn list_users(&self) -> ServiceResult<Vec<UserRecord>> {
+        Ok(self.store.list_users().await?)
+    }
+
+    pub async fn update_user(
+        &self,
+        actor: CurrentUser,
+        id: Uuid,
+        patch: UserPatch,
+    ) -> ServiceResult<UserRecord> {
+        if id == actor.id && (patch.disabled == Some(true) || patch.role == Some(Role::User)) {
+            // An admin locking themselves out can leave the server with no admin at all.
+            return Err(ServiceError::Validation {
+                field: "id",
+                message: "admins cannot disable or demote themselves".into(),
+            });
+        }
+        let user = self
+            .store
+            .update_user(id, patch)
+            .await?
+            .ok_or(ServiceError::UserNotFound)?;
+        tracing::info!(actor = %actor.id, user_id = %user.id, role = %user.role, disabled = user.disabled, "user updated");
+        Ok(user)
+    }
+
+    async fn active_user(&self, id: Uuid) -> ServiceResult<Option<UserRecord>> {
+        Ok(self.store.find_user(id).await?.filter(|u| !u.disabled))
+    }
+
+    async fn start_session(&self, user: UserRecord, family: Uuid) -> ServiceResult<Session> {
+        let access = self.keys.issue(TokenType::Access, user.id, user.role)?;
+        let refresh = self.keys.issue(TokenType::Refresh, user.id, user.role)?;
+        self.store
+            .insert_refresh_token(refresh.id, user.id, family, refresh.expires_at)
+            .await?;
+        Ok(Session {
+            expires_in: self.keys.access_ttl.as_secs(),
+            user,
+            access_token: access.token,
+            refresh_token: refresh.token,
+        })
+    }
+}

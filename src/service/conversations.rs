@@ -1,0 +1,221 @@
+//! Conversations and their messages: reads straight from the projections (owner-filtered),
+//! writes through the store's one append path with the pure commands of `domain::commands`.
+
+use uuid::Uuid;
+
+use super::auth::CurrentUser;
+use super::{ServiceError, ServiceResult};
+use crate::domain::commands;
+use crate::domain::events::{ConversationCreated, ConversationUpdated, RecordedEvent};
+use crate::domain::inputs::{
+    bounded_text, MessageText, MAX_MODEL_CHARS, MAX_SYSTEM_PROMPT_CHARS, MAX_TITLE_CHARS,
+};
+use crate::domain::projection::{replay, ConversationRecord, MessageRecord};
+use crate::store::{ConversationPage, Store};
+
+pub const DEFAULT_TITLE: &str = "New conversation";
+pub const MAX_PAGE: u64 = 200;
+
+/// A conversation with its messages in order.
+pub struct ConversationView {
+    pub conversation: ConversationRecord,
+    pub messages: Vec<MessageRecord>,
+}
+
+/// Optional fields of a create or update request, unvalidated.
+#[derive(Default)]
+pub struct ConversationFields {
+    pub title: Option<String>,
+    pub system_prompt: Option<String>,
+    pub model: Option<String>,
+}
+
+impl ConversationFields {
+    fn validate(self) -> ServiceResult<ConversationUpdated> {
+        Ok(ConversationUpdated {
+            title: self
+                .title
+                .map(|t| bounded_text("title", &t, MAX_TITLE_CHARS, false))
+                .transpose()?,
+            system_prompt: self
+                .system_prompt
+                .map(|p| bounded_text("systemPrompt", &p, MAX_SYSTEM_PROMPT_CHARS, true))
+                .transpose()?,
+            model: self
+                .model
+                .map(|m| bounded_text("model", &m, MAX_MODEL_CHARS, true))
+                .transpose()?,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct ConversationService {
+    store: Store,
+}
+
+impl ConversationService {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    pub async fn list(
+        &self,
+        user: CurrentUser,
+        limit: u64,
+        offset: u64,
+    ) -> ServiceResult<Vec<ConversationRecord>> {
+        let page = ConversationPage {
+            limit: limit.min(MAX_PAGE),
+            offset,
+        };
+        Ok(self.store.list_conversations(user.id, page).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user.id))]
+    pub async fn create(
+        &self,
+        user: CurrentUser,
+        fields: ConversationFields,
+    ) -> ServiceResult<ConversationView> {
+        let fields = fields.validate()?;
+        let created = ConversationCreated {
+            title: fields.title.unwrap_or_else(|| DEFAULT_TITLE.to_string()),
+            system_prompt: fields.system_prompt.filter(|p| !p.is_empty()),
+            model: fields.model.filter(|m| !m.is_empty()),
+        };
+        let id = Uuid::now_v7();
+        let committed = self
+            .store
+            .execute(id, Some(user.id), &[], |state| {
+                commands::create_conversation(state, created.clone())
+            })
+            .await?;
+        let conversation = committed
+            .state
+            .conversation
+            .ok_or_else(|| anyhow::anyhow!("created conversation missing"))?;
+        Ok(ConversationView {
+            conversation,
+            messages: vec![],
+        })
+    }
+
+    /// The conversation now, or as it stood right after event `at_seq`.
+    pub async fn get(
+        &self,
+        user: CurrentUser,
+        id: Uuid,
+        at_seq: Option<i64>,
+    ) -> ServiceResult<ConversationView> {
+        let conversation = self.owned(user, id).await?;
+        let Some(at_seq) = at_seq else {
+            let messages = self.store.list_messages(id).await?;
+            return Ok(ConversationView {
+                conversation,
+                messages,
+            });
+        };
+        if at_seq < 1 || at_seq > conversation.last_seq {
+            return Err(ServiceError::Validation {
+                field: "atSeq",
+                message: format!(
+                    "must be between 1 and the conversation's lastSeq ({})",
+                    conversation.last_seq
+                ),
+            });
+        }
+        let events = self.store.list_events(id, 0, Some(at_seq), None).await?;
+        let state = replay(&events).map_err(|e| anyhow::anyhow!(e))?;
+        let messages = state.ordered_messages().into_iter().cloned().collect();
+        let conversation = state
+            .conversation
+            .ok_or_else(|| anyhow::anyhow!("replayed conversation missing"))?;
+        Ok(ConversationView {
+            conversation,
+            messages,
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]
+    pub async fn update(
+        &self,
+        user: CurrentUser,
+        id: Uuid,
+        fields: ConversationFields,
+    ) -> ServiceResult<ConversationView> {
+        let patch = fields.validate()?;
+        self.store
+            .execute(id, Some(user.id), &[], |state| {
+                commands::update_conversation(state, user.id, patch.clone())
+            })
+            .await?;
+        self.get(user, id, None).await
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]
+    pub async fn delete(&self, user: CurrentUser, id: Uuid) -> ServiceResult<()> {
+        self.store
+            .execute(id, Some(user.id), &[], |state| {
+                commands::delete_conversation(state, user.id)
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn events(
+        &self,
+        user: CurrentUser,
+        id: Uuid,
+        after: i64,
+        limit: u64,
+    ) -> ServiceResult<Vec<RecordedEvent>> {
+        self.owned(user, id).await?;
+        Ok(self.store.list_events(id, after, None, Some(limit)).await?)
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]
+    pub async fn edit_message(
+        &self,
+        user: CurrentUser,
+        id: Uuid,
+        message_id: Uuid,
+        content: &str,
+    ) -> ServiceResult<MessageRecord> {
+        let content = MessageText::parse("content", content)?.into_inner();
+        let committed = self
+            .store
+            .execute(id, Some(user.id), &[message_id], |state| {
+                commands::edit_message(state, user.id, message_id, content.clone())
+            })
+            .await?;
+        committed
+            .state
+            .messages
+            .get(&message_id)
+            .cloned()
+            .ok_or(ServiceError::MessageNotFound)
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]
+    pub async fn delete_message(
+        &self,
+        user: CurrentUser,
+        id: Uuid,
+        message_id: Uuid,
+    ) -> ServiceResult<()> {
+        self.store
+            .execute(id, Some(user.id), &[message_id], |state| {
+                commands::delete_message(state, user.id, message_id)
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn owned(&self, user: CurrentUser, id: Uuid) -> ServiceResult<ConversationRecord> {
+        self.store
+            .find_conversation(id, user.id)
+            .await?
+            .ok_or(ServiceError::ConversationNotFound)
+    }
+}

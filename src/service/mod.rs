@@ -1,0 +1,67 @@
+//! Use cases: what the API can ask for, in domain terms. Services own the rules that need
+//! storage (ownership, credentials, token rotation); handlers stay thin.
+
+pub mod auth;
+pub mod conversations;
+pub mod passwords;
+pub mod tokens;
+
+use crate::domain::DomainError;
+use crate::store::{ExecuteError, StoreError};
+
+/// Every way a use case can fail. The API layer maps each to a status and code, in one place.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{field}: {message}")]
+    Validation {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("conversation not found")]
+    ConversationNotFound,
+    #[error("message not found")]
+    MessageNotFound,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error: {0}")]
+    Internal(#[from] anyhow::Error),
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+impl From<DomainError> for ServiceError {
+    fn from(err: DomainError) -> Self {
+        match err {
+            DomainError::ConversationNotFound => Self::ConversationNotFound,
+            DomainError::MessageNotFound => Self::MessageNotFound,
+            DomainError::Conflict(message) => Self::Conflict(message),
+            DomainError::Invalid { field, message } => Self::Validation { field, message },
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Contention(_) => {
+                Self::Conflict("the conversation is changing too fast; try again".into())
+            }
+            other => Self::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<ExecuteError<DomainError>> for ServiceError {
+    fn from(err: ExecuteError<DomainError>) -> Self {
+        match err {
+            ExecuteError::Refused(domain) => domain.into(),
+            ExecuteError::Store(store) => store.into(),
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Reads of conversations, messages and the event log. Every read that serves a user is
+//! filtered by owner in the query itself.
+
+use entity::{conversation_events, conversations, messages};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use uuid::Uuid;
+
+use super::events::event_from_row;
+use super::records::{conversation_from_row, message_from_row};
+use super::{Store, StoreError, StoreResult};
+use crate::domain::events::RecordedEvent;
+use crate::domain::projection::{ConversationRecord, MessageRecord};
+
+pub struct ConversationPage {
+    pub limit: u64,
+    pub offset: u64,
+}
+
+impl Store {
+    /// The owner's live conversations, most recently updated first.
+    pub async fn list_conversations(
+        &self,
+        owner_id: Uuid,
+        page: ConversationPage,
+    ) -> StoreResult<Vec<ConversationRecord>> {
+        let rows = conversations::Entity::find()
+            .filter(conversations::Column::OwnerId.eq(owner_id))
+            .filter(conversations::Column::DeletedAt.is_null())
+            .order_by_desc(conversations::Column::UpdatedAt)
+            .order_by_desc(conversations::Column::Id)
+            .limit(page.limit)
+            .offset(page.offset)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(rows.into_iter().map(conversation_from_row).collect())
+    }
+
+    /// The conversation if it exists, is not deleted and belongs to `owner_id`.
+    pub async fn find_conversation(
+        &self,
+        id: Uuid,
+        owner_id: Uuid,
+    ) -> StoreResult<Option<ConversationRecord>> {
+        let row = conversations::Entity::find_by_id(id)
+            .filter(conversations::Column::OwnerId.eq(owner_id))
+            .filter(conversations::Column::DeletedAt.is_null())
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(row.map(conversation_from_row))
+    }
+
+    pub async fn list_messages(&self, conversation_id: Uuid) -> StoreResult<Vec<MessageRecord>> {
+        let rows = messages::Entity::find()
+            .filter(messages::Column::ConversationId.eq(conversation_id))
+            .order_by_asc(messages::Column::Position)
+            .order_by_asc(messages::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(rows.into_iter().map(message_from_row).collect())
+    }
+
+    /// Events with `after < seq <= up_to`, ascending, at most `limit` of them.
+    pub async fn list_events(
+        &self,
+        conversation_id: Uuid,
+        after: i64,
+        up_to: Option<i64>,
+        limit: Option<u64>,
+    ) -> StoreResult<Vec<RecordedEvent>> {
+        let mut query = conversation_events::Entity::find()
+            .filter(conversation_events::Column::ConversationId.eq(conversation_id))
+            .filter(conversation_events::Column::Seq.gt(after))
+            .order_by_asc(conversation_events::Column::Seq);
+        if let Some(up_to) = up_to {
+            query = query.filter(conversation_events::Column::Seq.lte(up_to));
+        }
+        if let Some(limit) = limit {
+            query = query.limit(limit);
+        }
+        let rows = query.all(&self.db).await.map_err(StoreError::from_db)?;
+        rows.into_iter().map(event_from_row).collect()
+    }
+}

@@ -1,0 +1,178 @@
+//! Storage: SeaORM over SQLite or PostgreSQL. This layer knows tables and transactions,
+//! nothing about HTTP.
+
+mod conversations;
+mod events;
+mod records;
+mod refresh_tokens;
+mod users;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr,
+};
+use tokio::sync::Mutex;
+
+pub use conversations::ConversationPage;
+pub use events::{rebuild_projections, Committed, ExecuteError};
+pub use refresh_tokens::RotateOutcome;
+pub use users::{NewUser, UserPatch};
+
+use crate::domain::{events::DecodeError, projection::ApplyError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("a unique value is already taken: {0}")]
+    UniqueViolation(String),
+    #[error("the conversation kept changing under concurrent writers; gave up after {0} attempts")]
+    Contention(u32),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("projection failed: {0}")]
+    Apply(#[from] ApplyError),
+}
+
+impl StoreError {
+    /// Unique violations become their own variant so callers can turn them into a 409.
+    fn from_db(err: DbErr) -> Self {
+        match err.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(detail)) => Self::UniqueViolation(detail),
+            _ => Self::Db(err),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The database handle the services use. Cloning is cheap.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    /// SQLite has one writer at a time; taking turns in-process avoids `SQLITE_BUSY`
+    /// failures when a read transaction tries to upgrade. PostgreSQL locks rows instead.
+    sqlite_writer: Option<Arc<Mutex<()>>>,
+}
+
+impl Store {
+    pub async fn connect(database_url: &str) -> anyhow::Result<Self> {
+        let db = connect(database_url).await?;
+        Ok(Self::from_connection(db))
+    }
+
+    pub fn from_connection(db: DatabaseConnection) -> Self {
+        let sqlite_writer =
+            (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
+        Self { db, sqlite_writer }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        Migrator::up(&self.db, None)
+            .await
+            .context("running migrations")
+    }
+
+    /// A real round trip to the database, for the health check.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.db.ping().await.map_err(StoreError::Db)
+    }
+
+    async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        }
+    }
+}
+
+/// Opens the pool. SQLite gets WAL (readers never block the writer), foreign keys and a busy
+/// timeout; its folder is created first so the default URL works on a fresh checkout.
+pub async fn connect(database_url: &str) -> anyhow::Result<DatabaseConnection> {
+    if let Some(dir) = sqlite_file_dir(database_url) {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating database folder {}", dir.display()))?;
+    }
+    let mut options = ConnectOptions::new(database_url.to_string());
+    options
+        .max_connections(if database_url.starts_with("sqlite:") {
+            8
+        } else {
+            20
+        })
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(10))
+        });
+    Database::connect(options)
+        .await
+        .context("connecting to the database")
+}
+
+fn sqlite_file_dir(url: &str) -> Option<std::path::PathBuf> {
+    let path = url
+        .strip_prefix("sqlite:")?
+        .trim_start_matches("//")
+        .split('?')
+        .next()?;
+    if path.is_empty() || path.contains(":memory:") {
+        return None;
+    }
+    std::path::Path::new(path)
+        .parent()
+        .map(|p| p.to_path_buf())
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Whether a failed write is worth trying again: a lost race for a `seq` (unique violation),
+/// a busy SQLite file, or a PostgreSQL serialization failure or deadlock.
+fn is_retryable(err: &StoreError) -> bool {
+    match err {
+        StoreError::UniqueViolation(_) => true,
+        StoreError::Db(db) => {
+            let code = db_error_code(db);
+            matches!(code.as_deref(), Some("5" | "6" | "517" | "40001" | "40P01"))
+        }
+        _ => false,
+    }
+}
+
+fn db_error_code(err: &DbErr) -> Option<String> {
+    use sea_orm::RuntimeErr;
+    match err {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
+#[allow(dead_code)]
+async fn execute_raw(db: &impl ConnectionTrait, sql: &str) -> Result<(), DbErr> {
+    db.execute_unprepared(sql).await.map(|_| ())
+}
+
+/// The current time at the precision both databases keep (PostgreSQL stores microseconds),
+/// so what a write returns equals what a later read returns.
+pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

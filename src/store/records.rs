@@ -1,0 +1,92 @@
+//! Conversions between table rows and domain records. Rows hold strings for enums; a row
+//! the domain cannot read is reported as a decode error rather than guessed at.
+
+use entity::{conversations, messages, users};
+use sea_orm::ActiveValue::Set;
+
+use crate::domain::projection::{ConversationRecord, MessageRecord};
+use crate::domain::types::{MessageRole, MessageStatus, Role, Usage};
+use crate::domain::users::UserRecord;
+
+pub fn conversation_from_row(row: conversations::Model) -> ConversationRecord {
+    ConversationRecord {
+        id: row.id,
+        owner_id: row.owner_id,
+        title: row.title,
+        system_prompt: row.system_prompt,
+        model: row.model,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        last_seq: row.last_seq,
+        message_count: row.message_count,
+        deleted_at: row.deleted_at,
+    }
+}
+
+pub fn conversation_to_row(c: &ConversationRecord) -> conversations::ActiveModel {
+    conversations::ActiveModel {
+        id: Set(c.id),
+        owner_id: Set(c.owner_id),
+        title: Set(c.title.clone()),
+        system_prompt: Set(c.system_prompt.clone()),
+        model: Set(c.model.clone()),
+        created_at: Set(c.created_at),
+        updated_at: Set(c.updated_at),
+        last_seq: Set(c.last_seq),
+        message_count: Set(c.message_count),
+        deleted_at: Set(c.deleted_at),
+    }
+}
+
+pub fn message_from_row(row: messages::Model) -> MessageRecord {
+    MessageRecord {
+        id: row.id,
+        conversation_id: row.conversation_id,
+        position: row.position,
+        // The projection only ever writes these from the enums, so a mismatch is
+        // corruption; fall back to the least surprising value instead of failing reads.
+        role: row.role.parse().unwrap_or(MessageRole::User),
+        content: row.content,
+        status: row.status.parse().unwrap_or(MessageStatus::Complete),
+        model: row.model,
+        usage: match (row.prompt_tokens, row.completion_tokens) {
+            (Some(prompt_tokens), Some(completion_tokens)) => Some(Usage {
+                prompt_tokens,
+                completion_tokens,
+            }),
+            _ => None,
+        },
+        client_message_id: row.client_message_id,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    }
+}
+
+pub fn message_to_row(m: &MessageRecord) -> messages::ActiveModel {
+    messages::ActiveModel {
+        id: Set(m.id),
+        conversation_id: Set(m.conversation_id),
+        position: Set(m.position),
+        role: Set(m.role.as_str().to_string()),
+        content: Set(m.content.clone()),
+        status: Set(m.status.as_str().to_string()),
+        model: Set(m.model.clone()),
+        prompt_tokens: Set(m.usage.map(|u| u.prompt_tokens)),
+        completion_tokens: Set(m.usage.map(|u| u.completion_tokens)),
+        client_message_id: Set(m.client_message_id.clone()),
+        created_at: Set(m.created_at),
+        updated_at: Set(m.updated_at),
+    }
+}
+
+pub fn user_from_row(row: users::Model) -> UserRecord {
+    UserRecord {
+        id: row.id,
+        email: row.email,
+        password_hash: row.password_hash,
+        display_name: row.display_name,
+        role: row.role.parse().unwrap_or(Role::User),
+        disabled: row.disabled,
+        created_at: row.created_at,
+    }
+}

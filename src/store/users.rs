@@ -1,0 +1,113 @@
+//! Accounts.
+
+use entity::users;
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::records::user_from_row;
+use super::{Store, StoreError, StoreResult};
+use crate::domain::types::Role;
+use crate::domain::users::UserRecord;
+
+pub struct NewUser {
+    pub email: String,
+    pub password_hash: String,
+    pub display_name: Option<String>,
+}
+
+#[derive(Default)]
+pub struct UserPatch {
+    pub role: Option<Role>,
+    pub disabled: Option<bool>,
+}
+
+impl Store {
+    /// Creates an account; the very first one becomes `admin`. Deciding "first" and
+    /// inserting happen under one lock so two simultaneous first sign-ups cannot both win.
+    pub async fn create_user(&self, new: NewUser) -> StoreResult<UserRecord> {
+        let _turn = self.write_turn().await;
+        let txn = self.db.begin().await.map_err(StoreError::from_db)?;
+        if txn.get_database_backend() == DbBackend::Postgres {
+            txn.execute_unprepared("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+                .await
+                .map_err(StoreError::from_db)?;
+        }
+        let role = if users::Entity::find()
+            .count(&txn)
+            .await
+            .map_err(StoreError::from_db)?
+            == 0
+        {
+            Role::Admin
+        } else {
+            Role::User
+        };
+        let now = super::now();
+        let row = users::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            email: Set(new.email),
+            password_hash: Set(new.password_hash),
+            display_name: Set(new.display_name),
+            role: Set(role.as_str().to_string()),
+            disabled: Set(false),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&txn)
+        .await
+        .map_err(StoreError::from_db)?;
+        txn.commit().await.map_err(StoreError::from_db)?;
+        Ok(user_from_row(row))
+    }
+
+    pub async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let row = users::Entity::find()
+            .filter(users::Column::Email.eq(email))
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(row.map(user_from_row))
+    }
+
+    pub async fn find_user(&self, id: Uuid) -> StoreResult<Option<UserRecord>> {
+        let row = users::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(row.map(user_from_row))
+    }
+
+    pub async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {
+        let rows = users::Entity::find()
+            .order_by_asc(users::Column::CreatedAt)
+            .order_by_asc(users::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(rows.into_iter().map(user_from_row).collect())
+    }
+
+    pub async fn update_user(&self, id: Uuid, patch: UserPatch) -> StoreResult<Option<UserRecord>> {
+        let _turn = self.write_turn().await;
+        let Some(row) = users::Entity::find_by_id(id)
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)?
+        else {
+            return Ok(None);
+        };
+        let mut active: users::ActiveModel = row.into();
+        if let Some(role) = patch.role {
+            active.role = Set(role.as_str().to_string());
+        }
+        if let Some(disabled) = patch.disabled {
+            active.disabled = Set(disabled);
+        }
+        active.updated_at = Set(super::now());
+        let row = active.update(&self.db).await.map_err(StoreError::from_db)?;
+        Ok(Some(user_from_row(row)))
+    }
+}

@@ -1,0 +1,208 @@
+//! `/api/admin/users`: listing users, changing roles, disabling accounts.
+
+use crate::helpers::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+/// The first registered user (admin) and a second, ordinary one.
+async fn admin_and_user(app: &TestApp) -> (TestUser, TestUser) {
+    let admin = app.register_user(&unique_email()).await;
+    let user = app.register_user(&unique_email()).await;
+    assert_eq!(admin.user["role"], "admin");
+    assert_eq!(user.user["role"], "user");
+    (admin, user)
+}
+
+async fn set_user(app: &TestApp, admin: &TestUser, id: &str, body: Value) -> Value {
+    let resp = app
+        .patch(
+            &format!("/api/admin/users/{id}"),
+            Some(&admin.access),
+            &body,
+        )
+        .await;
+    expect_json(resp, StatusCode::OK).await
+}
+
+backend_test!(
+    admin_lists_users_with_disabled_flag,
+    |app: TestApp| async move {
+        let (admin, user) = admin_and_user(&app).await;
+        let resp = app.get("/api/admin/users", Some(&admin.access)).await;
+        let users = as_array(expect_json(resp, StatusCode::OK).await);
+        assert_eq!(users.len(), 2, "{users:?}");
+        for (who, role) in [(&admin, "admin"), (&user, "user")] {
+            let listed = users
+                .iter()
+                .find(|u| u["id"] == who.user["id"])
+                .unwrap_or_else(|| panic!("{} missing from {users:?}", who.email));
+            assert_eq!(listed["email"], who.email.as_str());
+            assert_eq!(listed["role"], role);
+            assert_eq!(listed["disabled"], false, "{listed}");
+            timestamp(listed, "createdAt");
+            assert!(
+                !listed.to_string().to_lowercase().contains("password"),
+                "no password data in {listed}"
+            );
+        }
+    }
+);
+
+backend_test!(
+    non_admins_get_403_on_admin_endpoints,
+    |app: TestApp| async move {
+        let (admin, user) = admin_and_user(&app).await;
+        let resp = app.get("/api/admin/users", Some(&user.access)).await;
+        expect_error(resp, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+
+        // Neither may an ordinary user promote themselves or disable the admin.
+        for (id, body) in [
+            (&user.id, json!({ "role": "admin" })),
+            (&admin.id, json!({ "disabled": true })),
+        ] {
+            let resp = app
+                .patch(&format!("/api/admin/users/{id}"), Some(&user.access), &body)
+                .await;
+            expect_error(resp, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+        }
+        let me = expect_json(
+            app.get("/api/auth/me", Some(&user.access)).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(me["role"], "user");
+        let me = expect_json(
+            app.get("/api/auth/me", Some(&admin.access)).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(me["role"], "admin");
+    }
+);
+
+backend_test!(admin_endpoints_require_a_token, |app: TestApp| async move {
+    let (_admin, user) = admin_and_user(&app).await;
+    let resp = app.get("/api/admin/users", None).await;
+    expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+    let resp = app
+        .patch(
+            &format!("/api/admin/users/{}", user.id),
+            None,
+            &json!({ "disabled": true }),
+        )
+        .await;
+    expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+});
+
+backend_test!(
+    patch_user_returns_the_updated_user,
+    |app: TestApp| async move {
+        let (admin, user) = admin_and_user(&app).await;
+        let updated = set_user(&app, &admin, &user.id, json!({ "role": "admin" })).await;
+        assert_eq!(updated["id"], user.user["id"]);
+        assert_eq!(updated["email"], user.email.as_str());
+        assert_eq!(updated["role"], "admin");
+
+        let updated = set_user(&app, &admin, &user.id, json!({ "disabled": true })).await;
+        assert_eq!(
+            updated["role"], "admin",
+            "an absent `role` must leave it unchanged"
+        );
+
+        let users = as_array(
+            expect_json(
+                app.get("/api/admin/users", Some(&admin.access)).await,
+                StatusCode::OK,
+            )
+            .await,
+        );
+        let listed = users.iter().find(|u| u["id"] == user.user["id"]).unwrap();
+        assert_eq!(listed["role"], "admin");
+        assert_eq!(listed["disabled"], true);
+    }
+);
+
+backend_test!(patch_unknown_user_is_404, |app: TestApp| async move {
+    let (admin, _user) = admin_and_user(&app).await;
+    let resp = app
+        .patch(
+            &format!("/api/admin/users/{}", uuid::Uuid::new_v4()),
+            Some(&admin.access),
+            &json!({ "disabled": true }),
+        )
+        .await;
+    expect_not_found(resp).await;
+});
+
+backend_test!(
+    disabling_a_user_stops_their_tokens_at_once,
+    |app: TestApp| async move {
+        let (admin, user) = admin_and_user(&app).await;
+        // The token works before...
+        let resp = app.get("/api/conversations", Some(&user.access)).await;
+        expect_json(resp, StatusCode::OK).await;
+
+        let updated = set_user(&app, &admin, &user.id, json!({ "disabled": true })).await;
+        assert_eq!(updated["id"], user.user["id"]);
+        if let Some(disabled) = updated.get("disabled") {
+            assert_eq!(disabled, true, "{updated}");
+        }
+
+        // ...and not on the very next request.
+        let resp = app.get("/api/auth/me", Some(&user.access)).await;
+        expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        let resp = app.get("/api/conversations", Some(&user.access)).await;
+        expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        // The refresh token is a token too.
+        let resp = app
+            .post(
+                "/api/auth/refresh",
+                None,
+                &json!({ "refreshToken": user.refresh }),
+            )
+            .await;
+        expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        // Nor can they log in.
+        let resp = app
+            .post(
+                "/api/auth/login",
+                None,
+                &json!({ "email": user.email, "password": PASSWORD }),
+            )
+            .await;
+        expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+    }
+);
+
+backend_test!(
+    re_enabling_a_user_lets_them_log_in_again,
+    |app: TestApp| async move {
+        let (admin, user) = admin_and_user(&app).await;
+        set_user(&app, &admin, &user.id, json!({ "disabled": true })).await;
+        let updated = set_user(&app, &admin, &user.id, json!({ "disabled": false })).await;
+        if let Some(disabled) = updated.get("disabled") {
+            assert_eq!(disabled, false, "{updated}");
+        }
+        let session = app.login(&user.email).await;
+        let resp = app.get("/api/auth/me", Some(&session.access)).await;
+        expect_json(resp, StatusCode::OK).await;
+    }
+);
+
+backend_test!(
+    promoting_a_user_lets_them_list_users,
+    |app: TestApp| async move {
+        let (admin, user) = admin_and_user(&app).await;
+        let resp = app.get("/api/admin/users", Some(&user.access)).await;
+        expect_error(resp, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+
+        set_user(&app, &admin, &user.id, json!({ "role": "admin" })).await;
+
+        // A fresh login carries the new role.
+        let session = app.login(&user.email).await;
+        assert_eq!(session.user["role"], "admin");
+        let resp = app.get("/api/admin/users", Some(&session.access)).await;
+        let users = as_array(expect_json(resp, StatusCode::OK).await);
+        assert_eq!(users.len(), 2);
+    }
+);

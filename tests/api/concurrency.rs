@@ -1,0 +1,132 @@
+//! Concurrent writers: the log stays gap-free and duplicate-free, and no request fails.
+
+use crate::helpers::*;
+use entity::conversation_events;
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use serde_json::json;
+
+backend_test!(
+    concurrent_patches_all_succeed_and_the_log_has_no_gaps,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "start").await, "id");
+        let url = app.url(&format!("/api/conversations/{id}"));
+
+        let titles: Vec<String> = (0..20).map(|i| format!("title {i}")).collect();
+        let tasks: Vec<_> = titles
+            .iter()
+            .map(|title| {
+                let req = app
+                    .client
+                    .patch(&url)
+                    .bearer_auth(&user.access)
+                    .json(&json!({ "title": title }));
+                tokio::spawn(async move {
+                    let resp = req.send().await.expect("PATCH");
+                    let status = resp.status();
+                    (status, resp.text().await.unwrap_or_default())
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (status, body) = task.await.expect("request task");
+            assert_eq!(status, StatusCode::OK, "a concurrent PATCH failed: {body}");
+        }
+
+        let events = app.events(&user.access, &id, "?limit=100").await;
+        let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+        assert_eq!(
+            seqs,
+            (1..=21).collect::<Vec<_>>(),
+            "the log must be 1..=21: {seqs:?}"
+        );
+
+        let c = app.get_conversation(&user.access, &id).await;
+        assert_eq!(c["lastSeq"], 21);
+        // The projection agrees with the last event.
+        let last_title = events[20]["data"].to_string();
+        let title = str_field(&c, "title");
+        assert!(titles.contains(&title), "{title}");
+        assert!(
+            last_title.contains(&format!("\"{title}\"")),
+            "the projection's title {title:?} is not the last event's: {last_title}"
+        );
+
+        // The database holds the same: 21 rows, seq 1..=21.
+        let db = app.db().await;
+        let rows = conversation_events::Entity::find()
+            .filter(
+                conversation_events::Column::ConversationId.eq(uuid::Uuid::parse_str(&id).unwrap()),
+            )
+            .order_by_asc(conversation_events::Column::Seq)
+            .all(&db)
+            .await
+            .unwrap();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
+        assert_eq!(seqs, (1..=21).collect::<Vec<_>>());
+        let _ = db.close().await;
+    }
+);
+
+backend_test!(
+    concurrent_registrations_of_one_email_create_one_account,
+    |app: TestApp| async move {
+        let email = unique_email();
+        let url = app.url("/api/auth/register");
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let req = app
+                    .client
+                    .post(&url)
+                    .json(&json!({ "email": email, "password": PASSWORD }));
+                tokio::spawn(async move {
+                    let resp = req.send().await.expect("register");
+                    let status = resp.status();
+                    (status, resp.text().await.unwrap_or_default())
+                })
+            })
+            .collect();
+        let mut created = 0;
+        for task in tasks {
+            let (status, body) = task.await.expect("request task");
+            match status {
+                StatusCode::CREATED => created += 1,
+                StatusCode::CONFLICT => assert!(body.contains("CONFLICT"), "{body}"),
+                other => panic!("a racing registration must be 201 or 409, got {other}: {body}"),
+            }
+        }
+        assert_eq!(created, 1, "exactly one registration wins");
+    }
+);
+
+backend_test!(
+    concurrent_creates_each_get_their_own_log,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let url = app.url("/api/conversations");
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let req = app
+                    .client
+                    .post(&url)
+                    .bearer_auth(&user.access)
+                    .json(&json!({ "title": format!("c{i}") }));
+                tokio::spawn(async move {
+                    let resp = req.send().await.expect("create");
+                    let status = resp.status();
+                    (status, resp.text().await.unwrap_or_default())
+                })
+            })
+            .collect();
+        for task in tasks {
+            let (status, body) = task.await.expect("request task");
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
+        let listed = app.list_conversations(&user.access, "").await;
+        assert_eq!(listed.len(), 10);
+        for c in &listed {
+            assert_eq!(c["lastSeq"], 1, "{c}");
+        }
+    }
+);

@@ -1,0 +1,410 @@
+//! `spawn_app()` and friends: the real application on a random port with a fresh database,
+//! plus small helpers so tests read like the contract.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use chat_server::config::Config;
+use chat_server::startup::Application;
+use reqwest::{Response, StatusCode};
+use sea_orm::{Database, DatabaseConnection};
+use serde_json::{json, Value};
+
+/// A fixed secret so tests can forge tokens that differ from a valid one in exactly one way.
+pub const TEST_JWT_SECRET: &str = "integration-tests-only-secret-0123456789-abcdefghij";
+/// The password every helper-registered user gets.
+pub const PASSWORD: &str = "correct-horse-battery-staple";
+
+/// Runs a test body once per database backend:
+///
+/// ```ignore
+/// backend_test!(creates_a_thing, |app: TestApp| async move { ... });
+/// // when the test needs its own configuration:
+/// backend_test!(custom, backend |backend: Backend| async move {
+///     let Some(app) = spawn_app_with(backend, &[("ALLOW_REGISTRATION", "false")]).await else { return };
+/// });
+/// ```
+macro_rules! backend_test {
+    ($name:ident, backend $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::helpers::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::helpers::Backend::Postgres).await
+            }
+        }
+    };
+    ($name:ident, $body:expr) => {
+        backend_test!($name, backend |backend: $crate::helpers::Backend| async move {
+            let Some(app) = $crate::helpers::spawn_app(backend).await else {
+                return;
+            };
+            ($body)(app).await
+        });
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[allow(dead_code)] // `port` and `backend` are for tests that need them
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`
+    pub address: String,
+    pub port: u16,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub backend: Backend,
+    /// The app's `DATA_DIR` (and, for SQLite, where the database file lives). Removed on drop.
+    pub data_dir: PathBuf,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// The application with the default test configuration; `None` when the backend is
+/// unavailable and the test should be skipped (PostgreSQL outside CI).
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, &[]).await
+}
+
+/// Like [`spawn_app`], with some configuration variables overridden.
+pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Option<TestApp> {
+    let data_dir = std::env::temp_dir().join(format!(
+        "chat-server-test-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&data_dir).expect("create the test data dir");
+
+    let database_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}?mode=rwc", data_dir.join("chat.db").display()),
+        Backend::Postgres => match crate::pg::create_test_database().await {
+            Ok(url) => url,
+            Err(reason) => {
+                let _ = std::fs::remove_dir_all(&data_dir);
+                crate::pg::unavailable(&reason);
+                return None;
+            }
+        },
+    };
+
+    let vars = test_env(&database_url, &data_dir, overrides);
+    let config = Config::from_lookup(|key: &str| vars.get(key).cloned()).expect("test config");
+    let app = Application::build(config)
+        .await
+        .expect("build the application");
+    let port = app.port();
+    tokio::spawn(app.run_until_stopped());
+
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("reqwest client");
+    Some(TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client,
+        database_url,
+        backend,
+        data_dir,
+    })
+}
+
+/// The configuration variables of a test app (also handed to the binary by tests that run it).
+pub fn test_env(
+    database_url: &str,
+    data_dir: &std::path::Path,
+    overrides: &[(&str, &str)],
+) -> HashMap<String, String> {
+    let mut vars: HashMap<String, String> = [
+        ("DATABASE_URL", database_url.to_string()),
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", "0".to_string()),
+        ("JWT_SECRET", TEST_JWT_SECRET.to_string()),
+        ("APP_ENV", "development".to_string()),
+        ("DATA_DIR", data_dir.display().to_string()),
+        ("ALLOW_REGISTRATION", "true".to_string()),
+        ("CORS_ORIGINS", "http://localhost:8081".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in overrides {
+        vars.insert(k.to_string(), v.to_string());
+    }
+    vars
+}
+
+/// A registered user as the API returned it.
+pub struct TestUser {
+    pub user: Value,
+    pub id: String,
+    pub email: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    fn with_auth(
+        &self,
+        req: reqwest::RequestBuilder,
+        token: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.with_auth(self.client.get(self.url(path)), token)
+            .send()
+            .await
+            .expect("GET request")
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        self.with_auth(self.client.post(self.url(path)), token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST request")
+    }
+
+    pub async fn patch(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        self.with_auth(self.client.patch(self.url(path)), token)
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH request")
+    }
+
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Response {
+        self.with_auth(self.client.delete(self.url(path)), token)
+            .send()
+            .await
+            .expect("DELETE request")
+    }
+
+    /// Sends a raw body with `Content-Type: application/json` (for malformed JSON tests).
+    pub async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Response {
+        self.with_auth(self.client.request(method, self.url(path)), token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("raw request")
+    }
+
+    /// `POST /api/auth/register`, returning the raw response.
+    pub async fn register(&self, email: &str, password: &str) -> Response {
+        self.post(
+            "/api/auth/register",
+            None,
+            &json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    /// Registers a user with [`PASSWORD`]; panics unless the answer is 201.
+    pub async fn register_user(&self, email: &str) -> TestUser {
+        let resp = self.register(email, PASSWORD).await;
+        let body = expect_json(resp, StatusCode::CREATED).await;
+        test_user(body)
+    }
+
+    /// `POST /api/auth/login` with [`PASSWORD`]; panics unless the answer is 200.
+    pub async fn login(&self, email: &str) -> TestUser {
+        let resp = self
+            .post(
+                "/api/auth/login",
+                None,
+                &json!({ "email": email, "password": PASSWORD }),
+            )
+            .await;
+        test_user(expect_json(resp, StatusCode::OK).await)
+    }
+
+    /// `POST /api/conversations` with a title; panics unless the answer is 201.
+    pub async fn create_conversation(&self, token: &str, title: &str) -> Value {
+        let resp = self
+            .post(
+                "/api/conversations",
+                Some(token),
+                &json!({ "title": title }),
+            )
+            .await;
+        expect_json(resp, StatusCode::CREATED).await
+    }
+
+    /// `GET /api/conversations/{id}`; panics unless the answer is 200.
+    pub async fn get_conversation(&self, token: &str, id: &str) -> Value {
+        let resp = self
+            .get(&format!("/api/conversations/{id}"), Some(token))
+            .await;
+        expect_json(resp, StatusCode::OK).await
+    }
+
+    /// `PATCH /api/conversations/{id}`; panics unless the answer is 200.
+    pub async fn patch_conversation(&self, token: &str, id: &str, body: Value) -> Value {
+        let resp = self
+            .patch(&format!("/api/conversations/{id}"), Some(token), &body)
+            .await;
+        expect_json(resp, StatusCode::OK).await
+    }
+
+    /// `GET /api/conversations{query}`; panics unless the answer is 200.
+    pub async fn list_conversations(&self, token: &str, query: &str) -> Vec<Value> {
+        let resp = self
+            .get(&format!("/api/conversations{query}"), Some(token))
+            .await;
+        as_array(expect_json(resp, StatusCode::OK).await)
+    }
+
+    /// `GET /api/conversations/{id}/events{query}`; panics unless the answer is 200.
+    pub async fn events(&self, token: &str, id: &str, query: &str) -> Vec<Value> {
+        let resp = self
+            .get(
+                &format!("/api/conversations/{id}/events{query}"),
+                Some(token),
+            )
+            .await;
+        as_array(expect_json(resp, StatusCode::OK).await)
+    }
+
+    /// A new SeaORM connection to the app's database, for reading rows directly.
+    pub async fn db(&self) -> DatabaseConnection {
+        Database::connect(self.database_url.as_str())
+            .await
+            .expect("connect to the test database")
+    }
+}
+
+fn test_user(body: Value) -> TestUser {
+    TestUser {
+        id: str_field(&body["user"], "id"),
+        email: str_field(&body["user"], "email"),
+        access: str_field(&body, "accessToken"),
+        refresh: str_field(&body, "refreshToken"),
+        user: body["user"].clone(),
+    }
+}
+
+pub fn str_field(v: &Value, field: &str) -> String {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{field}` is not a string in {v}"))
+        .to_string()
+}
+
+pub fn as_array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items,
+        other => panic!("expected a JSON array, got {other}"),
+    }
+}
+
+fn is_json(resp: &Response) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.starts_with("application/json"))
+        .unwrap_or(false)
+}
+
+/// Asserts the status and a JSON body, and returns the body.
+pub async fn expect_json(resp: Response, status: StatusCode) -> Value {
+    let actual = resp.status();
+    let url = resp.url().clone();
+    let json_type = is_json(&resp);
+    let text = resp.text().await.expect("response body");
+    assert_eq!(actual, status, "{url}: unexpected status; body: {text}");
+    assert!(json_type, "{url}: Content-Type is not JSON; body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: body is not JSON ({e}): {text}"))
+}
+
+/// Asserts an error answer: the status, a JSON `Content-Type`, a body with string `message`
+/// and `code`, and the code. Returns the body.
+pub async fn expect_error(resp: Response, status: StatusCode, code: &str) -> Value {
+    let body = expect_error_body(resp, status).await;
+    assert_eq!(body["code"], code, "unexpected error code in {body}");
+    body
+}
+
+/// Like [`expect_error`] for a 404, accepting `NOT_FOUND` or a specific `*_NOT_FOUND` code.
+pub async fn expect_not_found(resp: Response) -> Value {
+    let body = expect_error_body(resp, StatusCode::NOT_FOUND).await;
+    let code = body["code"].as_str().unwrap_or_default();
+    assert!(
+        code == "NOT_FOUND" || code.ends_with("_NOT_FOUND"),
+        "404 with an unexpected code: {body}"
+    );
+    body
+}
+
+pub async fn expect_error_body(resp: Response, status: StatusCode) -> Value {
+    let body = expect_json(resp, status).await;
+    assert!(
+        body["message"].is_string(),
+        "error body without a string `message`: {body}"
+    );
+    assert!(
+        body["code"].is_string(),
+        "error body without a string `code`: {body}"
+    );
+    assert!(
+        !body["message"].as_str().unwrap().is_empty(),
+        "error body with an empty `message`: {body}"
+    );
+    body
+}
+
+/// Asserts a status without a body (204).
+pub async fn expect_status(resp: Response, status: StatusCode) {
+    let actual = resp.status();
+    let url = resp.url().clone();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(actual, status, "{url}: unexpected status; body: {text}");
+}
+
+/// Parses an RFC 3339 timestamp, panicking with the field name otherwise.
+pub fn timestamp(v: &Value, field: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    let s = str_field(v, field);
+    chrono::DateTime::parse_from_rfc3339(&s)
+        .unwrap_or_else(|e| panic!("`{field}` = {s:?} is not RFC 3339: {e}"))
+}
+
+/// Asserts a string is a UUID.
+pub fn assert_uuid(v: &Value, field: &str) -> uuid::Uuid {
+    let s = str_field(v, field);
+    uuid::Uuid::parse_str(&s).unwrap_or_else(|e| panic!("`{field}` = {s:?} is not a UUID: {e}"))
+}
+
+/// A random, never-used email address.
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
+}
