@@ -192,3 +192,44 @@ backend_test!(the_server_survives_bad_input, |app: TestApp| async move {
     let health = expect_json(app.get("/api/health", None).await, StatusCode::OK).await;
     assert_eq!(health["status"], "OK");
 });
+
+backend_test!(
+    oversized_bodies_are_413_with_or_without_a_length,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let huge = format!("{{\"title\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
+
+        // With a Content-Length header.
+        let resp = app
+            .send_raw(
+                Method::POST,
+                "/api/conversations",
+                Some(&user.access),
+                &huge,
+            )
+            .await;
+        expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
+
+        // Chunked, so the server must count while reading.
+        let chunks = futures::stream::iter(
+            huge.into_bytes()
+                .chunks(64 * 1024)
+                .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+                .collect::<Vec<_>>(),
+        );
+        let resp = app
+            .client
+            .post(app.url("/api/conversations"))
+            .bearer_auth(&user.access)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .expect("chunked request");
+        expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
+
+        // Nothing was created, and the server keeps serving.
+        assert!(app.list_conversations(&user.access, "").await.is_empty());
+        expect_json(app.get("/api/health", None).await, StatusCode::OK).await;
+    }
+);

@@ -208,6 +208,19 @@ async fn projections(db: &DatabaseConnection) -> (Vec<conversations::Model>, Vec
     (convs, msgs)
 }
 
+/// Empties both projections, leaving only the log.
+async fn wipe_projections(db: &DatabaseConnection) {
+    messages::Entity::delete_many()
+        .exec(db)
+        .await
+        .expect("wipe messages");
+    conversations::Entity::delete_many()
+        .exec(db)
+        .await
+        .expect("wipe conversations");
+    assert_eq!(projections(db).await, (vec![], vec![]));
+}
+
 backend_test!(
     rebuilding_projections_reproduces_them_exactly,
     |app: TestApp| async move {
@@ -260,6 +273,31 @@ backend_test!(
         app.patch_conversation(&alice.access, &ids[0].1, json!({ "title": "final" }))
             .await;
 
+        // Messages: exchanges in several conversations, then an edit and a deletion.
+        let (q0, _) = app
+            .add_exchange(&alice.id, &ids[0].1, "first question", "first answer")
+            .await;
+        app.add_exchange(&alice.id, &ids[0].1, "second question", "second answer")
+            .await;
+        let (_, a2) = app.add_exchange(&alice.id, &ids[2].1, "q", "a").await;
+        app.add_exchange(&bob.id, &ids[3].1, "bob asks", "bob is answered")
+            .await;
+        let resp = app
+            .patch(
+                &format!("/api/conversations/{}/messages/{q0}", ids[0].1),
+                Some(&alice.access),
+                &json!({ "content": "first question, edited" }),
+            )
+            .await;
+        expect_json(resp, StatusCode::OK).await;
+        let resp = app
+            .delete(
+                &format!("/api/conversations/{}/messages/{a2}", ids[2].1),
+                Some(&alice.access),
+            )
+            .await;
+        expect_status(resp, StatusCode::NO_CONTENT).await;
+
         let db = app.db().await;
         let before = projections(&db).await;
         assert_eq!(
@@ -271,15 +309,34 @@ backend_test!(
             before.0.iter().filter(|c| c.deleted_at.is_some()).count(),
             2
         );
+        assert_eq!(before.1.len(), 7, "4 exchanges of 2 messages, one deleted");
+        assert!(before
+            .1
+            .iter()
+            .any(|m| m.content == "first question, edited"));
 
         chat_server::store::rebuild_projections(&db)
             .await
             .expect("rebuild_projections");
-        let after_library = projections(&db).await;
         assert_eq!(
-            after_library, before,
-            "the library rebuild changed the projections"
+            projections(&db).await,
+            before,
+            "rebuilding over intact projections changed them"
         );
+
+        // From the log alone, the library gives the projections back exactly...
+        wipe_projections(&db).await;
+        chat_server::store::rebuild_projections(&db)
+            .await
+            .expect("rebuild_projections");
+        assert_eq!(
+            projections(&db).await,
+            before,
+            "the library rebuild from the log alone differs"
+        );
+
+        // ...and so does the binary.
+        wipe_projections(&db).await;
 
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
             .arg("rebuild-projections")
@@ -297,16 +354,18 @@ backend_test!(
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let after_binary = projections(&db).await;
         assert_eq!(
-            after_binary, before,
-            "the binary rebuild changed the projections"
+            projections(&db).await,
+            before,
+            "`chat-server rebuild-projections` did not rebuild the projections exactly"
         );
 
         // The API still serves the rebuilt state.
         let listed = app.list_conversations(&alice.access, "").await;
         assert_eq!(listed.len(), 3);
-        assert_eq!(listed[0]["title"], "final");
+        // Alice's most recently changed conversation is the one a message was deleted from.
+        assert_eq!(listed[0]["title"], "renamed 2");
+        assert_eq!(listed[1]["title"], "final");
         let _ = db.close().await;
     }
 );

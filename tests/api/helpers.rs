@@ -296,6 +296,61 @@ impl TestApp {
         as_array(expect_json(resp, StatusCode::OK).await)
     }
 
+    /// Appends one exchange (a user message, then a streamed assistant answer) through the
+    /// library's one append path, exactly as the chat endpoints will. There is no REST
+    /// endpoint that adds messages until the streaming milestone; this stands in for it.
+    /// Returns (user message id, assistant message id).
+    pub async fn add_exchange(
+        &self,
+        owner_id: &str,
+        conversation_id: &str,
+        question: &str,
+        answer: &str,
+    ) -> (String, String) {
+        use chat_server::domain::events::*;
+        use chat_server::domain::types::{MessageRole, MessageStatus, Usage};
+
+        let owner: uuid::Uuid = owner_id.parse().expect("owner id");
+        let conversation: uuid::Uuid = conversation_id.parse().expect("conversation id");
+        let (user_msg, assistant_msg) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        let events = vec![
+            ConversationEvent::MessageAdded(MessageAdded {
+                message_id: user_msg,
+                role: MessageRole::User,
+                content: question.into(),
+                client_message_id: None,
+            }),
+            ConversationEvent::StreamStarted(StreamStarted {
+                message_id: assistant_msg,
+                user_message_id: Some(user_msg),
+                model: "test-model".into(),
+            }),
+            ConversationEvent::StreamCompleted(StreamCompleted {
+                message_id: assistant_msg,
+                content: answer.into(),
+                status: MessageStatus::Complete,
+                usage: Some(Usage {
+                    prompt_tokens: 11,
+                    completion_tokens: 7,
+                }),
+                error: None,
+            }),
+        ];
+        let store = chat_server::store::Store::from_connection(self.db().await);
+        store
+            .execute(conversation, Some(owner), &[], |state| {
+                assert!(
+                    state.visible_to(owner).is_some(),
+                    "conversation must be the owner's"
+                );
+                Ok::<_, std::convert::Infallible>(events.clone())
+            })
+            .await
+            .expect("append an exchange");
+        let _ = store.connection().clone().close().await;
+        (user_msg.to_string(), assistant_msg.to_string())
+    }
+
     /// A new SeaORM connection to the app's database, for reading rows directly.
     pub async fn db(&self) -> DatabaseConnection {
         Database::connect(self.database_url.as_str())

@@ -1,7 +1,7 @@
 //! `PATCH`/`DELETE /api/conversations/{id}/messages/{messageId}`.
 //!
-//! There is no REST endpoint that adds a message yet, so these cover the refusals; the
-//! message-producing cases come with the endpoints that produce messages.
+//! Messages are added through the library's append path (`TestApp::add_exchange`) until the
+//! chat endpoints exist; edits and deletes go through the REST API under test.
 
 use crate::helpers::*;
 use reqwest::StatusCode;
@@ -73,5 +73,173 @@ backend_test!(
         expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
         let resp = app.delete(&path, None).await;
         expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+    }
+);
+
+backend_test!(
+    editing_a_user_message_changes_it_and_logs_the_edit,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "x").await, "id");
+        let (question, answer) = app.add_exchange(&user.id, &id, "What is 2+2?", "4").await;
+
+        let before = app.get_conversation(&user.access, &id).await;
+        let messages = before["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 2);
+        assert_eq!(messages[0]["id"], question.as_str());
+        assert_eq!(messages[0]["role"], "user");
+        assert_eq!(messages[1]["id"], answer.as_str());
+        assert_eq!(messages[1]["role"], "assistant");
+        assert_eq!(messages[1]["status"], "complete");
+        assert_eq!(messages[1]["model"], "test-model");
+        assert_eq!(
+            messages[1]["usage"],
+            json!({"promptTokens": 11, "completionTokens": 7})
+        );
+        let seq_before_edit = before["lastSeq"].as_i64().unwrap();
+
+        let path = format!("/api/conversations/{id}/messages/{question}");
+        let edited = expect_json(
+            app.patch(
+                &path,
+                Some(&user.access),
+                &json!({ "content": "What is 3+3?" }),
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(edited["id"], question.as_str());
+        assert_eq!(edited["conversationId"], id.as_str());
+        assert_eq!(edited["content"], "What is 3+3?");
+        assert_eq!(edited["role"], "user");
+
+        let after = app.get_conversation(&user.access, &id).await;
+        assert_eq!(after["messages"][0]["content"], "What is 3+3?");
+        assert_eq!(after["lastSeq"], seq_before_edit + 1);
+        let events = app.events(&user.access, &id, "").await;
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "message_edited");
+        assert_eq!(
+            last["data"],
+            json!({ "messageId": question, "content": "What is 3+3?" })
+        );
+
+        // Time travel still shows the original question.
+        let earlier = app
+            .get(
+                &format!("/api/conversations/{id}?atSeq={seq_before_edit}"),
+                Some(&user.access),
+            )
+            .await;
+        let earlier = expect_json(earlier, StatusCode::OK).await;
+        assert_eq!(earlier["messages"][0]["content"], "What is 2+2?");
+    }
+);
+
+backend_test!(
+    assistant_messages_cannot_be_edited_and_blank_edits_are_refused,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "x").await, "id");
+        let (question, answer) = app.add_exchange(&user.id, &id, "hi", "hello").await;
+
+        let resp = app
+            .patch(
+                &format!("/api/conversations/{id}/messages/{answer}"),
+                Some(&user.access),
+                &json!({ "content": "rewritten" }),
+            )
+            .await;
+        let body = expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+        assert!(
+            body["message"].as_str().unwrap().contains("messageId"),
+            "{body}"
+        );
+
+        let resp = app
+            .patch(
+                &format!("/api/conversations/{id}/messages/{question}"),
+                Some(&user.access),
+                &json!({ "content": "   " }),
+            )
+            .await;
+        let body = expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+        assert!(
+            body["message"].as_str().unwrap().contains("content"),
+            "{body}"
+        );
+
+        let c = app.get_conversation(&user.access, &id).await;
+        assert_eq!(c["messages"][0]["content"], "hi");
+        assert_eq!(c["messages"][1]["content"], "hello");
+    }
+);
+
+backend_test!(
+    deleting_a_message_removes_it_and_logs_the_deletion,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "x").await, "id");
+        let (question, answer) = app.add_exchange(&user.id, &id, "hi", "hello").await;
+        let summary = &app.list_conversations(&user.access, "").await[0];
+        assert_eq!(summary["messageCount"], 2);
+
+        let path = format!("/api/conversations/{id}/messages/{answer}");
+        expect_status(
+            app.delete(&path, Some(&user.access)).await,
+            StatusCode::NO_CONTENT,
+        )
+        .await;
+
+        let c = app.get_conversation(&user.access, &id).await;
+        let ids: Vec<_> = c["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].clone())
+            .collect();
+        assert_eq!(ids, vec![json!(question)]);
+        assert_eq!(
+            app.list_conversations(&user.access, "").await[0]["messageCount"],
+            1
+        );
+        let events = app.events(&user.access, &id, "").await;
+        assert_eq!(events.last().unwrap()["type"], "message_deleted");
+        assert_eq!(
+            events.last().unwrap()["data"],
+            json!({ "messageId": answer })
+        );
+
+        // Deleting it again is 404, and appends nothing.
+        expect_not_found(app.delete(&path, Some(&user.access)).await).await;
+        assert_eq!(app.events(&user.access, &id, "").await.len(), events.len());
+    }
+);
+
+backend_test!(
+    another_users_messages_are_404_and_untouched,
+    |app: TestApp| async move {
+        let alice = app.register_user(&unique_email()).await;
+        let bob = app.register_user(&unique_email()).await;
+        let id = str_field(
+            &app.create_conversation(&alice.access, "private").await,
+            "id",
+        );
+        let (question, _) = app
+            .add_exchange(&alice.id, &id, "secret question", "secret answer")
+            .await;
+
+        let path = format!("/api/conversations/{id}/messages/{question}");
+        let resp = app
+            .patch(&path, Some(&bob.access), &json!({ "content": "mine now" }))
+            .await;
+        let body = expect_not_found(resp).await;
+        assert!(!body.to_string().contains("secret"), "{body}");
+        expect_not_found(app.delete(&path, Some(&bob.access)).await).await;
+
+        let c = app.get_conversation(&alice.access, &id).await;
+        assert_eq!(c["messages"][0]["content"], "secret question");
+        assert_eq!(c["messages"].as_array().unwrap().len(), 2);
     }
 );
