@@ -26,6 +26,7 @@ impl Application {
     /// Connects to the database, runs migrations and binds the listener (port 0 picks a
     /// free one: see [`Application::port`]).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        install_tls_provider();
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         let state = build_state(&config, store);
@@ -62,6 +63,12 @@ impl Application {
             .await
             .context("server failed")
     }
+}
+
+/// HTTPS clients (the LLM upstream) use rustls with the ring provider, which sqlx already
+/// builds; it must be chosen once per process before any client exists. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 pub fn build_state(config: &Config, store: Store) -> AppState {
