@@ -55,11 +55,35 @@ pub struct Config {
     pub allow_registration: bool,
     pub stream_checkpoint: Duration,
     pub log_format: LogFormat,
+    pub upstream: UpstreamConfig,
+    /// How much history is sent upstream, in estimated tokens; the oldest turns go first.
+    pub context_budget_tokens: usize,
+    /// The demo provider's pause between words.
+    pub demo_delay: Duration,
+    /// The largest WebSocket message accepted.
+    pub ws_max_frame_bytes: usize,
+    /// Frames a socket may have waiting before it counts as too slow and is closed.
+    pub ws_send_queue_frames: usize,
+}
+
+/// Time limits for the LLM upstream.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    /// From sending the request to the first token of a streamed answer.
+    pub first_token_timeout: Duration,
+    /// The longest silence allowed between two tokens.
+    pub idle_timeout: Duration,
+    /// The whole answer of a non-streamed completion (`POST /api/chat`).
+    pub request_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
 pub struct JwtConfig {
     pub secret: Secret,
+    /// Where the secret came from, so start-up can warn about a development secret once
+    /// logging is set up.
+    pub secret_file: Option<PathBuf>,
     pub issuer: String,
     pub audience: String,
     pub access_ttl: Duration,
@@ -114,7 +138,11 @@ impl Config {
                 .with_context(|| format!("PORT must be a port number, not `{p}`"))?,
             None => 5001,
         };
-        let secret = resolve_jwt_secret(app_env, get("JWT_SECRET"), &data_dir)?;
+        let configured_secret = get("JWT_SECRET");
+        let secret_file = configured_secret
+            .is_none()
+            .then(|| data_dir.join(SECRET_FILE));
+        let secret = resolve_jwt_secret(app_env, configured_secret, &data_dir)?;
         let cors_origins = get("CORS_ORIGINS")
             .unwrap_or_else(|| "http://localhost:8081".into())
             .split(',')
@@ -122,6 +150,9 @@ impl Config {
             .filter(|o| !o.is_empty())
             .collect();
         let stream_checkpoint_ms: u64 = parse_or(&get, "STREAM_CHECKPOINT_MS", 1000)?;
+        let millis = |key: &str, default: u64| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(parse_or(&get, key, default)?))
+        };
 
         Ok(Self {
             app_env,
@@ -131,6 +162,7 @@ impl Config {
             data_dir,
             jwt: JwtConfig {
                 secret,
+                secret_file,
                 issuer: JWT_ISSUER.into(),
                 audience: JWT_AUDIENCE.into(),
                 access_ttl: Duration::from_secs(parse_or(&get, "ACCESS_TOKEN_TTL_SECS", 15 * 60)?),
@@ -153,6 +185,16 @@ impl Config {
                 None | Some("pretty") | Some("text") => LogFormat::Pretty,
                 Some(other) => bail!("LOG_FORMAT must be `pretty` or `json`, not `{other}`"),
             },
+            upstream: UpstreamConfig {
+                connect_timeout: millis("UPSTREAM_CONNECT_TIMEOUT_MS", 10_000)?,
+                first_token_timeout: millis("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000)?,
+                idle_timeout: millis("UPSTREAM_IDLE_TIMEOUT_MS", 30_000)?,
+                request_timeout: millis("UPSTREAM_REQUEST_TIMEOUT_MS", 120_000)?,
+            },
+            context_budget_tokens: parse_or(&get, "CONTEXT_BUDGET_TOKENS", 8_000)?,
+            demo_delay: millis("DEMO_DELAY_MS", 40)?,
+            ws_max_frame_bytes: parse_or(&get, "WS_MAX_FRAME_BYTES", 512 * 1024)?,
+            ws_send_queue_frames: parse_or::<usize>(&get, "WS_SEND_QUEUE_FRAMES", 1024)?.max(1),
         })
     }
 
@@ -233,10 +275,6 @@ fn resolve_jwt_secret(
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no system randomness: {e}"))?;
     let secret = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes);
     write_private(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
-    tracing::warn!(
-        path = %path.display(),
-        "JWT_SECRET is not set: generated a development secret and stored it in the data folder; set JWT_SECRET in production"
-    );
     Ok(Secret::new(secret))
 }
 

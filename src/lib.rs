@@ -6,6 +6,8 @@
 pub mod api;
 pub mod config;
 pub mod domain;
+pub mod llm;
+pub mod realtime;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -59,7 +59,7 @@ async fn run(command: &str) -> anyhow::Result<()> {
         "openapi" => {
             // The spec does not depend on the database: an in-memory SQLite stands in.
             let store = Store::connect("sqlite::memory:").await?;
-            println!("{}", api::spec_json(build_state(&config, store)));
+            println!("{}", api::spec_json(build_state(&config, store)?));
             Ok(())
         }
         other => anyhow::bail!("unknown command `{other}`\n\n{USAGE}"),

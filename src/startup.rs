@@ -10,7 +10,11 @@ use poem::Server;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::llm::{self, demo::DEMO_MODEL};
+use crate::realtime::bus::{LocalRoomBus, RoomBus};
+use crate::realtime::hub::{recover_interrupted, StreamHub};
 use crate::service::auth::AuthService;
+use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
 use crate::service::tokens::TokenKeys;
 use crate::store::Store;
@@ -27,9 +31,22 @@ impl Application {
     /// free one: see [`Application::port`]).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         install_tls_provider();
+        if let Some(path) = &config.jwt.secret_file {
+            tracing::warn!(
+                path = %path.display(),
+                "JWT_SECRET is not set: using a development secret generated into the data folder; set JWT_SECRET in production"
+            );
+        }
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
-        let state = build_state(&config, store);
+        let state = build_state(&config, store)?;
+        let interrupted = recover_interrupted(&state.chat).await?;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "marked answers cut off by the last stop as interrupted"
+            );
+        }
         let address = format!("{}:{}", config.host, config.port);
         let acceptor = TcpListener::bind(address.clone())
             .into_acceptor()
@@ -71,14 +88,31 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub fn build_state(config: &Config, store: Store) -> AppState {
+pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
     let keys = TokenKeys::new(&config.jwt);
-    AppState {
+    let provider = llm::from_config(config)?;
+    let default_model = match config.openai.api_key {
+        Some(_) => config.openai.model.clone(),
+        None => DEMO_MODEL.to_string(),
+    };
+    tracing::info!(provider = provider.name(), model = %default_model, "LLM provider configured");
+    let chat = ChatService::new(
+        store.clone(),
+        provider,
+        default_model,
+        config.context_budget_tokens,
+        config.upstream.clone(),
+    );
+    let bus: Arc<dyn RoomBus> = Arc::new(LocalRoomBus::new(config.ws_send_queue_frames));
+    Ok(AppState {
+        config: Arc::new(config.clone()),
         auth: AuthService::new(store.clone(), keys, config.allow_registration),
         conversations: ConversationService::new(store.clone()),
+        hub: StreamHub::new(chat.clone(), bus, config.stream_checkpoint),
+        chat,
         store,
         started_at: Instant::now(),
-    }
+    })
 }
 
 async fn shutdown_signal() {

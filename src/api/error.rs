@@ -97,6 +97,15 @@ impl From<ServiceError> for ApiError {
             ),
             E::UserNotFound => Self::new(StatusCode::NOT_FOUND, "USER_NOT_FOUND", "user not found"),
             E::Conflict(message) => Self::new(StatusCode::CONFLICT, "CONFLICT", message),
+            E::Upstream(err) => {
+                use crate::llm::ProviderError as P;
+                let (status, code) = match err {
+                    P::Timeout => (StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT"),
+                    P::Upstream(_) => (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
+                    P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+                };
+                Self::new(status, code, err.to_string())
+            }
             E::Internal(cause) => {
                 // The whole chain goes to the log (with the request's span); the client
                 // learns nothing about SQL, files or stacks.
@@ -127,19 +136,23 @@ impl IntoResponse for ApiError {
     }
 }
 
+fn error_response(status: u16, description: &'static str) -> MetaResponse {
+    MetaResponse {
+        description,
+        status: Some(status),
+        status_range: None,
+        content: vec![MetaMediaType {
+            content_type: "application/json; charset=utf-8",
+            schema: ErrorBody::schema_ref(),
+        }],
+        headers: vec![],
+    }
+}
+
 /// Documents the error statuses every operation may answer, with the error body schema.
 impl ApiResponse for ApiError {
     fn meta() -> MetaResponses {
-        let response = |status: u16, description: &'static str| MetaResponse {
-            description,
-            status: Some(status),
-            status_range: None,
-            content: vec![MetaMediaType {
-                content_type: "application/json; charset=utf-8",
-                schema: ErrorBody::schema_ref(),
-            }],
-            headers: vec![],
-        };
+        let response = error_response;
         MetaResponses {
             responses: vec![
                 response(
@@ -163,6 +176,48 @@ impl ApiResponse for ApiError {
 
     fn register(registry: &mut Registry) {
         ErrorBody::register(registry);
+    }
+}
+
+/// The errors of operations that call the LLM upstream: [`ApiError`]'s, plus the gateway
+/// statuses. A separate type only so the spec lists 502/503/504 where they can happen.
+#[derive(Debug, Clone)]
+pub struct UpstreamApiError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for UpstreamApiError {
+    fn from(err: E) -> Self {
+        Self(err.into())
+    }
+}
+
+impl From<UpstreamApiError> for poem::Error {
+    fn from(err: UpstreamApiError) -> Self {
+        err.0.into()
+    }
+}
+
+impl ApiResponse for UpstreamApiError {
+    fn meta() -> MetaResponses {
+        let mut meta = ApiError::meta();
+        meta.responses.extend([
+            error_response(
+                502,
+                "The model provider failed (`BAD_GATEWAY`); the user message is kept",
+            ),
+            error_response(
+                503,
+                "The model provider is unavailable (`SERVICE_UNAVAILABLE`)",
+            ),
+            error_response(
+                504,
+                "The model provider did not answer in time (`GATEWAY_TIMEOUT`)",
+            ),
+        ]);
+        meta
+    }
+
+    fn register(registry: &mut Registry) {
+        ApiError::register(registry);
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod chat;
 pub mod conversations;
 pub mod error;
 pub mod health;
@@ -10,6 +11,7 @@ pub mod json;
 pub mod models;
 pub mod security;
 pub mod state;
+pub mod ws;
 
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
@@ -26,6 +28,8 @@ pub enum Tags {
     Admin,
     /// Conversations, messages and the event log
     Conversations,
+    /// Sending messages and receiving answers
+    Chat,
 }
 
 type Apis = (
@@ -33,6 +37,7 @@ type Apis = (
     auth::AuthApi,
     admin::AdminApi,
     conversations::ConversationsApi,
+    chat::ChatApi,
 );
 
 fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
@@ -46,7 +51,10 @@ fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
         admin::AdminApi {
             state: state.clone(),
         },
-        conversations::ConversationsApi { state },
+        conversations::ConversationsApi {
+            state: state.clone(),
+        },
+        chat::ChatApi { state },
     );
     OpenApiService::new(apis, "Chat Server API", env!("CARGO_PKG_VERSION"))
         .description(
@@ -68,6 +76,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let docs = api.swagger_ui();
     Route::new()
         .at("/api/openapi.json", spec)
+        .at("/api/ws", poem::get(ws::ws_upgrade))
         .nest("/api", api)
         .nest("/docs", docs)
         .data(state)

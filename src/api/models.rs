@@ -315,3 +315,8 @@ pub struct Health {
     /// `ok` or `unavailable`.
     pub database: String,
 }
+
+/// An event in the JSON shape of [`Event`], for WebSocket `event` frames.
+pub fn event_json(event: &RecordedEvent) -> serde_json::Value {
+    poem_openapi::types::ToJSON::to_json(&Event::from(event.clone())).unwrap_or_default()
+}

@@ -103,6 +103,97 @@ pub fn delete_message(state: &ConversationState, actor: Uuid, message_id: Uuid) 
     })])
 }
 
+/// What a new chat turn needs besides the state: ids chosen by the caller (so a retried
+/// decision appends the same ids) and the text, already validated.
+#[derive(Clone, Debug)]
+pub struct NewTurn {
+    pub user_message_id: Uuid,
+    pub assistant_message_id: Uuid,
+    pub text: String,
+    pub client_message_id: Option<String>,
+    /// Create the conversation (owned by the actor) if it does not exist yet.
+    pub create_if_missing: bool,
+    /// The model for this answer: the request's, else the conversation's, else this default.
+    pub model_override: Option<String>,
+    pub default_model: String,
+}
+
+/// Titles of conversations started by a message are its first 50 characters.
+pub const TITLE_FROM_MESSAGE_CHARS: usize = 50;
+
+/// A user message and the start of its answer. A `client_message_id` already used in this
+/// conversation decides nothing (idempotent send): the caller finds the earlier turn.
+pub fn start_turn(state: &ConversationState, actor: Uuid, turn: &NewTurn) -> Decision {
+    let mut events = Vec::new();
+    let conversation_model = match &state.conversation {
+        None if turn.create_if_missing => {
+            let title: String = turn
+                .text
+                .trim()
+                .chars()
+                .take(TITLE_FROM_MESSAGE_CHARS)
+                .collect();
+            events.push(ConversationEvent::ConversationCreated(
+                ConversationCreated {
+                    title: if title.is_empty() {
+                        "New conversation".into()
+                    } else {
+                        title
+                    },
+                    system_prompt: None,
+                    model: None,
+                },
+            ));
+            None
+        }
+        None => return Err(DomainError::ConversationNotFound),
+        Some(_) => {
+            owned(state, actor)?;
+            if let Some(client_id) = &turn.client_message_id {
+                if state
+                    .messages
+                    .values()
+                    .any(|m| m.client_message_id.as_ref() == Some(client_id))
+                {
+                    return Ok(vec![]);
+                }
+            }
+            state.conversation.as_ref().and_then(|c| c.model.clone())
+        }
+    };
+    let model = turn
+        .model_override
+        .clone()
+        .or(conversation_model)
+        .unwrap_or_else(|| turn.default_model.clone());
+    events.push(ConversationEvent::MessageAdded(MessageAdded {
+        message_id: turn.user_message_id,
+        role: MessageRole::User,
+        content: turn.text.clone(),
+        client_message_id: turn.client_message_id.clone(),
+    }));
+    events.push(ConversationEvent::StreamStarted(StreamStarted {
+        message_id: turn.assistant_message_id,
+        user_message_id: Some(turn.user_message_id),
+        model,
+    }));
+    Ok(events)
+}
+
+/// The end of an answer. Only a message that is still streaming can finish, and only once.
+pub fn finish_stream(state: &ConversationState, completed: StreamCompleted) -> Decision {
+    let message = state
+        .messages
+        .get(&completed.message_id)
+        .ok_or(DomainError::MessageNotFound)?;
+    if message.status != MessageStatus::Streaming {
+        return Err(DomainError::Conflict(
+            "the answer has already finished".into(),
+        ));
+    }
+    Ok(vec![ConversationEvent::StreamCompleted(completed)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +262,85 @@ mod tests {
             update_conversation(&state, OWNER, new.clone()),
             Ok(vec![ConversationEvent::ConversationUpdated(new)])
         );
+    }
+
+    fn turn(client_message_id: Option<&str>, create_if_missing: bool) -> NewTurn {
+        NewTurn {
+            user_message_id: Uuid::now_v7(),
+            assistant_message_id: Uuid::now_v7(),
+            text: "What is the capital of Portugal, and why is it Lisbon?".into(),
+            client_message_id: client_message_id.map(Into::into),
+            create_if_missing,
+            model_override: None,
+            default_model: "default-model".into(),
+        }
+    }
+
+    #[test]
+    fn a_turn_on_a_new_conversation_creates_it_titled_from_the_message() {
+        let events = start_turn(&ConversationState::default(), OWNER, &turn(None, true)).unwrap();
+        let ConversationEvent::ConversationCreated(created) = &events[0] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(created.title.chars().count(), TITLE_FROM_MESSAGE_CHARS);
+        assert!(matches!(events[1], ConversationEvent::MessageAdded(_)));
+        let ConversationEvent::StreamStarted(started) = &events[2] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(started.model, "default-model");
+        assert_eq!(
+            start_turn(&ConversationState::default(), OWNER, &turn(None, false)),
+            Err(DomainError::ConversationNotFound)
+        );
+    }
+
+    #[test]
+    fn a_repeated_client_message_id_decides_nothing() {
+        let first = turn(Some("c-1"), true);
+        let state = given(start_turn(&ConversationState::default(), OWNER, &first).unwrap());
+        assert_eq!(
+            start_turn(&state, OWNER, &turn(Some("c-1"), true)),
+            Ok(vec![])
+        );
+        assert_eq!(
+            start_turn(&state, OWNER, &turn(Some("c-2"), true))
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            start_turn(&state, STRANGER, &turn(Some("c-3"), true)),
+            Err(DomainError::ConversationNotFound)
+        );
+    }
+
+    #[test]
+    fn a_stream_finishes_once() {
+        let t = turn(None, true);
+        let state = given(start_turn(&ConversationState::default(), OWNER, &t).unwrap());
+        let completed = StreamCompleted {
+            message_id: t.assistant_message_id,
+            content: "Lisbon".into(),
+            status: MessageStatus::Complete,
+            usage: None,
+            error: None,
+        };
+        let events = finish_stream(&state, completed.clone()).unwrap();
+        let mut finished = state.clone();
+        for e in &events {
+            let recorded = RecordedEvent {
+                conversation_id: Uuid::from_u128(9),
+                seq: 4,
+                actor_id: Some(OWNER),
+                created_at: Utc::now(),
+                event: e.clone(),
+            };
+            apply(&mut finished, &recorded).unwrap();
+        }
+        assert!(matches!(
+            finish_stream(&finished, completed),
+            Err(DomainError::Conflict(_))
+        ));
     }
 
     #[test]

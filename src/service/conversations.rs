@@ -11,7 +11,7 @@ use crate::domain::inputs::{
     bounded_text, MessageText, MAX_MODEL_CHARS, MAX_SYSTEM_PROMPT_CHARS, MAX_TITLE_CHARS,
 };
 use crate::domain::projection::{replay, ConversationRecord, MessageRecord};
-use crate::store::{ConversationPage, Store};
+use crate::store::{ConversationPage, Load, Store};
 
 pub const DEFAULT_TITLE: &str = "New conversation";
 pub const MAX_PAGE: u64 = 200;
@@ -87,7 +87,7 @@ impl ConversationService {
         let id = Uuid::now_v7();
         let committed = self
             .store
-            .execute(id, Some(user.id), &[], |state| {
+            .execute(id, Some(user.id), &Load::default(), |state| {
                 commands::create_conversation(state, created.clone())
             })
             .await?;
@@ -146,7 +146,7 @@ impl ConversationService {
     ) -> ServiceResult<ConversationView> {
         let patch = fields.validate()?;
         self.store
-            .execute(id, Some(user.id), &[], |state| {
+            .execute(id, Some(user.id), &Load::default(), |state| {
                 commands::update_conversation(state, user.id, patch.clone())
             })
             .await?;
@@ -156,7 +156,7 @@ impl ConversationService {
     #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]
     pub async fn delete(&self, user: CurrentUser, id: Uuid) -> ServiceResult<()> {
         self.store
-            .execute(id, Some(user.id), &[], |state| {
+            .execute(id, Some(user.id), &Load::default(), |state| {
                 commands::delete_conversation(state, user.id)
             })
             .await?;
@@ -185,7 +185,7 @@ impl ConversationService {
         let content = MessageText::parse("content", content)?.into_inner();
         let committed = self
             .store
-            .execute(id, Some(user.id), &[message_id], |state| {
+            .execute(id, Some(user.id), &Load::messages(&[message_id]), |state| {
                 commands::edit_message(state, user.id, message_id, content.clone())
             })
             .await?;
@@ -205,7 +205,7 @@ impl ConversationService {
         message_id: Uuid,
     ) -> ServiceResult<()> {
         self.store
-            .execute(id, Some(user.id), &[message_id], |state| {
+            .execute(id, Some(user.id), &Load::messages(&[message_id]), |state| {
                 commands::delete_message(state, user.id, message_id)
             })
             .await?;

@@ -2,6 +2,7 @@
 //! storage (ownership, credentials, token rotation); handlers stay thin.
 
 pub mod auth;
+pub mod chat;
 pub mod conversations;
 pub mod passwords;
 pub mod tokens;
@@ -29,6 +30,8 @@ pub enum ServiceError {
     UserNotFound,
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    Upstream(#[from] crate::llm::ProviderError),
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
 }

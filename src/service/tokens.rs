@@ -110,6 +110,7 @@ mod tests {
     fn keys(secret: &str) -> TokenKeys {
         TokenKeys::new(&JwtConfig {
             secret: Secret::new(secret),
+            secret_file: None,
             issuer: "chat-server".into(),
             audience: "chat-server".into(),
             access_ttl: Duration::from_secs(60),

@@ -33,6 +33,23 @@ pub struct Committed {
     pub events: Vec<RecordedEvent>,
 }
 
+/// Which messages a command needs to see, besides the conversation row.
+#[derive(Debug, Default, Clone)]
+pub struct Load {
+    pub messages: Vec<Uuid>,
+    /// Any message carrying this idempotency key.
+    pub client_message_id: Option<String>,
+}
+
+impl Load {
+    pub fn messages(ids: &[Uuid]) -> Self {
+        Self {
+            messages: ids.to_vec(),
+            client_message_id: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExecuteError<E> {
     #[error("command refused: {0}")]
@@ -44,14 +61,14 @@ pub enum ExecuteError<E> {
 impl Store {
     /// Runs `decide` against the conversation's current state and commits its events.
     ///
-    /// `messages` lists the messages `decide` needs to see; messages named by the events
-    /// are loaded too before applying. `decide` may run more than once if a concurrent
-    /// writer wins a race, so it must be pure.
+    /// `load` names the messages `decide` needs to see; messages named by the events are
+    /// loaded too before applying. `decide` may run more than once if a concurrent writer
+    /// wins a race, so it must be pure.
     pub async fn execute<E>(
         &self,
         conversation_id: Uuid,
         actor_id: Option<Uuid>,
-        messages: &[Uuid],
+        load: &Load,
         decide: impl Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
     ) -> Result<Committed, ExecuteError<E>> {
         let mut attempt = 0;
@@ -59,7 +76,7 @@ impl Store {
             attempt += 1;
             let _turn = self.write_turn().await;
             match self
-                .execute_once(conversation_id, actor_id, messages, &decide)
+                .execute_once(conversation_id, actor_id, load, &decide)
                 .await
             {
                 Err(ExecuteError::Store(err)) if is_retryable(&err) && attempt < MAX_ATTEMPTS => {
@@ -79,7 +96,7 @@ impl Store {
         &self,
         conversation_id: Uuid,
         actor_id: Option<Uuid>,
-        message_ids: &[Uuid],
+        load: &Load,
         decide: &impl Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
     ) -> Result<Committed, ExecuteError<E>> {
         let txn = self.db.begin().await.map_err(StoreError::from_db)?;
@@ -94,7 +111,18 @@ impl Store {
             conversation: conversation.map(conversation_from_row),
             ..Default::default()
         };
-        load_messages(&txn, conversation_id, message_ids, &mut state).await?;
+        load_messages(&txn, conversation_id, &load.messages, &mut state).await?;
+        if let Some(client_id) = &load.client_message_id {
+            let rows = messages::Entity::find()
+                .filter(messages::Column::ConversationId.eq(conversation_id))
+                .filter(messages::Column::ClientMessageId.eq(client_id.as_str()))
+                .all(&txn)
+                .await
+                .map_err(StoreError::from_db)?;
+            for row in rows {
+                state.messages.insert(row.id, message_from_row(row));
+            }
+        }
 
         let events = decide(&state).map_err(ExecuteError::Refused)?;
         if events.is_empty() {

@@ -5,6 +5,7 @@ mod conversations;
 mod events;
 mod records;
 mod refresh_tokens;
+mod streams;
 mod users;
 
 use std::{sync::Arc, time::Duration};
@@ -17,8 +18,9 @@ use sea_orm::{
 use tokio::sync::Mutex;
 
 pub use conversations::ConversationPage;
-pub use events::{rebuild_projections, Committed, ExecuteError};
+pub use events::{rebuild_projections, Committed, ExecuteError, Load, RebuildReport};
 pub use refresh_tokens::RotateOutcome;
+pub use streams::StoredTurn;
 pub use users::{NewUser, UserPatch};
 
 use crate::domain::{events::DecodeError, projection::ApplyError};

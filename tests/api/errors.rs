@@ -199,16 +199,30 @@ backend_test!(
         let user = app.register_user(&unique_email()).await;
         let huge = format!("{{\"title\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
 
-        // With a Content-Length header.
-        let resp = app
-            .send_raw(
-                Method::POST,
-                "/api/conversations",
-                Some(&user.access),
-                &huge,
-            )
-            .await;
-        expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
+        // With a Content-Length header the server refuses before reading the body: a raw
+        // request that announces 2 MiB and sends none gets its 413 at once.
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+                .await
+                .unwrap();
+            let head = format!(
+                "POST /api/conversations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                user.access,
+                huge.len()
+            );
+            socket.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = vec![0u8; 4096];
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut answer))
+                    .await
+                    .expect("an answer before the body")
+                    .unwrap();
+            let answer = String::from_utf8_lossy(&answer[..n]).to_string();
+            assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+            assert!(answer.contains(r#""code":"PAYLOAD_TOO_LARGE""#), "{answer}");
+        }
 
         // Chunked, so the server must count while reading. It answers 413 as soon as the limit
         // is passed and then closes the connection, so a client still uploading may see the

@@ -338,7 +338,7 @@ impl TestApp {
         ];
         let store = chat_server::store::Store::from_connection(self.db().await);
         store
-            .execute(conversation, Some(owner), &[], |state| {
+            .execute(conversation, Some(owner), &Default::default(), |state| {
                 assert!(
                     state.visible_to(owner).is_some(),
                     "conversation must be the owner's"

@@ -5,14 +5,24 @@
 mod helpers;
 
 mod admin;
+mod asyncapi;
 mod auth;
+mod backpressure;
 mod concurrency;
 mod conversations;
+mod crash;
+mod demo;
 mod errors;
 mod events;
 mod health;
 mod isolation;
 mod messages;
+mod mock_llm;
 mod openapi;
 mod pg;
+mod streaming;
+mod streaming_chat;
+mod streaming_failures;
+mod streaming_protocol;
 mod tokens;
+mod ws_client;

@@ -1,0 +1,68 @@
+//! `POST /api/chat`: send a message and get the whole answer in one response.
+
+use poem_openapi::{payload::Json, Object, OpenApi};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::error::UpstreamApiError;
+use super::json::JsonBody;
+use super::models::{Conversation, Message};
+use super::security::BearerAuth;
+use super::state::AppState;
+use super::Tags;
+use crate::service::chat::TurnRequest;
+
+pub struct ChatApi {
+    pub state: AppState,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct ChatRequest {
+    /// The user's message (not blank, at most 100 000 characters).
+    pub message: String,
+    /// An existing conversation of yours; without it a conversation is created, titled
+    /// from the message's first 50 characters.
+    pub conversation_id: Option<Uuid>,
+    /// The model for this answer; defaults to the conversation's, then the server's.
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ChatResponse {
+    /// The assistant's answer, as stored.
+    pub message: Message,
+    /// The conversation with every message, the new ones included.
+    pub conversation: Conversation,
+}
+
+#[OpenApi(tag = "Tags::Chat")]
+impl ChatApi {
+    /// Send a message and receive the complete answer
+    ///
+    /// The user message is stored first; if the model provider fails (502/504) it stays
+    /// stored, and the answer is recorded with status `failed`. For token-by-token streaming
+    /// use the WebSocket at `/api/ws`.
+    #[oai(path = "/chat", method = "post")]
+    async fn chat(
+        &self,
+        auth: BearerAuth,
+        body: JsonBody<ChatRequest>,
+    ) -> Result<Json<ChatResponse>, UpstreamApiError> {
+        let body = body.0;
+        let request = TurnRequest {
+            conversation_id: body.conversation_id,
+            create_if_missing: false,
+            message: body.message,
+            client_message_id: None,
+            model: body.model,
+        };
+        let (message, view) = self.state.chat.chat(auth.user(), request).await?;
+        Ok(Json(ChatResponse {
+            message: message.into(),
+            conversation: view.into(),
+        }))
+    }
+}

@@ -1,0 +1,600 @@
+//! `GET /api/ws`: the WebSocket endpoint. The upgrade checks `Origin`; the session
+//! authenticates (by `?token=` or a first `auth` frame), then serves the frames of
+//! `realtime::frames`. Each socket has a bounded send queue drained by its own writer task;
+//! a socket that cannot keep up is closed with a reason instead of slowing anyone else.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use poem::http::header;
+use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig, WebSocketStream};
+use poem::web::{Data, Query};
+use poem::{handler, IntoResponse, Request, Response};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::realtime::bus::RoomReceiver;
+use crate::realtime::frames::{ClientFrame, FrameKey, OutFrame, ServerFrame};
+use crate::service::auth::CurrentUser;
+use crate::service::chat::TurnRequest;
+use crate::service::ServiceError;
+
+/// How long a socket without `?token=` has to send its `auth` frame.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most events one `resume` replays; a client further behind should reload over REST.
+const MAX_REPLAY: u64 = 10_000;
+
+#[derive(Deserialize)]
+pub struct WsParams {
+    token: Option<String>,
+}
+
+#[handler]
+pub async fn ws_upgrade(
+    req: &Request,
+    ws: WebSocket,
+    Query(params): Query<WsParams>,
+    Data(state): Data<&AppState>,
+) -> Response {
+    if let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+    {
+        if !origin_allowed(origin, req, &state.config.cors_origins) {
+            return ApiError::forbidden("this Origin is not allowed to open a WebSocket")
+                .into_response();
+        }
+    }
+    let state = state.clone();
+    let max = state.config.ws_max_frame_bytes;
+    ws.config(
+        WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max)),
+    )
+    .on_upgrade(move |socket| run_session(socket, state, params.token))
+    .into_response()
+}
+
+/// Allowed: an origin listed in `CORS_ORIGINS`, or the server's own (the page it serves).
+fn origin_allowed(origin: &str, req: &Request, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/');
+    if allowed.iter().any(|a| a == "*" || a == origin) {
+        return true;
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    match (origin.split_once("://"), host) {
+        (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+/// Why the server closes a socket.
+#[derive(Clone, Debug)]
+struct CloseReason(CloseCode, &'static str);
+
+const SLOW_CONSUMER: CloseReason = CloseReason(
+    CloseCode::Again,
+    "send queue overflow: the client is not reading fast enough",
+);
+
+/// The send side of a socket: a bounded queue and the means to close.
+#[derive(Clone)]
+struct Outbox {
+    queue: mpsc::Sender<Arc<OutFrame>>,
+    /// Asks the session to end; the writer still sends what was queued before it.
+    close: CancellationToken,
+    /// Set only for a client too slow to read: the writer drops even the frame in flight.
+    abort: CancellationToken,
+    reason: Arc<Mutex<Option<CloseReason>>>,
+}
+
+impl Outbox {
+    fn send(&self, frame: Arc<OutFrame>) {
+        if self.queue.try_send(frame).is_err() && !self.close.is_cancelled() {
+            self.close_with(SLOW_CONSUMER);
+        }
+    }
+
+    fn reply(&self, frame: &ServerFrame) {
+        self.send(Arc::new(OutFrame::new(frame)));
+    }
+
+    fn error(&self, err: ServiceError) {
+        let api = ApiError::from(err);
+        self.reply(&ServerFrame::error(api.code, api.message));
+    }
+
+    fn close_with(&self, reason: CloseReason) {
+        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        let reason = slot.get_or_insert(reason);
+        if matches!(reason, CloseReason(CloseCode::Again, _)) {
+            self.abort.cancel();
+        }
+        self.close.cancel();
+    }
+}
+
+async fn run_session(socket: WebSocketStream, state: AppState, token: Option<String>) {
+    let (sink, mut incoming) = socket.split();
+    let (queue, queued) = mpsc::channel(state.config.ws_send_queue_frames);
+    let outbox = Outbox {
+        queue,
+        close: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        reason: Arc::new(Mutex::new(None)),
+    };
+    let writer = tokio::spawn(write_frames(sink, queued, outbox.clone()));
+
+    let user = match authenticate(&state, &mut incoming, token).await {
+        Some(user) => user,
+        None => {
+            outbox.reply(&ServerFrame::error(
+                "UNAUTHORIZED",
+                "a valid access token is required",
+            ));
+            outbox.close_with(CloseReason(CloseCode::Policy, "unauthorized"));
+            let _ = writer.await;
+            return;
+        }
+    };
+    outbox.reply(&ServerFrame::Ready { user_id: user.id });
+    let mut session = Session {
+        state,
+        user,
+        outbox: outbox.clone(),
+        rooms: HashMap::new(),
+    };
+    tracing::debug!(user_id = %user.id, "websocket session started");
+
+    loop {
+        let message = tokio::select! {
+            _ = outbox.close.cancelled() => break,
+            message = incoming.next() => message,
+        };
+        match message {
+            None | Some(Ok(Message::Close(_))) => break,
+            Some(Err(err)) => {
+                // Oversized frames surface here; the connection cannot continue after them.
+                tracing::debug!(error = %err, "websocket read failed");
+                outbox.reply(&ServerFrame::error(
+                    "PAYLOAD_TOO_LARGE",
+                    "frame too large or malformed; closing",
+                ));
+                outbox.close_with(CloseReason(CloseCode::Size, "frame too large or malformed"));
+                break;
+            }
+            Some(Ok(Message::Text(text))) => session.handle(&text).await,
+            Some(Ok(Message::Binary(_))) => outbox.reply(&ServerFrame::error(
+                "VALIDATION_ERROR",
+                "frames must be JSON text",
+            )),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+        }
+    }
+    // The socket goes; its streams do not (the hub owns them).
+    for (_, forwarder) in session.rooms.drain() {
+        forwarder.abort();
+    }
+    drop(session);
+    outbox.close.cancel();
+    let _ = writer.await;
+}
+
+async fn authenticate(
+    state: &AppState,
+    incoming: &mut futures::stream::SplitStream<WebSocketStream>,
+    token: Option<String>,
+) -> Option<CurrentUser> {
+    let token = match token {
+        Some(token) => token,
+        None => {
+            let first = tokio::time::timeout(AUTH_TIMEOUT, incoming.next())
+                .await
+                .ok()??
+                .ok()?;
+            match first {
+                Message::Text(text) => match ClientFrame::parse(&text) {
+                    Ok(ClientFrame::Auth { token }) => token,
+                    _ => return None,
+                },
+                _ => return None,
+            }
+        }
+    };
+    state.auth.authenticate(&token).await.ok()
+}
+
+struct Session {
+    state: AppState,
+    user: CurrentUser,
+    outbox: Outbox,
+    /// Joined conversations and the task forwarding each one's frames into the outbox.
+    rooms: HashMap<Uuid, JoinHandle<()>>,
+}
+
+impl Session {
+    async fn handle(&mut self, text: &str) {
+        let frame = match ClientFrame::parse(text) {
+            Ok(frame) => frame,
+            Err(message) => {
+                return self
+                    .outbox
+                    .reply(&ServerFrame::error("VALIDATION_ERROR", message))
+            }
+        };
+        match frame {
+            ClientFrame::Ping => self.outbox.reply(&ServerFrame::Pong),
+            ClientFrame::Auth { .. } => self.outbox.reply(&ServerFrame::error(
+                "VALIDATION_ERROR",
+                "already authenticated",
+            )),
+            ClientFrame::JoinConversation { conversation_id } => {
+                self.join(conversation_id, None).await
+            }
+            ClientFrame::Resume {
+                conversation_id,
+                after_seq,
+            } => self.join(conversation_id, Some(after_seq.max(0))).await,
+            ClientFrame::LeaveConversation { conversation_id } => {
+                if let Some(forwarder) = self.rooms.remove(&conversation_id) {
+                    forwarder.abort();
+                }
+                self.outbox.reply(&ServerFrame::Left { conversation_id });
+            }
+            ClientFrame::CancelStream { message_id } => {
+                if let Err(err) = self.state.hub.cancel(self.user, message_id) {
+                    self.outbox.error(err);
+                }
+            }
+            ClientFrame::StreamChat {
+                message,
+                conversation_id,
+                client_message_id,
+            } => {
+                self.stream_chat(message, conversation_id, client_message_id)
+                    .await
+            }
+        }
+    }
+
+    /// `join_conversation` (no replay) and `resume` (replay events after `after_seq`).
+    /// Subscribing comes first and the snapshot after it, so nothing falls in between; the
+    /// writer drops what the subscription then delivers twice.
+    async fn join(&mut self, conversation_id: Uuid, replay_after: Option<i64>) {
+        let conversation = match self
+            .state
+            .store
+            .find_conversation(conversation_id, self.user.id)
+            .await
+        {
+            Ok(Some(c)) => c,
+            Ok(None) => return self.outbox.error(ServiceError::ConversationNotFound),
+            Err(err) => return self.outbox.error(err.into()),
+        };
+        let receiver = (!self.rooms.contains_key(&conversation_id))
+            .then(|| self.state.hub.bus().subscribe(conversation_id));
+        let mut last_seq = conversation.last_seq;
+        let mut replay = Vec::new();
+        if let Some(after) = replay_after {
+            match self
+                .state
+                .store
+                .list_events(conversation_id, after, None, Some(MAX_REPLAY))
+                .await
+            {
+                Ok(events) => {
+                    if let Some(last) = events.last() {
+                        last_seq = last_seq.max(last.seq);
+                    }
+                    replay = events;
+                }
+                Err(err) => return self.outbox.error(err.into()),
+            }
+        }
+        self.outbox.reply(&ServerFrame::Joined {
+            conversation_id,
+            last_seq,
+        });
+        for event in replay {
+            let finished = match &event.event {
+                crate::domain::events::ConversationEvent::StreamCompleted(c) => Some(c.message_id),
+                _ => None,
+            };
+            let json = super::models::event_json(&event);
+            self.outbox.send(Arc::new(OutFrame::event(
+                conversation_id,
+                event.seq,
+                finished,
+                json,
+            )));
+        }
+        for snapshot in self.state.hub.snapshots(conversation_id) {
+            self.outbox.send(Arc::new(snapshot));
+        }
+        if let Some(receiver) = receiver {
+            self.rooms.insert(
+                conversation_id,
+                spawn_forwarder(receiver, self.outbox.clone()),
+            );
+        }
+    }
+
+    async fn stream_chat(
+        &mut self,
+        message: String,
+        conversation_id: Option<Uuid>,
+        client_message_id: Option<String>,
+    ) {
+        let request = TurnRequest {
+            conversation_id,
+            create_if_missing: true,
+            message,
+            client_message_id,
+            model: None,
+        };
+        let rooms = &self.rooms;
+        let bus = self.state.hub.bus().clone();
+        let started = self
+            .state
+            .hub
+            .start(self.user, request, |id| {
+                (!rooms.contains_key(&id)).then(|| bus.subscribe(id))
+            })
+            .await;
+        match started {
+            Ok(started) => {
+                for frame in started.direct {
+                    self.outbox.send(Arc::new(frame));
+                }
+                if let Some(receiver) = started.receiver {
+                    self.rooms.insert(
+                        started.conversation_id,
+                        spawn_forwarder(receiver, self.outbox.clone()),
+                    );
+                }
+            }
+            Err(err) => self.outbox.error(err),
+        }
+    }
+}
+
+fn spawn_forwarder(mut receiver: RoomReceiver, outbox: Outbox) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match receiver.recv().await {
+                Ok(frame) => outbox.send(frame),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    outbox.close_with(SLOW_CONSUMER);
+                    break;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    })
+}
+
+/// Drains the queue into the socket, dropping frames this socket has already had in another
+/// form (see [`Dedup`]), until the session ends or asks to close.
+async fn write_frames(
+    mut sink: futures::stream::SplitSink<WebSocketStream, Message>,
+    mut queued: mpsc::Receiver<Arc<OutFrame>>,
+    outbox: Outbox,
+) {
+    let mut dedup = Dedup::default();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = queued.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            _ = outbox.close.cancelled() => break,
+        };
+        if !dedup.pass(&frame) {
+            continue;
+        }
+        // A requested close lets the frame in flight finish (an `error` before the close,
+        // say), within a grace period; a too-slow client loses it at once.
+        let sent = tokio::select! {
+            sent = sink.send(Message::Text(frame.json.clone())) => sent.is_ok(),
+            _ = outbox.abort.cancelled() => false,
+            _ = async {
+                outbox.close.cancelled().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            } => false,
+        };
+        if !sent {
+            break;
+        }
+    }
+    let reason = outbox
+        .reason
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let slow = matches!(&reason, Some(CloseReason(CloseCode::Again, _)));
+    // Flush what was queued before a requested close (an error frame, say), briefly; a
+    // client too slow to read gets no more frames, only the close.
+    while let (false, Ok(frame)) = (slow, queued.try_recv()) {
+        let sent = !dedup.pass(&frame)
+            || tokio::time::timeout(
+                Duration::from_millis(200),
+                sink.send(Message::Text(frame.json.clone())),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !sent {
+            break;
+        }
+    }
+    let close = match reason {
+        Some(CloseReason(code, text)) => Message::close_with(code, text),
+        None => Message::close(),
+    };
+    // A slow client's buffers are full: give it time to drain them and read the reason.
+    // This waits in the socket's own task; no stream and no other socket waits with it.
+    let _ = tokio::time::timeout(Duration::from_secs(10), sink.send(close)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+/// Keeps one socket's view free of repeats when a snapshot or a replay overlaps live frames:
+/// chunks below the next expected index, starts already replayed, and anything about a
+/// stream this socket has already seen finish.
+#[derive(Default)]
+struct Dedup {
+    replayed_seq: HashMap<Uuid, i64>,
+    next_index: HashMap<Uuid, u64>,
+    finished: HashSet<Uuid>,
+}
+
+impl Dedup {
+    /// Whether to send `frame`. Direct replies always go, but still update what the socket
+    /// has seen.
+    fn pass(&mut self, frame: &OutFrame) -> bool {
+        self.fresh(frame) || frame.direct
+    }
+
+    fn fresh(&mut self, frame: &OutFrame) -> bool {
+        let conversation = frame.conversation_id.unwrap_or_default();
+        match frame.key {
+            FrameKey::Other => true,
+            FrameKey::Event { seq, finished } => {
+                let replayed = self.replayed_seq.entry(conversation).or_default();
+                *replayed = (*replayed).max(seq);
+                if let Some(message_id) = finished {
+                    self.finished.insert(message_id);
+                    self.next_index.remove(&message_id);
+                }
+                true
+            }
+            FrameKey::Start { seq, .. } => {
+                seq > self.replayed_seq.get(&conversation).copied().unwrap_or(0)
+            }
+            FrameKey::Snapshot {
+                message_id,
+                next_index,
+            } => {
+                if self.finished.contains(&message_id) {
+                    return false;
+                }
+                let expected = self.next_index.entry(message_id).or_default();
+                if next_index < *expected {
+                    return false;
+                }
+                *expected = next_index;
+                true
+            }
+            FrameKey::Chunk { message_id, index } => {
+                if self.finished.contains(&message_id) {
+                    return false;
+                }
+                let expected = self.next_index.entry(message_id).or_default();
+                if index < *expected {
+                    return false;
+                }
+                *expected = index + 1;
+                true
+            }
+            FrameKey::Complete { message_id, .. } => {
+                self.next_index.remove(&message_id);
+                self.finished.insert(message_id)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(message_id: Uuid, index: u64) -> OutFrame {
+        OutFrame::new(&ServerFrame::StreamChunk {
+            conversation_id: Uuid::nil(),
+            message_id,
+            index,
+            delta: "x".into(),
+        })
+    }
+
+    #[test]
+    fn chunks_covered_by_a_snapshot_are_dropped_once() {
+        let m = Uuid::now_v7();
+        let mut dedup = Dedup::default();
+        let snapshot = OutFrame::new(&ServerFrame::StreamSnapshot {
+            conversation_id: Uuid::nil(),
+            message_id: m,
+            content: "xx".into(),
+            next_index: 2,
+        });
+        assert!(dedup.pass(&snapshot));
+        assert!(!dedup.pass(&chunk(m, 0)));
+        assert!(!dedup.pass(&chunk(m, 1)));
+        assert!(dedup.pass(&chunk(m, 2)));
+        assert!(!dedup.pass(&chunk(m, 2)));
+    }
+
+    #[test]
+    fn direct_replies_go_out_even_when_already_seen() {
+        let m = Uuid::now_v7();
+        let complete = || {
+            OutFrame::new(&ServerFrame::StreamComplete {
+                conversation_id: Uuid::nil(),
+                message_id: m,
+                status: crate::domain::types::MessageStatus::Complete,
+                content: String::new(),
+                usage: None,
+                error: None,
+                seq: 7,
+            })
+        };
+        let mut dedup = Dedup::default();
+        assert!(dedup.pass(&complete()));
+        assert!(!dedup.pass(&complete()), "a live repeat is dropped");
+        assert!(
+            dedup.pass(&complete().into_direct()),
+            "a requested repeat is sent"
+        );
+    }
+
+    #[test]
+    fn a_replayed_completion_silences_the_live_one() {
+        let m = Uuid::now_v7();
+        let mut dedup = Dedup::default();
+        assert!(dedup.pass(&OutFrame::event(
+            Uuid::nil(),
+            7,
+            Some(m),
+            serde_json::json!({})
+        )));
+        assert!(!dedup.pass(&chunk(m, 5)));
+        let complete = OutFrame::new(&ServerFrame::StreamComplete {
+            conversation_id: Uuid::nil(),
+            message_id: m,
+            status: crate::domain::types::MessageStatus::Complete,
+            content: String::new(),
+            usage: None,
+            error: None,
+            seq: 7,
+        });
+        assert!(!dedup.pass(&complete));
+        let start = OutFrame::new(&ServerFrame::StreamStart {
+            conversation_id: Uuid::nil(),
+            message_id: m,
+            user_message_id: m,
+            seq: 6,
+        });
+        assert!(!dedup.pass(&start));
+    }
+}

@@ -1,0 +1,126 @@
+//! What is sent upstream: the system prompt, then the conversation's complete messages in
+//! order, within a budget. When the history is too long the oldest turns are dropped first;
+//! the system prompt and the newest message always stay.
+
+use super::ChatMessage;
+use crate::domain::projection::MessageRecord;
+use crate::domain::types::{MessageRole, MessageStatus};
+
+/// A rough token estimate (about four characters per token, plus a per-message overhead):
+/// good enough to keep requests under a model's context window without a tokenizer.
+pub fn estimate_tokens(text: &str) -> usize {
+    text.chars().count().div_ceil(4) + 4
+}
+
+/// Builds the context. `messages` are in conversation order; only `complete` ones are used
+/// (a failed or cancelled answer is not something the model said).
+pub fn build_context(
+    system_prompt: Option<&str>,
+    messages: &[MessageRecord],
+    budget_tokens: usize,
+) -> Vec<ChatMessage> {
+    let system = system_prompt
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| ChatMessage {
+            role: MessageRole::System,
+            content: p.to_string(),
+        });
+    let mut remaining =
+        budget_tokens.saturating_sub(system.as_ref().map_or(0, |s| estimate_tokens(&s.content)));
+
+    let usable: Vec<&MessageRecord> = messages
+        .iter()
+        .filter(|m| m.status == MessageStatus::Complete && !m.content.is_empty())
+        .collect();
+    let mut kept = Vec::new();
+    for (i, message) in usable.iter().enumerate().rev() {
+        let cost = estimate_tokens(&message.content);
+        let newest = i + 1 == usable.len();
+        if cost > remaining && !newest {
+            break;
+        }
+        remaining = remaining.saturating_sub(cost);
+        kept.push(ChatMessage {
+            role: message.role,
+            content: message.content.clone(),
+        });
+    }
+    kept.reverse();
+    system.into_iter().chain(kept).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    fn message(
+        position: i64,
+        role: MessageRole,
+        content: &str,
+        status: MessageStatus,
+    ) -> MessageRecord {
+        MessageRecord {
+            id: Uuid::now_v7(),
+            conversation_id: Uuid::nil(),
+            position,
+            role,
+            content: content.into(),
+            status,
+            model: None,
+            usage: None,
+            client_message_id: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn system_prompt_first_then_complete_messages_in_order() {
+        let messages = vec![
+            message(1, MessageRole::User, "q1", MessageStatus::Complete),
+            message(2, MessageRole::Assistant, "half", MessageStatus::Cancelled),
+            message(3, MessageRole::User, "q2", MessageStatus::Complete),
+        ];
+        let context = build_context(Some("be brief"), &messages, 10_000);
+        let texts: Vec<_> = context
+            .iter()
+            .map(|m| (m.role, m.content.as_str()))
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                (MessageRole::System, "be brief"),
+                (MessageRole::User, "q1"),
+                (MessageRole::User, "q2")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_oldest_turns_go_first_when_over_budget() {
+        let long = "x".repeat(400); // ~104 tokens each
+        let messages: Vec<_> = (1..=5)
+            .map(|i| {
+                message(
+                    i,
+                    MessageRole::User,
+                    &format!("{i}{long}"),
+                    MessageStatus::Complete,
+                )
+            })
+            .collect();
+        let context = build_context(Some("sys"), &messages, 350);
+        assert_eq!(context[0].content, "sys");
+        let kept: Vec<_> = context[1..]
+            .iter()
+            .map(|m| m.content.chars().next().unwrap())
+            .collect();
+        assert_eq!(kept, vec!['3', '4', '5']);
+        // Even a budget smaller than the newest message keeps it.
+        let tiny = build_context(None, &messages, 1);
+        assert_eq!(tiny.len(), 1);
+        assert!(tiny[0].content.starts_with('5'));
+    }
+}

@@ -1,0 +1,78 @@
+//! LLM providers: one trait for chat completion, streamed or whole, with an
+//! OpenAI-compatible implementation (async-openai) and a built-in demo provider.
+
+pub mod context;
+pub mod demo;
+pub mod openai;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+
+use crate::config::Config;
+use crate::domain::types::{MessageRole, Usage};
+
+/// One message of the context sent upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatMessage {
+    pub role: MessageRole,
+    pub content: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+}
+
+/// What a streamed completion yields, in order: text deltas, then at most one usage report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamItem {
+    Delta(String),
+    Usage(Usage),
+}
+
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub content: String,
+    pub usage: Option<Usage>,
+}
+
+/// Why the upstream did not give an answer. Messages are safe to show to users: they name
+/// the failure (status, timeout), never credentials or internal addresses.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProviderError {
+    #[error("the model provider failed: {0}")]
+    Upstream(String),
+    #[error("the model provider did not answer in time")]
+    Timeout,
+    #[error("the model provider is unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type ChatStream = BoxStream<'static, Result<StreamItem, ProviderError>>;
+
+pub trait ChatProvider: Send + Sync + 'static {
+    /// A short name for logs and metrics (`openai`, `demo`).
+    fn name(&self) -> &'static str;
+
+    /// The whole answer at once.
+    fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<Completion, ProviderError>>;
+
+    /// The answer as a stream of deltas. Resolves once the upstream has accepted the request
+    /// (so an HTTP error status fails here, before any text).
+    fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>>;
+}
+
+/// The provider the configuration asks for: OpenAI-compatible with an API key, else demo.
+pub fn from_config(config: &Config) -> anyhow::Result<Arc<dyn ChatProvider>> {
+    Ok(match &config.openai.api_key {
+        Some(key) => Arc::new(openai::OpenAiProvider::new(
+            key.expose(),
+            config.openai.base_url.as_deref(),
+            config.upstream.connect_timeout,
+        )?),
+        None => Arc::new(demo::DemoProvider::new(config.demo_delay)),
+    })
+}

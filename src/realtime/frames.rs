@@ -1,0 +1,483 @@
+//! The WebSocket protocol: every frame is a JSON text frame with a `type`. Field names are
+//! camelCase, as in `../shared/CONTRACT.md`; `openapi/asyncapi.yaml` documents the same set.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::events::StreamError;
+use crate::domain::types::{MessageStatus, Usage};
+
+/// Frames a client may send. Parse them with [`ClientFrame::parse`], which reports the
+/// offending field by name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", rename_all_fields = "camelCase")]
+pub enum ClientFrame {
+    Auth {
+        token: String,
+    },
+    JoinConversation {
+        conversation_id: Uuid,
+    },
+    LeaveConversation {
+        conversation_id: Uuid,
+    },
+    StreamChat {
+        message: String,
+        conversation_id: Option<Uuid>,
+        client_message_id: Option<String>,
+    },
+    CancelStream {
+        message_id: Uuid,
+    },
+    Resume {
+        conversation_id: Uuid,
+        after_seq: i64,
+    },
+    Ping,
+}
+
+impl ClientFrame {
+    /// Parses a text frame. An error names the field at fault (`conversationId: invalid
+    /// type: …`), or `type` when the frame type itself is missing or unknown.
+    ///
+    /// serde loses field paths inside internally tagged enums, so the `type` is taken off
+    /// first and the rest read as that variant's fields (`{"join_conversation": {...}}`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("frame is not valid JSON: {e}"))?;
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err("frame must be a JSON object with a `type`".into());
+        };
+        let kind = match fields.remove("type") {
+            Some(serde_json::Value::String(kind)) => kind,
+            Some(_) => return Err("type: must be a string".into()),
+            None => return Err("type: missing field `type`".into()),
+        };
+        if !Self::TYPES.contains(&kind.as_str()) {
+            return Err(format!(
+                "type: unknown frame type `{kind}`, expected one of {}",
+                Self::TYPES.join(", ")
+            ));
+        }
+        let tagged = if kind == "ping" {
+            serde_json::Value::String(kind)
+        } else {
+            serde_json::json!({ kind: fields })
+        };
+        serde_path_to_error::deserialize(tagged).map_err(|err| {
+            // The path starts with the variant (`join_conversation.conversationId`).
+            let path = err.path().to_string();
+            let field = path.split_once('.').map(|(_, rest)| rest.to_string());
+            match field {
+                Some(field) if !field.is_empty() => format!("{field}: {}", err.inner()),
+                _ => err.inner().to_string(),
+            }
+        })
+    }
+
+    pub const TYPES: &'static [&'static str] = &[
+        "auth",
+        "join_conversation",
+        "leave_conversation",
+        "stream_chat",
+        "cancel_stream",
+        "resume",
+        "ping",
+    ];
+
+    /// The `type` of this frame; exhaustive, so a new variant must be named here (and so in
+    /// [`Self::TYPES`], which a test checks, and in `openapi/asyncapi.yaml`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Auth { .. } => "auth",
+            Self::JoinConversation { .. } => "join_conversation",
+            Self::LeaveConversation { .. } => "leave_conversation",
+            Self::StreamChat { .. } => "stream_chat",
+            Self::CancelStream { .. } => "cancel_stream",
+            Self::Resume { .. } => "resume",
+            Self::Ping => "ping",
+        }
+    }
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum ServerFrame {
+    /// Authentication succeeded (by `?token=` or an `auth` frame).
+    Ready {
+        user_id: Uuid,
+    },
+    Joined {
+        conversation_id: Uuid,
+        last_seq: i64,
+    },
+    Left {
+        conversation_id: Uuid,
+    },
+    StreamStart {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        user_message_id: Uuid,
+        seq: i64,
+    },
+    StreamChunk {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        index: u64,
+        delta: String,
+    },
+    StreamSnapshot {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        content: String,
+        next_index: u64,
+    },
+    StreamComplete {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        status: MessageStatus,
+        content: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<StreamError>,
+        seq: i64,
+    },
+    Event {
+        event: serde_json::Value,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+    Pong,
+}
+
+impl ServerFrame {
+    pub const TYPES: &'static [&'static str] = &[
+        "ready",
+        "joined",
+        "left",
+        "stream_start",
+        "stream_chunk",
+        "stream_snapshot",
+        "stream_complete",
+        "event",
+        "error",
+        "pong",
+    ];
+
+    /// The `type` of this frame; exhaustive, like [`ClientFrame::type_name`].
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Ready { .. } => "ready",
+            Self::Joined { .. } => "joined",
+            Self::Left { .. } => "left",
+            Self::StreamStart { .. } => "stream_start",
+            Self::StreamChunk { .. } => "stream_chunk",
+            Self::StreamSnapshot { .. } => "stream_snapshot",
+            Self::StreamComplete { .. } => "stream_complete",
+            Self::Event { .. } => "event",
+            Self::Error { .. } => "error",
+            Self::Pong => "pong",
+        }
+    }
+
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self::Error {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"INTERNAL_ERROR","message":"unserialisable frame"}"#.into()
+        })
+    }
+}
+
+/// What a frame is about, for the per-socket filter that keeps resumes free of duplicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKey {
+    Start {
+        message_id: Uuid,
+        seq: i64,
+    },
+    Chunk {
+        message_id: Uuid,
+        index: u64,
+    },
+    Snapshot {
+        message_id: Uuid,
+        next_index: u64,
+    },
+    Complete {
+        message_id: Uuid,
+        seq: i64,
+    },
+    /// A replayed event: `finished` names the message a `stream_completed` event ends.
+    Event {
+        seq: i64,
+        finished: Option<Uuid>,
+    },
+    Other,
+}
+
+/// A frame serialised once, shared by every socket in the room.
+#[derive(Debug)]
+pub struct OutFrame {
+    pub conversation_id: Option<Uuid>,
+    pub key: FrameKey,
+    pub json: String,
+    /// An answer to this socket's own request: always delivered, even if it repeats what the
+    /// socket has seen (a repeated send asks for exactly that).
+    pub direct: bool,
+}
+
+impl OutFrame {
+    pub fn new(frame: &ServerFrame) -> Self {
+        let (conversation_id, key) = match frame {
+            ServerFrame::StreamStart {
+                conversation_id,
+                message_id,
+                seq,
+                ..
+            } => (
+                Some(*conversation_id),
+                FrameKey::Start {
+                    message_id: *message_id,
+                    seq: *seq,
+                },
+            ),
+            ServerFrame::StreamChunk {
+                conversation_id,
+                message_id,
+                index,
+                ..
+            } => (
+                Some(*conversation_id),
+                FrameKey::Chunk {
+                    message_id: *message_id,
+                    index: *index,
+                },
+            ),
+            ServerFrame::StreamSnapshot {
+                conversation_id,
+                message_id,
+                next_index,
+                ..
+            } => (
+                Some(*conversation_id),
+                FrameKey::Snapshot {
+                    message_id: *message_id,
+                    next_index: *next_index,
+                },
+            ),
+            ServerFrame::StreamComplete {
+                conversation_id,
+                message_id,
+                seq,
+                ..
+            } => (
+                Some(*conversation_id),
+                FrameKey::Complete {
+                    message_id: *message_id,
+                    seq: *seq,
+                },
+            ),
+            _ => (None, FrameKey::Other),
+        };
+        Self {
+            conversation_id,
+            key,
+            json: frame.to_json(),
+            direct: false,
+        }
+    }
+
+    /// This frame as a reply to the socket's own request (see [`OutFrame::direct`]).
+    pub fn into_direct(self) -> Self {
+        Self {
+            direct: true,
+            ..self
+        }
+    }
+
+    /// A replayed event of `conversation_id`.
+    pub fn event(
+        conversation_id: Uuid,
+        seq: i64,
+        finished: Option<Uuid>,
+        event: serde_json::Value,
+    ) -> Self {
+        Self {
+            conversation_id: Some(conversation_id),
+            key: FrameKey::Event { seq, finished },
+            json: ServerFrame::Event { event }.to_json(),
+            direct: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse_camel_case_fields() {
+        let id = Uuid::now_v7();
+        let frame = ClientFrame::parse(&format!(
+            r#"{{"type":"resume","conversationId":"{id}","afterSeq":3}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            frame,
+            ClientFrame::Resume {
+                conversation_id: id,
+                after_seq: 3
+            }
+        );
+        let frame = ClientFrame::parse(r#"{"type":"stream_chat","message":"hi"}"#).unwrap();
+        assert_eq!(
+            frame,
+            ClientFrame::StreamChat {
+                message: "hi".into(),
+                conversation_id: None,
+                client_message_id: None
+            }
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping)
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let cases = [
+            (
+                r#"{"type":"join_conversation","conversationId":123}"#,
+                "conversationId: ",
+            ),
+            (
+                r#"{"type":"join_conversation","conversationId":"nope"}"#,
+                "conversationId: ",
+            ),
+            (
+                r#"{"type":"join_conversation"}"#,
+                "missing field `conversationId`",
+            ),
+            (r#"{"type":"stream_chat","message":5}"#, "message: "),
+            (
+                r#"{"type":"resume","conversationId":"00000000-0000-0000-0000-000000000000","afterSeq":"x"}"#,
+                "afterSeq: ",
+            ),
+            (
+                r#"{"type":"explode"}"#,
+                "type: unknown frame type `explode`",
+            ),
+            (r#"{"conversationId":1}"#, "type: missing"),
+            (r#"[1,2]"#, "JSON object"),
+            (r#"{not json"#, "not valid JSON"),
+        ];
+        for (frame, expected) in cases {
+            let err = ClientFrame::parse(frame).unwrap_err();
+            assert!(err.contains(expected), "{frame}: {err}");
+        }
+    }
+
+    /// One of every server frame: adding a variant without listing it here fails to compile
+    /// in `type_name`, and listing it here checks `TYPES` and the serialised `type`.
+    fn every_server_frame() -> Vec<ServerFrame> {
+        let id = Uuid::nil();
+        vec![
+            ServerFrame::Ready { user_id: id },
+            ServerFrame::Joined {
+                conversation_id: id,
+                last_seq: 1,
+            },
+            ServerFrame::Left {
+                conversation_id: id,
+            },
+            ServerFrame::StreamStart {
+                conversation_id: id,
+                message_id: id,
+                user_message_id: id,
+                seq: 1,
+            },
+            ServerFrame::StreamChunk {
+                conversation_id: id,
+                message_id: id,
+                index: 0,
+                delta: "a".into(),
+            },
+            ServerFrame::StreamSnapshot {
+                conversation_id: id,
+                message_id: id,
+                content: "a".into(),
+                next_index: 1,
+            },
+            ServerFrame::StreamComplete {
+                conversation_id: id,
+                message_id: id,
+                status: MessageStatus::Complete,
+                content: "a".into(),
+                usage: None,
+                error: None,
+                seq: 2,
+            },
+            ServerFrame::Event {
+                event: serde_json::json!({}),
+            },
+            ServerFrame::error("X", "y"),
+            ServerFrame::Pong,
+        ]
+    }
+
+    #[test]
+    fn the_type_lists_name_every_frame() {
+        let frames = every_server_frame();
+        assert_eq!(frames.len(), ServerFrame::TYPES.len());
+        for frame in frames {
+            let json: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();
+            assert_eq!(json["type"], frame.type_name());
+            assert!(ServerFrame::TYPES.contains(&frame.type_name()));
+        }
+        for name in ClientFrame::TYPES {
+            // Every listed client type is accepted by the parser (with its fields).
+            let id = Uuid::nil();
+            let frame = serde_json::json!({
+                "type": name, "token": "t", "conversationId": id, "messageId": id,
+                "message": "m", "afterSeq": 0,
+            });
+            let parsed = ClientFrame::parse(&frame.to_string()).unwrap();
+            assert_eq!(parsed.type_name(), *name);
+        }
+    }
+
+    #[test]
+    fn server_frames_serialise_with_type_and_camel_case() {
+        let id = Uuid::nil();
+        let json = ServerFrame::StreamChunk {
+            conversation_id: id,
+            message_id: id,
+            index: 2,
+            delta: "x".into(),
+        }
+        .to_json();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["type"], "stream_chunk");
+        assert_eq!(value["messageId"], id.to_string());
+        assert_eq!(value["index"], 2);
+        assert_eq!(
+            serde_json::to_value(ServerFrame::Pong).unwrap(),
+            serde_json::json!({"type": "pong"})
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! The stream hub: runs every streamed answer as a task of its own, owned by the
+//! conversation rather than by the socket that asked for it. A sender that disconnects does
+//! not stop the answer; every socket in the room keeps receiving it; the final text is
+//! committed with one `stream_completed` event.
+//!
+//! Per token the hub appends to a buffer and publishes one pre-serialised frame, under a
+//! short synchronous lock (never across an `.await`). The database is touched at the start,
+//! on the checkpoint timer, and at the end.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::bus::{RoomBus, RoomReceiver};
+use super::frames::{OutFrame, ServerFrame};
+use crate::domain::events::StreamError;
+use crate::domain::projection::MessageRecord;
+use crate::domain::types::MessageStatus;
+use crate::llm::{ProviderError, StreamItem};
+use crate::service::auth::CurrentUser;
+use crate::service::chat::{stream_error, ChatService, Turn, TurnOutcome, TurnRequest, TurnStart};
+use crate::service::{ServiceError, ServiceResult};
+
+struct StreamState {
+    content: String,
+    next_index: u64,
+    /// Set, under the lock, just before `stream_complete` is published: snapshots taken
+    /// afterwards skip the stream, so no socket sees a snapshot without its completion.
+    finished: bool,
+}
+
+struct RunningStream {
+    turn: Turn,
+    state: Mutex<StreamState>,
+    cancel: CancellationToken,
+}
+
+impl RunningStream {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+struct Inner {
+    chat: ChatService,
+    bus: Arc<dyn RoomBus>,
+    streams: Mutex<HashMap<Uuid, Arc<RunningStream>>>,
+    checkpoint_every: Duration,
+}
+
+/// Cheap to clone; all clones share the running streams.
+#[derive(Clone)]
+pub struct StreamHub {
+    inner: Arc<Inner>,
+}
+
+/// What `start` did.
+pub struct Started {
+    /// The room subscription made for the caller before anything was published.
+    pub receiver: Option<RoomReceiver>,
+    pub conversation_id: Uuid,
+    /// Frames for the caller alone (a repeated send gets what the first one started).
+    pub direct: Vec<OutFrame>,
+}
+
+impl StreamHub {
+    pub fn new(chat: ChatService, bus: Arc<dyn RoomBus>, checkpoint_every: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                chat,
+                bus,
+                streams: Mutex::new(HashMap::new()),
+                checkpoint_every,
+            }),
+        }
+    }
+
+    pub fn bus(&self) -> &Arc<dyn RoomBus> {
+        &self.inner.bus
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Arc<RunningStream>>> {
+        self.inner.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores the user message, starts the answer and launches its stream.
+    ///
+    /// `subscribe` is called with the conversation id after the turn is committed and before
+    /// `stream_start` is published, so the caller's socket misses nothing. Everything after
+    /// the commit is synchronous: a caller that goes away cannot leave a started answer
+    /// without its stream.
+    pub async fn start(
+        &self,
+        user: CurrentUser,
+        request: TurnRequest,
+        subscribe: impl FnOnce(Uuid) -> Option<RoomReceiver>,
+    ) -> ServiceResult<Started> {
+        match self.inner.chat.start_turn(user, request).await? {
+            TurnStart::Started(turn) => {
+                let conversation_id = turn.conversation_id;
+                let stream = Arc::new(RunningStream {
+                    turn: turn.clone(),
+                    state: Mutex::new(StreamState {
+                        content: String::new(),
+                        next_index: 0,
+                        finished: false,
+                    }),
+                    cancel: CancellationToken::new(),
+                });
+                self.streams()
+                    .insert(turn.assistant_message_id, stream.clone());
+                let receiver = subscribe(conversation_id);
+                self.publish(
+                    conversation_id,
+                    &ServerFrame::StreamStart {
+                        conversation_id,
+                        message_id: turn.assistant_message_id,
+                        user_message_id: turn.user_message_id,
+                        seq: turn.started_seq,
+                    },
+                );
+                tracing::info!(%conversation_id, message_id = %turn.assistant_message_id, model = %turn.model, "stream started");
+                tokio::spawn(self.clone().run(stream));
+                Ok(Started {
+                    receiver,
+                    conversation_id,
+                    direct: vec![],
+                })
+            }
+            TurnStart::Duplicate {
+                conversation_id,
+                previous,
+            } => {
+                let receiver = subscribe(conversation_id);
+                let mut direct = Vec::new();
+                if let Some(previous) = previous {
+                    direct.push(OutFrame::new(&ServerFrame::StreamStart {
+                        conversation_id,
+                        message_id: previous.assistant_message_id,
+                        user_message_id: previous.user_message_id,
+                        seq: previous.started_seq,
+                    }));
+                    if let Some((seq, done)) = previous.completed {
+                        direct.push(OutFrame::new(&ServerFrame::StreamComplete {
+                            conversation_id,
+                            message_id: done.message_id,
+                            status: done.status,
+                            content: done.content,
+                            usage: done.usage,
+                            error: done.error,
+                            seq,
+                        }));
+                    } else if let Some(stream) =
+                        self.streams().get(&previous.assistant_message_id).cloned()
+                    {
+                        direct.extend(snapshot(&stream));
+                    }
+                }
+                let direct = direct.into_iter().map(OutFrame::into_direct).collect();
+                Ok(Started {
+                    receiver,
+                    conversation_id,
+                    direct,
+                })
+            }
+        }
+    }
+
+    /// `stream_snapshot` frames for the conversation's running streams. Call after
+    /// subscribing to the room: chunks that arrive twice are dropped by index.
+    pub fn snapshots(&self, conversation_id: Uuid) -> Vec<OutFrame> {
+        let streams: Vec<_> = self
+            .streams()
+            .values()
+            .filter(|s| s.turn.conversation_id == conversation_id)
+            .cloned()
+            .collect();
+        streams.iter().filter_map(|s| snapshot(s)).collect()
+    }
+
+    /// Stops a stream; it completes as `cancelled` with the text so far. Only its owner may.
+    pub fn cancel(&self, user: CurrentUser, message_id: Uuid) -> ServiceResult<()> {
+        let stream = self.streams().get(&message_id).cloned();
+        match stream {
+            Some(stream) if stream.turn.owner_id == user.id => {
+                stream.cancel.cancel();
+                Ok(())
+            }
+            // Someone else's stream is indistinguishable from no stream.
+            _ => Err(ServiceError::MessageNotFound),
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.streams().len()
+    }
+
+    fn publish(&self, conversation_id: Uuid, frame: &ServerFrame) {
+        self.inner
+            .bus
+            .publish(conversation_id, Arc::new(OutFrame::new(frame)));
+    }
+
+    async fn run(self, stream: Arc<RunningStream>) {
+        let turn = stream.turn.clone();
+        let outcome = self.drive(&stream).await;
+        let seq = self.commit(&turn, &outcome).await;
+        {
+            let mut state = stream.lock();
+            state.finished = true;
+            let (status, error) = match seq {
+                Ok(_) => (outcome.status, outcome.error.clone()),
+                Err(_) => (
+                    MessageStatus::Failed,
+                    Some(StreamError {
+                        code: "INTERNAL_ERROR".into(),
+                        message: "the answer could not be saved".into(),
+                    }),
+                ),
+            };
+            self.publish(
+                turn.conversation_id,
+                &ServerFrame::StreamComplete {
+                    conversation_id: turn.conversation_id,
+                    message_id: turn.assistant_message_id,
+                    status,
+                    content: outcome.content.clone(),
+                    usage: outcome.usage,
+                    error,
+                    seq: seq.unwrap_or(turn.started_seq),
+                },
+            );
+        }
+        self.streams().remove(&turn.assistant_message_id);
+        tracing::info!(
+            conversation_id = %turn.conversation_id,
+            message_id = %turn.assistant_message_id,
+            status = %outcome.status,
+            chars = outcome.content.len(),
+            "stream finished"
+        );
+    }
+
+    /// Commits the end of a stream, retrying a few times: the answer is the user's, and a
+    /// passing database hiccup should not lose it. If it still fails, the message stays
+    /// `streaming` with its last checkpoint and becomes `interrupted` at the next start.
+    async fn commit(&self, turn: &Turn, outcome: &TurnOutcome) -> Result<i64, ServiceError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .inner
+                .chat
+                .finish_turn(turn, Some(turn.owner_id), outcome.clone())
+                .await
+            {
+                Ok(seq) => return Ok(seq),
+                Err(err) if attempt < 3 => {
+                    tracing::warn!(error = %err, attempt, "committing a finished stream failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "committing a finished stream failed");
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Relays the upstream's deltas until it ends, fails, times out or is cancelled.
+    async fn drive(&self, stream: &RunningStream) -> TurnOutcome {
+        let chat = &self.inner.chat;
+        let turn = &stream.turn;
+        let limits = chat.upstream().clone();
+        let mut usage = None;
+        let end = |status, error: Option<&ProviderError>, usage| TurnOutcome {
+            content: stream.lock().content.clone(),
+            status,
+            usage,
+            error: error.map(stream_error),
+        };
+
+        let request = match chat.context_for(turn).await {
+            Ok(request) => request,
+            Err(err) => {
+                tracing::error!(error = %err, "building the context failed");
+                let mut outcome = end(MessageStatus::Failed, None, None);
+                outcome.error = Some(StreamError {
+                    code: "INTERNAL_ERROR".into(),
+                    message: "the request could not be prepared".into(),
+                });
+                return outcome;
+            }
+        };
+
+        // Until the first token arrives the first-token limit applies (opening included);
+        // after that, the gap between tokens.
+        let mut deadline = Instant::now() + limits.first_token_timeout;
+        let opened = tokio::select! {
+            _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
+            opened = tokio::time::timeout_at(deadline, chat.provider().stream(request)) => opened,
+        };
+        let mut upstream = match opened {
+            Err(_) => return end(MessageStatus::Failed, Some(&ProviderError::Timeout), None),
+            Ok(Err(err)) => return end(MessageStatus::Failed, Some(&err), None),
+            Ok(Ok(upstream)) => upstream,
+        };
+
+        let mut checkpoint = tokio::time::interval_at(
+            Instant::now() + self.inner.checkpoint_every,
+            self.inner.checkpoint_every,
+        );
+        checkpoint.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut saved_len = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, usage),
+                _ = tokio::time::sleep_until(deadline) => {
+                    return end(MessageStatus::Failed, Some(&ProviderError::Timeout), usage);
+                }
+                _ = checkpoint.tick() => {
+                    let pending = {
+                        let state = stream.lock();
+                        (state.content.len() != saved_len).then(|| state.content.clone())
+                    };
+                    if let Some(content) = pending {
+                        match chat.store().checkpoint_message(turn.assistant_message_id, &content).await {
+                            Ok(()) => saved_len = content.len(),
+                            Err(err) => tracing::warn!(error = %err, "checkpoint failed"),
+                        }
+                    }
+                }
+                item = upstream.next() => match item {
+                    None => return end(MessageStatus::Complete, None, usage),
+                    Some(Err(err)) => return end(MessageStatus::Failed, Some(&err), usage),
+                    Some(Ok(StreamItem::Usage(u))) => usage = Some(u),
+                    Some(Ok(StreamItem::Delta(delta))) => {
+                        deadline = Instant::now() + limits.idle_timeout;
+                        let mut state = stream.lock();
+                        let index = state.next_index;
+                        state.next_index += 1;
+                        state.content.push_str(&delta);
+                        self.publish(
+                            turn.conversation_id,
+                            &ServerFrame::StreamChunk {
+                                conversation_id: turn.conversation_id,
+                                message_id: turn.assistant_message_id,
+                                index,
+                                delta,
+                            },
+                        );
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn snapshot(stream: &RunningStream) -> Option<OutFrame> {
+    let state = stream.lock();
+    (!state.finished).then(|| {
+        OutFrame::new(&ServerFrame::StreamSnapshot {
+            conversation_id: stream.turn.conversation_id,
+            message_id: stream.turn.assistant_message_id,
+            content: state.content.clone(),
+            next_index: state.next_index,
+        })
+    })
+}
+
+/// At start-up: every answer still `streaming` was cut off by a stop. It becomes
+/// `interrupted` with the text its last checkpoint saved, through a `stream_completed` event.
+pub async fn recover_interrupted(chat: &ChatService) -> anyhow::Result<usize> {
+    let stranded: Vec<MessageRecord> = chat.store().streaming_messages().await?;
+    for message in &stranded {
+        let turn = Turn {
+            owner_id: Uuid::nil(),
+            conversation_id: message.conversation_id,
+            user_message_id: Uuid::nil(),
+            assistant_message_id: message.id,
+            started_seq: 0,
+            model: message.model.clone().unwrap_or_default(),
+        };
+        let outcome = TurnOutcome {
+            content: message.content.clone(),
+            status: MessageStatus::Interrupted,
+            usage: None,
+            error: None,
+        };
+        match chat.finish_turn(&turn, None, outcome).await {
+            Ok(_) | Err(ServiceError::Conflict(_)) => {}
+            Err(err) => {
+                return Err(anyhow::anyhow!(
+                    "marking message {} interrupted: {err}",
+                    message.id
+                ))
+            }
+        }
+        tracing::warn!(conversation_id = %message.conversation_id, message_id = %message.id, "answer interrupted by a stop; kept its checkpointed text");
+    }
+    Ok(stranded.len())
+}

@@ -1,0 +1,309 @@
+//! Chat turns: a user message and the assistant's answer. Starting a turn appends the user
+//! message and a `stream_started` event (the answer exists, `streaming`, from then on);
+//! finishing it appends one `stream_completed`. `POST /api/chat` and the WebSocket streams
+//! share this, so both leave the same history and both survive a crash the same way.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::auth::CurrentUser;
+use super::conversations::ConversationView;
+use super::{ServiceError, ServiceResult};
+use crate::config::UpstreamConfig;
+use crate::domain::commands::{self, NewTurn};
+use crate::domain::events::{StreamCompleted, StreamError};
+use crate::domain::inputs::{bounded_text, MessageText, MAX_MODEL_CHARS};
+use crate::domain::projection::MessageRecord;
+use crate::domain::types::{MessageStatus, Usage};
+use crate::llm::context::build_context;
+use crate::llm::{ChatProvider, ChatRequest, ProviderError};
+use crate::store::{Load, Store, StoredTurn};
+
+pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 100;
+
+/// A started answer.
+#[derive(Clone, Debug)]
+pub struct Turn {
+    pub owner_id: Uuid,
+    pub conversation_id: Uuid,
+    pub user_message_id: Uuid,
+    pub assistant_message_id: Uuid,
+    /// The `seq` of its `stream_started` event.
+    pub started_seq: i64,
+    pub model: String,
+}
+
+pub enum TurnStart {
+    Started(Turn),
+    /// The `clientMessageId` was used before in this conversation: nothing new started.
+    Duplicate {
+        conversation_id: Uuid,
+        previous: Option<StoredTurn>,
+    },
+}
+
+/// How an answer ended.
+#[derive(Clone, Debug)]
+pub struct TurnOutcome {
+    pub content: String,
+    pub status: MessageStatus,
+    pub usage: Option<Usage>,
+    pub error: Option<StreamError>,
+}
+
+/// A request to start a turn, before validation.
+pub struct TurnRequest {
+    pub conversation_id: Option<Uuid>,
+    /// Whether an unknown `conversation_id` creates that conversation (WebSocket) or is 404.
+    pub create_if_missing: bool,
+    pub message: String,
+    pub client_message_id: Option<String>,
+    pub model: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct ChatService {
+    store: Store,
+    provider: Arc<dyn ChatProvider>,
+    default_model: String,
+    context_budget_tokens: usize,
+    upstream: UpstreamConfig,
+}
+
+impl ChatService {
+    pub fn new(
+        store: Store,
+        provider: Arc<dyn ChatProvider>,
+        default_model: String,
+        context_budget_tokens: usize,
+        upstream: UpstreamConfig,
+    ) -> Self {
+        Self {
+            store,
+            provider,
+            default_model,
+            context_budget_tokens,
+            upstream,
+        }
+    }
+
+    pub fn provider(&self) -> &Arc<dyn ChatProvider> {
+        &self.provider
+    }
+
+    pub fn upstream(&self) -> &UpstreamConfig {
+        &self.upstream
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %user.id))]
+    pub async fn start_turn(
+        &self,
+        user: CurrentUser,
+        request: TurnRequest,
+    ) -> ServiceResult<TurnStart> {
+        let text = MessageText::parse("message", &request.message)?.into_inner();
+        let client_message_id = request
+            .client_message_id
+            .map(|c| bounded_text("clientMessageId", &c, MAX_CLIENT_MESSAGE_ID_CHARS, false))
+            .transpose()?;
+        let model_override = request
+            .model
+            .map(|m| bounded_text("model", &m, MAX_MODEL_CHARS, false))
+            .transpose()?;
+        let conversation_id = request.conversation_id.unwrap_or_else(Uuid::now_v7);
+        let turn = NewTurn {
+            user_message_id: Uuid::now_v7(),
+            assistant_message_id: Uuid::now_v7(),
+            text,
+            client_message_id: client_message_id.clone(),
+            create_if_missing: request.create_if_missing || request.conversation_id.is_none(),
+            model_override,
+            default_model: self.default_model.clone(),
+        };
+        let load = Load {
+            messages: vec![],
+            client_message_id: client_message_id.clone(),
+        };
+        let committed = self
+            .store
+            .execute(conversation_id, Some(user.id), &load, |state| {
+                commands::start_turn(state, user.id, &turn)
+            })
+            .await?;
+
+        let Some(started) = committed.events.iter().find_map(|e| match &e.event {
+            crate::domain::events::ConversationEvent::StreamStarted(s) => {
+                Some((e.seq, s.model.clone()))
+            }
+            _ => None,
+        }) else {
+            // Nothing appended: a repeated clientMessageId. Find what it started before.
+            let previous_user_message = committed
+                .state
+                .messages
+                .values()
+                .find(|m| m.client_message_id == client_message_id)
+                .map(|m| m.id);
+            let previous = match previous_user_message {
+                Some(id) => self.store.find_turn(conversation_id, id).await?,
+                None => None,
+            };
+            return Ok(TurnStart::Duplicate {
+                conversation_id,
+                previous,
+            });
+        };
+        Ok(TurnStart::Started(Turn {
+            owner_id: user.id,
+            conversation_id,
+            user_message_id: turn.user_message_id,
+            assistant_message_id: turn.assistant_message_id,
+            started_seq: started.0,
+            model: started.1,
+        }))
+    }
+
+    /// The upstream request for a turn: system prompt, then the complete history in order.
+    pub async fn context_for(&self, turn: &Turn) -> ServiceResult<ChatRequest> {
+        let conversation = self
+            .store
+            .find_conversation(turn.conversation_id, turn.owner_id)
+            .await?
+            .ok_or(ServiceError::ConversationNotFound)?;
+        let messages = self.store.list_messages(turn.conversation_id).await?;
+        let messages: Vec<_> = messages
+            .into_iter()
+            .filter(|m| m.id != turn.assistant_message_id)
+            .collect();
+        Ok(ChatRequest {
+            model: turn.model.clone(),
+            messages: build_context(
+                conversation.system_prompt.as_deref(),
+                &messages,
+                self.context_budget_tokens,
+            ),
+        })
+    }
+
+    /// Commits how an answer ended; returns the `seq` of its `stream_completed` event.
+    #[tracing::instrument(skip_all, fields(conversation_id = %turn.conversation_id, message_id = %turn.assistant_message_id, status = %outcome.status))]
+    pub async fn finish_turn(
+        &self,
+        turn: &Turn,
+        actor: Option<Uuid>,
+        outcome: TurnOutcome,
+    ) -> ServiceResult<i64> {
+        let completed = StreamCompleted {
+            message_id: turn.assistant_message_id,
+            content: outcome.content,
+            status: outcome.status,
+            usage: outcome.usage,
+            error: outcome.error,
+        };
+        let committed = self
+            .store
+            .execute(
+                turn.conversation_id,
+                actor,
+                &Load::messages(&[turn.assistant_message_id]),
+                |state| commands::finish_stream(state, completed.clone()),
+            )
+            .await?;
+        committed.events.last().map(|e| e.seq).ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!("finishing a stream appended nothing"))
+        })
+    }
+
+    /// `POST /api/chat`: the whole answer at once. An upstream failure still leaves the user
+    /// message stored, and the answer recorded as `failed`.
+    pub async fn chat(
+        &self,
+        user: CurrentUser,
+        request: TurnRequest,
+    ) -> ServiceResult<(MessageRecord, ConversationView)> {
+        let turn = match self.start_turn(user, request).await? {
+            TurnStart::Started(turn) => turn,
+            TurnStart::Duplicate { .. } => {
+                return Err(ServiceError::Conflict(
+                    "this clientMessageId was already sent".into(),
+                ))
+            }
+        };
+        // The answer is the user's whether or not they wait for it: if the client goes away
+        // mid-request, the spawned task still asks, and commits what it gets.
+        let service = self.clone();
+        let answering = turn.clone();
+        let answer = tokio::spawn(async move { service.answer(&answering).await })
+            .await
+            .map_err(|e| ServiceError::Internal(anyhow::anyhow!("answer task failed: {e}")))??;
+        if let Err(err) = answer {
+            tracing::warn!(provider = self.provider.name(), error = %err, "upstream failed a chat request");
+            return Err(err.into());
+        }
+        let conversation = self
+            .store
+            .find_conversation(turn.conversation_id, user.id)
+            .await?
+            .ok_or(ServiceError::ConversationNotFound)?;
+        let messages = self.store.list_messages(turn.conversation_id).await?;
+        let message = messages
+            .iter()
+            .find(|m| m.id == turn.assistant_message_id)
+            .cloned()
+            .ok_or(ServiceError::MessageNotFound)?;
+        Ok((
+            message,
+            ConversationView {
+                conversation,
+                messages,
+            },
+        ))
+    }
+}
+
+impl ChatService {
+    /// Asks the provider for a whole answer and commits it, `failed` if the provider fails.
+    async fn answer(&self, turn: &Turn) -> ServiceResult<Result<(), ProviderError>> {
+        let context = self.context_for(turn).await?;
+        let answer = tokio::time::timeout(
+            self.upstream.request_timeout,
+            self.provider.complete(context),
+        )
+        .await
+        .unwrap_or(Err(ProviderError::Timeout));
+        let outcome = match &answer {
+            Ok(completion) => TurnOutcome {
+                content: completion.content.clone(),
+                status: MessageStatus::Complete,
+                usage: completion.usage,
+                error: None,
+            },
+            Err(err) => TurnOutcome {
+                content: String::new(),
+                status: MessageStatus::Failed,
+                usage: None,
+                error: Some(stream_error(err)),
+            },
+        };
+        self.finish_turn(turn, Some(turn.owner_id), outcome).await?;
+        Ok(answer.map(|_| ()))
+    }
+}
+
+/// The `error` of a failed answer, with the contract's codes.
+pub fn stream_error(err: &ProviderError) -> StreamError {
+    let code = match err {
+        ProviderError::Timeout => "GATEWAY_TIMEOUT",
+        ProviderError::Upstream(_) => "BAD_GATEWAY",
+        ProviderError::Unavailable(_) => "SERVICE_UNAVAILABLE",
+    };
+    StreamError {
+        code: code.into(),
+        message: err.to_string(),
+    }
+}

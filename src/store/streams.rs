@@ -1,0 +1,94 @@
+//! The few writes and reads that streaming needs outside the event path: checkpoints of a
+//! running answer's text (deliberately not events: deltas never enter the log) and finding
+//! answers left `streaming` by a crash.
+
+use entity::{conversation_events, messages};
+use sea_orm::{sea_query::Expr, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use uuid::Uuid;
+
+use super::events::event_from_row;
+use super::records::message_from_row;
+use super::{Store, StoreError, StoreResult};
+use crate::domain::events::{ConversationEvent, StreamCompleted};
+use crate::domain::projection::MessageRecord;
+use crate::domain::types::MessageStatus;
+
+/// The stored trace of one answer: its start and, once finished, its completion.
+#[derive(Debug, Clone)]
+pub struct StoredTurn {
+    pub user_message_id: Uuid,
+    pub assistant_message_id: Uuid,
+    pub started_seq: i64,
+    pub completed: Option<(i64, StreamCompleted)>,
+}
+
+impl Store {
+    /// Saves a running answer's text so far. Only touches a message that is still
+    /// streaming, so a late checkpoint can never overwrite a committed answer.
+    pub async fn checkpoint_message(&self, message_id: Uuid, content: &str) -> StoreResult<()> {
+        let _turn = self.write_turn().await;
+        messages::Entity::update_many()
+            .col_expr(messages::Column::Content, Expr::value(content))
+            .filter(messages::Column::Id.eq(message_id))
+            .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(())
+    }
+
+    /// Every message still marked `streaming`.
+    pub async fn streaming_messages(&self) -> StoreResult<Vec<MessageRecord>> {
+        let rows = messages::Entity::find()
+            .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
+            .order_by_asc(messages::Column::CreatedAt)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(rows.into_iter().map(message_from_row).collect())
+    }
+
+    /// The answer started for a user message, from the log (used for repeated sends).
+    pub async fn find_turn(
+        &self,
+        conversation_id: Uuid,
+        user_message_id: Uuid,
+    ) -> StoreResult<Option<StoredTurn>> {
+        let rows = conversation_events::Entity::find()
+            .filter(conversation_events::Column::ConversationId.eq(conversation_id))
+            .filter(
+                conversation_events::Column::EventType
+                    .is_in(["stream_started", "stream_completed"]),
+            )
+            .order_by_asc(conversation_events::Column::Seq)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        let mut turn: Option<StoredTurn> = None;
+        for row in rows {
+            let recorded = event_from_row(row)?;
+            match recorded.event {
+                ConversationEvent::StreamStarted(s)
+                    if s.user_message_id == Some(user_message_id) =>
+                {
+                    turn = Some(StoredTurn {
+                        user_message_id,
+                        assistant_message_id: s.message_id,
+                        started_seq: recorded.seq,
+                        completed: None,
+                    });
+                }
+                ConversationEvent::StreamCompleted(c) => {
+                    if let Some(t) = turn
+                        .as_mut()
+                        .filter(|t| t.assistant_message_id == c.message_id)
+                    {
+                        t.completed = Some((recorded.seq, c));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(turn)
+    }
+}
