@@ -5,6 +5,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY entity entity
 COPY migration migration
 COPY src src
+COPY playground playground
 RUN cargo build --release --locked --bin chat-server
 
 FROM debian:bookworm-slim

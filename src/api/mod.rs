@@ -9,6 +9,7 @@ pub mod error;
 pub mod health;
 pub mod json;
 pub mod models;
+pub mod playground;
 pub mod security;
 pub mod state;
 pub mod ws;
@@ -77,6 +78,9 @@ pub fn routes(state: AppState) -> impl Endpoint {
     Route::new()
         .at("/api/openapi.json", spec)
         .at("/api/ws", poem::get(ws::ws_upgrade))
+        .at("/", poem::get(playground::index))
+        .at("/playground/app.js", poem::get(playground::script))
+        .at("/playground/style.css", poem::get(playground::style))
         .nest("/api", api)
         .nest("/docs", docs)
         .data(state)

@@ -1,0 +1,28 @@
+//! The playground: a plain HTML/CSS/JavaScript page at `/` for trying the server right after
+//! `cargo run`. The files live in `playground/` and are compiled into the binary, so the
+//! server has no runtime file access and no external CDN.
+
+use poem::http::header;
+use poem::{handler, Response};
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    Response::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(body)
+}
+
+#[handler]
+pub fn index() -> Response {
+    asset("text/html; charset=utf-8", include_str!("../../playground/index.html"))
+}
+
+#[handler]
+pub fn script() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("../../playground/app.js"))
+}
+
+#[handler]
+pub fn style() -> Response {
+    asset("text/css; charset=utf-8", include_str!("../../playground/style.css"))
+}
