@@ -64,6 +64,41 @@ pub struct Config {
     pub ws_max_frame_bytes: usize,
     /// Frames a socket may have waiting before it counts as too slow and is closed.
     pub ws_send_queue_frames: usize,
+    pub limits: Limits,
+    pub http: HttpConfig,
+    /// How long running streams may take to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+/// Abuse limits. Every one is configurable; the defaults suit a small deployment.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+    /// User messages longer than this (in characters) are refused with 400.
+    pub max_message_chars: usize,
+    pub ws_max_connections_per_user: usize,
+    pub max_concurrent_streams_per_user: usize,
+    /// Messages a user may send per minute (`POST /api/chat` and `stream_chat` together).
+    pub chat_per_minute: u32,
+    /// Failed logins allowed per e-mail and per client IP within `login_window`.
+    pub login_max_failures: u32,
+    pub login_window: Duration,
+    /// An idle WebSocket is pinged after this long...
+    pub ws_ping_interval: Duration,
+    /// ...and closed if nothing comes back within this long.
+    pub ws_pong_timeout: Duration,
+}
+
+/// HTTP-level settings: proxies, headers, metrics.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Trust `X-Forwarded-For` and `X-Request-Id` from the peer (set behind a reverse proxy).
+    pub trust_proxy_headers: bool,
+    /// `Strict-Transport-Security` max-age; 0 sends no HSTS header (plain HTTP deployments).
+    pub hsts_max_age_secs: u64,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics_enabled: bool,
 }
 
 /// Time limits for the LLM upstream.
@@ -76,6 +111,14 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// The whole answer of a non-streamed completion (`POST /api/chat`).
     pub request_timeout: Duration,
+    /// Attempts after the first, only before any token has been relayed.
+    pub max_retries: u32,
+    /// The first retry's delay; each next one doubles, with full jitter.
+    pub retry_base: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails fast before letting one trial request through.
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -190,11 +233,40 @@ impl Config {
                 first_token_timeout: millis("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", 60_000)?,
                 idle_timeout: millis("UPSTREAM_IDLE_TIMEOUT_MS", 30_000)?,
                 request_timeout: millis("UPSTREAM_REQUEST_TIMEOUT_MS", 120_000)?,
+                max_retries: parse_or(&get, "UPSTREAM_MAX_RETRIES", 2)?,
+                retry_base: millis("UPSTREAM_RETRY_BASE_MS", 250)?,
+                breaker_threshold: parse_or::<u32>(&get, "BREAKER_FAILURE_THRESHOLD", 5)?.max(1),
+                breaker_cooldown: millis("BREAKER_COOLDOWN_MS", 30_000)?,
             },
             context_budget_tokens: parse_or(&get, "CONTEXT_BUDGET_TOKENS", 8_000)?,
             demo_delay: millis("DEMO_DELAY_MS", 40)?,
             ws_max_frame_bytes: parse_or(&get, "WS_MAX_FRAME_BYTES", 512 * 1024)?,
             ws_send_queue_frames: parse_or::<usize>(&get, "WS_SEND_QUEUE_FRAMES", 1024)?.max(1),
+            limits: Limits {
+                max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", 1024 * 1024)?,
+                max_message_chars: parse_or(&get, "MAX_MESSAGE_CHARS", 100_000)?,
+                ws_max_connections_per_user: parse_or(&get, "WS_MAX_CONNECTIONS_PER_USER", 10)?,
+                max_concurrent_streams_per_user: parse_or(
+                    &get,
+                    "MAX_CONCURRENT_STREAMS_PER_USER",
+                    3,
+                )?,
+                chat_per_minute: parse_or::<u32>(&get, "CHAT_RATE_PER_MINUTE", 60)?.max(1),
+                login_max_failures: parse_or::<u32>(&get, "LOGIN_MAX_FAILURES", 10)?.max(1),
+                login_window: Duration::from_secs(parse_or(&get, "LOGIN_WINDOW_SECS", 15 * 60)?),
+                ws_ping_interval: millis("WS_PING_INTERVAL_MS", 30_000)?,
+                ws_pong_timeout: millis("WS_PONG_TIMEOUT_MS", 10_000)?,
+            },
+            http: HttpConfig {
+                trust_proxy_headers: parse_bool(
+                    get("TRUST_PROXY_HEADERS"),
+                    "TRUST_PROXY_HEADERS",
+                    false,
+                )?,
+                hsts_max_age_secs: parse_or(&get, "HSTS_MAX_AGE_SECS", 0)?,
+                metrics_enabled: parse_bool(get("METRICS_ENABLED"), "METRICS_ENABLED", true)?,
+            },
+            shutdown_grace: millis("SHUTDOWN_GRACE_MS", 10_000)?,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod llm;
+pub mod metrics;
 pub mod realtime;
 pub mod service;
 pub mod startup;

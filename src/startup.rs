@@ -2,7 +2,7 @@
 //! exactly this, on port 0.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
@@ -11,11 +11,13 @@ use poem::Server;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::llm::{self, demo::DEMO_MODEL};
+use crate::metrics::Metrics;
 use crate::realtime::bus::{LocalRoomBus, RoomBus};
 use crate::realtime::hub::{recover_interrupted, StreamHub};
 use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
+use crate::service::limits::RateLimits;
 use crate::service::tokens::TokenKeys;
 use crate::store::Store;
 
@@ -75,10 +77,38 @@ impl Application {
             database = if self.config.is_sqlite() { "sqlite" } else { "postgres" },
             "chat server listening; API docs at /docs"
         );
-        Server::new_with_acceptor(self.acceptor)
-            .run_with_graceful_shutdown(api::routes(self.state), shutdown_signal(), None)
+        let state = self.state.clone();
+        let grace = self.config.shutdown_grace;
+        let stop = tokio_util::sync::CancellationToken::new();
+        // On SIGTERM/SIGINT the listener stops at once; running streams get the grace period
+        // to finish, the rest are committed as `interrupted`, and then every socket is closed.
+        let drained = tokio::spawn({
+            let stop = stop.clone();
+            let state = state.clone();
+            async move {
+                stop.cancelled().await;
+                state.hub.shutdown(grace).await;
+                state.shutdown.cancel();
+            }
+        });
+        let signal = async move {
+            shutdown_signal().await;
+            stop.cancel();
+        };
+        let served = Server::new_with_acceptor(self.acceptor)
+            .run_with_graceful_shutdown(
+                api::routes(self.state),
+                signal,
+                Some(grace + Duration::from_secs(12)),
+            )
             .await
-            .context("server failed")
+            .context("server failed");
+        // The server may be done before the streams are: wait for their commits.
+        let _ = drained.await;
+        // Let the sockets' writers send their close frames.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        tracing::info!("shut down");
+        served
     }
 }
 
@@ -90,25 +120,44 @@ pub fn install_tls_provider() {
 
 pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
     let keys = TokenKeys::new(&config.jwt);
-    let provider = llm::from_config(config)?;
+    let metrics = Arc::new(Metrics::new());
+    let provider = llm::from_config(config, metrics.clone())?;
     let default_model = match config.openai.api_key {
         Some(_) => config.openai.model.clone(),
         None => DEMO_MODEL.to_string(),
     };
     tracing::info!(provider = provider.name(), model = %default_model, "LLM provider configured");
+    let limits = Arc::new(RateLimits::new(&config.limits, metrics.clone()));
     let chat = ChatService::new(
         store.clone(),
         provider,
         default_model,
         config.context_budget_tokens,
         config.upstream.clone(),
+        limits.clone(),
+        config.limits.max_message_chars,
     );
     let bus: Arc<dyn RoomBus> = Arc::new(LocalRoomBus::new(config.ws_send_queue_frames));
     Ok(AppState {
         config: Arc::new(config.clone()),
-        auth: AuthService::new(store.clone(), keys, config.allow_registration),
-        conversations: ConversationService::new(store.clone()),
-        hub: StreamHub::new(chat.clone(), bus, config.stream_checkpoint),
+        metrics: metrics.clone(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+        auth: AuthService::new(
+            store.clone(),
+            keys,
+            config.allow_registration,
+            limits.clone(),
+        ),
+        conversations: ConversationService::new(store.clone(), config.limits.max_message_chars),
+        limits,
+        ws_connections: Default::default(),
+        hub: StreamHub::new(
+            chat.clone(),
+            bus,
+            config.stream_checkpoint,
+            config.limits.max_concurrent_streams_per_user,
+            metrics,
+        ),
         chat,
         store,
         started_at: Instant::now(),

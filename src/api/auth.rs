@@ -4,10 +4,12 @@ use poem_openapi::{payload::Json, ApiResponse, OpenApi};
 
 use super::error::ApiResult;
 use super::json::JsonBody;
+use super::middleware::ClientIp;
 use super::models::{AuthTokens, LoginRequest, RefreshRequest, RegisterRequest, User};
 use super::security::BearerAuth;
 use super::state::AppState;
 use super::Tags;
+use poem::Request;
 
 pub struct AuthApi {
     pub state: AppState,
@@ -46,13 +48,19 @@ impl AuthApi {
 
     /// Sign in
     ///
-    /// An unknown e-mail and a wrong password get the same 401.
+    /// An unknown e-mail and a wrong password get the same 401. Too many failures for one
+    /// e-mail or from one address (`LOGIN_MAX_FAILURES` per `LOGIN_WINDOW_SECS`) get 429.
     #[oai(path = "/login", method = "post")]
-    async fn login(&self, body: JsonBody<LoginRequest>) -> ApiResult<Json<AuthTokens>> {
+    async fn login(
+        &self,
+        req: &Request,
+        body: JsonBody<LoginRequest>,
+    ) -> ApiResult<Json<AuthTokens>> {
+        let ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
         let session = self
             .state
             .auth
-            .login(&body.0.email, body.0.password)
+            .login(&body.0.email, body.0.password, ip)
             .await?;
         Ok(Json(session.into()))
     }

@@ -20,7 +20,7 @@ pub struct ChatApi {
 #[oai(rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]
 pub struct ChatRequest {
-    /// The user's message (not blank, at most 100 000 characters).
+    /// The user's message (not blank, at most `MAX_MESSAGE_CHARS`, 100 000 by default).
     pub message: String,
     /// An existing conversation of yours; without it a conversation is created, titled
     /// from the message's first 50 characters.

@@ -29,6 +29,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<serde_json::Value>,
+    /// Sent as `Retry-After` (seconds) with a 429 or 503.
+    pub retry_after_secs: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -40,6 +42,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after_secs: None,
         }
     }
 
@@ -97,12 +100,36 @@ impl From<ServiceError> for ApiError {
             ),
             E::UserNotFound => Self::new(StatusCode::NOT_FOUND, "USER_NOT_FOUND", "user not found"),
             E::Conflict(message) => Self::new(StatusCode::CONFLICT, "CONFLICT", message),
+            E::RateLimited {
+                message,
+                retry_after_secs,
+            } => {
+                let mut err = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "RATE_LIMIT_EXCEEDED",
+                    message,
+                );
+                err.retry_after_secs = retry_after_secs;
+                err
+            }
+            E::Unavailable(message) => {
+                let mut err = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SERVICE_UNAVAILABLE",
+                    message,
+                );
+                err.retry_after_secs = Some(5);
+                err
+            }
             E::Upstream(err) => {
                 use crate::llm::ProviderError as P;
                 let (status, code) = match err {
                     P::Timeout => (StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT"),
                     P::Upstream(_) => (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
-                    P::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
+                    P::Unavailable(_) | P::CircuitOpen => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE")
+                    }
+                    P::Rejected(_) => (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
                 };
                 Self::new(status, code, err.to_string())
             }
@@ -129,10 +156,13 @@ impl IntoResponse for ApiError {
             .unwrap_or_else(|_| {
                 br#"{"message":"internal server error","code":"INTERNAL_ERROR"}"#.to_vec()
             });
-        Response::builder()
+        let mut response = Response::builder()
             .status(self.status)
-            .content_type("application/json; charset=utf-8")
-            .body(body)
+            .content_type("application/json; charset=utf-8");
+        if let Some(seconds) = self.retry_after_secs {
+            response = response.header(poem::http::header::RETRY_AFTER, seconds.max(1).to_string());
+        }
+        response.body(body)
     }
 }
 
@@ -166,6 +196,14 @@ impl ApiResponse for ApiError {
                 response(403, "Authenticated but not allowed (`FORBIDDEN`)"),
                 response(404, "Not found, or owned by someone else (`*_NOT_FOUND`)"),
                 response(409, "Conflicts with the current state (`CONFLICT`)"),
+                response(
+                    413,
+                    "The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`)",
+                ),
+                response(
+                    429,
+                    "A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After`",
+                ),
                 response(
                     500,
                     "Unexpected failure (`INTERNAL_ERROR`); details are only logged",

@@ -15,9 +15,9 @@ use super::error::ApiError;
 
 pub struct JsonBody<T>(pub T);
 
-/// The largest JSON body accepted. Generous for chat (messages are capped far below it) and
-/// small enough that a flood of huge bodies cannot exhaust memory.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// The largest JSON body accepted when no configuration is at hand (`MAX_BODY_BYTES`):
+/// generous for chat and small enough that a flood of huge bodies cannot exhaust memory.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
 impl<'a, T: DeserializeOwned + Type + Send> ApiExtractor<'a> for JsonBody<T> {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
@@ -48,29 +48,34 @@ impl<'a, T: DeserializeOwned + Type + Send> ApiExtractor<'a> for JsonBody<T> {
             .headers()
             .get(poem::http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
-            return Err(too_large().into());
+        let max = request
+            .data::<super::state::AppState>()
+            .map_or(DEFAULT_MAX_BODY_BYTES, |state| {
+                state.config.limits.max_body_bytes
+            });
+        if declared.is_some_and(|len| len > max) {
+            return Err(too_large(max).into());
         }
         // Chunked bodies carry no length: read at most one byte past the limit to tell.
         let mut bytes = Vec::new();
         body.take()?
             .into_async_read()
-            .take(MAX_BODY_BYTES as u64 + 1)
+            .take(max as u64 + 1)
             .read_to_end(&mut bytes)
             .await
             .map_err(|e| ApiError::validation("body", format!("could not be read: {e}")))?;
-        if bytes.len() > MAX_BODY_BYTES {
-            return Err(too_large().into());
+        if bytes.len() > max {
+            return Err(too_large(max).into());
         }
         parse(&bytes).map(JsonBody).map_err(Into::into)
     }
 }
 
-fn too_large() -> ApiError {
+fn too_large(max: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "PAYLOAD_TOO_LARGE",
-        format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        format!("request body is larger than {max} bytes"),
     )
 }
 

@@ -8,13 +8,14 @@ pub mod conversations;
 pub mod error;
 pub mod health;
 pub mod json;
+pub mod middleware;
 pub mod models;
 pub mod playground;
 pub mod security;
 pub mod state;
 pub mod ws;
 
-use poem::{Endpoint, EndpointExt, Route};
+use poem::{handler, web::Data, Endpoint, EndpointExt, IntoResponse, Response, Route};
 use poem_openapi::OpenApiService;
 
 pub use state::AppState;
@@ -83,6 +84,20 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/playground/style.css", poem::get(playground::style))
         .nest("/api", api)
         .nest("/docs", docs)
-        .data(state)
+        .at("/metrics", poem::get(metrics_endpoint))
+        .data(state.clone())
         .catch_all_error(error::render_error)
+        .with(middleware::HttpLayer { state })
+}
+
+/// `GET /metrics`: Prometheus text format (404 when `METRICS_ENABLED=false`).
+#[handler]
+async fn metrics_endpoint(Data(state): Data<&AppState>) -> Response {
+    if !state.config.http.metrics_enabled {
+        return poem::http::StatusCode::NOT_FOUND.into_response();
+    }
+    state.refresh_pool_metrics();
+    Response::builder()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
 }

@@ -14,15 +14,24 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 #[handler]
 pub fn index() -> Response {
-    asset("text/html; charset=utf-8", include_str!("../../playground/index.html"))
+    asset(
+        "text/html; charset=utf-8",
+        include_str!("../../playground/index.html"),
+    )
 }
 
 #[handler]
 pub fn script() -> Response {
-    asset("text/javascript; charset=utf-8", include_str!("../../playground/app.js"))
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../playground/app.js"),
+    )
 }
 
 #[handler]
 pub fn style() -> Response {
-    asset("text/css; charset=utf-8", include_str!("../../playground/style.css"))
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../../playground/style.css"),
+    )
 }

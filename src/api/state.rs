@@ -4,19 +4,36 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::realtime::hub::StreamHub;
 use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
+use crate::service::limits::RateLimits;
 use crate::store::Store;
 
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled once running streams are done at shutdown: sockets close then.
+    pub shutdown: tokio_util::sync::CancellationToken,
     pub store: Store,
     pub auth: AuthService,
     pub conversations: ConversationService,
+    pub limits: Arc<RateLimits>,
+    /// Open WebSockets per user, for `WS_MAX_CONNECTIONS_PER_USER`.
+    pub ws_connections: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, usize>>>,
     pub chat: ChatService,
     pub hub: StreamHub,
     pub started_at: Instant,
+}
+
+impl AppState {
+    /// Database pool gauges are read when scraped rather than tracked on every query.
+    pub fn refresh_pool_metrics(&self) {
+        let (size, idle) = self.store.pool_usage();
+        self.metrics.db_pool_connections.set(size as i64);
+        self.metrics.db_pool_idle.set(idle as i64);
+    }
 }

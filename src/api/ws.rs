@@ -13,12 +13,13 @@ use poem::web::websocket::{CloseCode, Message, WebSocket, WebSocketConfig, WebSo
 use poem::web::{Data, Query};
 use poem::{handler, IntoResponse, Request, Response};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::middleware::origin_allowed;
 use super::state::AppState;
 use crate::realtime::bus::RoomReceiver;
 use crate::realtime::frames::{ClientFrame, FrameKey, OutFrame, ServerFrame};
@@ -48,7 +49,7 @@ pub async fn ws_upgrade(
         .get(header::ORIGIN)
         .and_then(|o| o.to_str().ok())
     {
-        if !origin_allowed(origin, req, &state.config.cors_origins) {
+        if !origin_allowed(origin, req.headers(), &state.config.cors_origins) {
             return ApiError::forbidden("this Origin is not allowed to open a WebSocket")
                 .into_response();
         }
@@ -64,19 +65,46 @@ pub async fn ws_upgrade(
     .into_response()
 }
 
-/// Allowed: an origin listed in `CORS_ORIGINS`, or the server's own (the page it serves).
-fn origin_allowed(origin: &str, req: &Request, allowed: &[String]) -> bool {
-    let origin = origin.trim_end_matches('/');
-    if allowed.iter().any(|a| a == "*" || a == origin) {
-        return true;
+/// One open socket of a user, counted for `WS_MAX_CONNECTIONS_PER_USER` and the open-sockets
+/// gauge while it lives.
+struct ConnectionSlot {
+    state: AppState,
+    user: Uuid,
+}
+
+impl ConnectionSlot {
+    fn acquire(state: &AppState, user: Uuid) -> Option<Self> {
+        let mut open = state
+            .ws_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(user).or_default();
+        if *count >= state.config.limits.ws_max_connections_per_user {
+            return None;
+        }
+        *count += 1;
+        state.metrics.ws_connections.inc();
+        Some(Self {
+            state: state.clone(),
+            user,
+        })
     }
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    match (origin.split_once("://"), host) {
-        (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
-        _ => false,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .state
+            .ws_connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+        self.state.metrics.ws_connections.dec();
     }
 }
 
@@ -135,7 +163,8 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         abort: CancellationToken::new(),
         reason: Arc::new(Mutex::new(None)),
     };
-    let writer = tokio::spawn(write_frames(sink, queued, outbox.clone()));
+    let ping = Arc::new(Notify::new());
+    let writer = tokio::spawn(write_frames(sink, queued, outbox.clone(), ping.clone()));
 
     let user = match authenticate(&state, &mut incoming, token).await {
         Some(user) => user,
@@ -149,7 +178,23 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
             return;
         }
     };
+    let Some(_connection) = ConnectionSlot::acquire(&state, user.id) else {
+        state
+            .metrics
+            .rate_limited
+            .with_label_values(&["ws_connections"])
+            .inc();
+        outbox.reply(&ServerFrame::error(
+            "RATE_LIMIT_EXCEEDED",
+            "too many open WebSockets for this user",
+        ));
+        outbox.close_with(CloseReason(CloseCode::Policy, "too many connections"));
+        let _ = writer.await;
+        return;
+    };
     outbox.reply(&ServerFrame::Ready { user_id: user.id });
+    let limits = state.config.limits.clone();
+    let shutdown = state.shutdown.clone();
     let mut session = Session {
         state,
         user,
@@ -158,11 +203,34 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
     };
     tracing::debug!(user_id = %user.id, "websocket session started");
 
+    // An idle socket is pinged; one that then stays silent is closed.
+    let mut last_heard = tokio::time::Instant::now();
+    let mut pinged = false;
     loop {
+        let wake = if pinged {
+            last_heard + limits.ws_ping_interval + limits.ws_pong_timeout
+        } else {
+            last_heard + limits.ws_ping_interval
+        };
         let message = tokio::select! {
             _ = outbox.close.cancelled() => break,
+            _ = shutdown.cancelled() => {
+                outbox.close_with(CloseReason(CloseCode::Away, "server shutting down"));
+                break;
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if pinged {
+                    outbox.close_with(CloseReason(CloseCode::Away, "ping timeout: no answer from the client"));
+                    break;
+                }
+                pinged = true;
+                ping.notify_one();
+                continue;
+            }
             message = incoming.next() => message,
         };
+        last_heard = tokio::time::Instant::now();
+        pinged = false;
         match message {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Err(err)) => {
@@ -391,6 +459,7 @@ async fn write_frames(
     mut sink: futures::stream::SplitSink<WebSocketStream, Message>,
     mut queued: mpsc::Receiver<Arc<OutFrame>>,
     outbox: Outbox,
+    ping: Arc<Notify>,
 ) {
     let mut dedup = Dedup::default();
     loop {
@@ -400,6 +469,12 @@ async fn write_frames(
                 Some(frame) => frame,
                 None => break,
             },
+            _ = ping.notified() => {
+                if sink.send(Message::Ping(Vec::new())).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             _ = outbox.close.cancelled() => break,
         };
         if !dedup.pass(&frame) {

@@ -98,21 +98,20 @@ pub const MAX_TITLE_CHARS: usize = 200;
 pub const MAX_SYSTEM_PROMPT_CHARS: usize = 20_000;
 pub const MAX_MODEL_CHARS: usize = 200;
 pub const MAX_DISPLAY_NAME_CHARS: usize = 100;
-pub const MAX_MESSAGE_CHARS: usize = 100_000;
 
 /// The text of a user message: not blank, bounded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageText(String);
 
 impl MessageText {
-    pub fn parse(field: &'static str, raw: &str) -> Result<Self, DomainError> {
+    pub fn parse(field: &'static str, raw: &str, max_chars: usize) -> Result<Self, DomainError> {
         if raw.trim().is_empty() {
             return Err(invalid(field, "must not be empty"));
         }
-        if raw.chars().count() > MAX_MESSAGE_CHARS {
+        if raw.chars().count() > max_chars {
             return Err(invalid(
                 field,
-                format!("must be at most {MAX_MESSAGE_CHARS} characters"),
+                format!("must be at most {max_chars} characters"),
             ));
         }
         Ok(Self(raw.to_string()))
@@ -152,9 +151,11 @@ mod tests {
 
     #[test]
     fn message_text_must_not_be_blank() {
-        assert!(MessageText::parse("message", "   ").is_err());
+        assert!(MessageText::parse("message", "   ", 10).is_err());
         assert_eq!(
-            MessageText::parse("message", " hi ").unwrap().into_inner(),
+            MessageText::parse("message", " hi ", 10)
+                .unwrap()
+                .into_inner(),
             " hi "
         );
     }

@@ -4,6 +4,7 @@
 pub mod context;
 pub mod demo;
 pub mod openai;
+pub mod resilience;
 
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use futures::stream::BoxStream;
 
 use crate::config::Config;
 use crate::domain::types::{MessageRole, Usage};
+use crate::metrics::Metrics;
 
 /// One message of the context sent upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +51,22 @@ pub enum ProviderError {
     Timeout,
     #[error("the model provider is unavailable: {0}")]
     Unavailable(String),
+    /// The upstream refused this request (a 4xx other than 429): not worth retrying.
+    #[error("the model provider refused the request: {0}")]
+    Rejected(String),
+    /// The circuit breaker is open: the upstream failed repeatedly, so we fail fast.
+    #[error("the model provider is failing; not trying again for a while")]
+    CircuitOpen,
+}
+
+impl ProviderError {
+    /// Whether another attempt could succeed (and so whether it counts against the upstream).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Upstream(_) | Self::Timeout | Self::Unavailable(_)
+        )
+    }
 }
 
 pub type ChatStream = BoxStream<'static, Result<StreamItem, ProviderError>>;
@@ -65,14 +83,25 @@ pub trait ChatProvider: Send + Sync + 'static {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>>;
 }
 
-/// The provider the configuration asks for: OpenAI-compatible with an API key, else demo.
-pub fn from_config(config: &Config) -> anyhow::Result<Arc<dyn ChatProvider>> {
+/// The provider the configuration asks for: OpenAI-compatible with an API key (behind retries
+/// and a circuit breaker), else the demo provider.
+pub fn from_config(
+    config: &Config,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn ChatProvider>> {
     Ok(match &config.openai.api_key {
-        Some(key) => Arc::new(openai::OpenAiProvider::new(
-            key.expose(),
-            config.openai.base_url.as_deref(),
-            config.upstream.connect_timeout,
-        )?),
+        Some(key) => {
+            let openai = openai::OpenAiProvider::new(
+                key.expose(),
+                config.openai.base_url.as_deref(),
+                config.upstream.connect_timeout,
+            )?;
+            Arc::new(resilience::ResilientProvider::new(
+                Arc::new(openai),
+                &config.upstream,
+                metrics,
+            ))
+        }
         None => Arc::new(demo::DemoProvider::new(config.demo_delay)),
     })
 }

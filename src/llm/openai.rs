@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
+use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
     ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
@@ -39,9 +40,10 @@ impl OpenAiProvider {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .build()?;
-        Ok(Self {
-            client: Client::with_config(config).with_http_client(http),
-        })
+        // Without async-openai's own retry layer: retries are ours (`llm::resilience`), so
+        // they happen only before the first token and count toward the circuit breaker.
+        let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
+        Ok(Self { client })
     }
 }
 
@@ -77,19 +79,29 @@ fn map_error(err: OpenAIError) -> ProviderError {
             ProviderError::Unavailable("cannot connect".into())
         }
         OpenAIError::Reqwest(e) => match e.status() {
-            Some(status) => ProviderError::Upstream(format!("HTTP {}", status.as_u16())),
+            Some(status) => by_status(status.as_u16(), None),
             None => ProviderError::Upstream("connection failed".into()),
         },
         OpenAIError::ApiError(api) => {
-            let status = api.status_code.as_u16();
-            match api.api_error.code {
-                Some(code) => ProviderError::Upstream(format!("HTTP {status} ({})", short(&code))),
-                None => ProviderError::Upstream(format!("HTTP {status}")),
-            }
+            by_status(api.status_code.as_u16(), api.api_error.code.as_deref())
         }
         OpenAIError::StreamError(_) => ProviderError::Upstream("the stream broke off".into()),
         OpenAIError::JSONDeserialize(..) => ProviderError::Upstream("unreadable response".into()),
         other => ProviderError::Upstream(short(&other.to_string())),
+    }
+}
+
+/// 429 and 5xx are the upstream's trouble (worth a retry, counted by the breaker); other
+/// 4xx mean this request is wrong (a bad model name, a bad key) and retrying cannot help.
+fn by_status(status: u16, code: Option<&str>) -> ProviderError {
+    let detail = match code {
+        Some(code) => format!("HTTP {status} ({})", short(code)),
+        None => format!("HTTP {status}"),
+    };
+    if status == 429 || status >= 500 {
+        ProviderError::Upstream(detail)
+    } else {
+        ProviderError::Rejected(detail)
     }
 }
 

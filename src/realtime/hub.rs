@@ -16,12 +16,17 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
 use super::bus::{RoomBus, RoomReceiver};
 use super::frames::{OutFrame, ServerFrame};
 use crate::domain::events::StreamError;
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageStatus;
 use crate::llm::{ProviderError, StreamItem};
+use crate::metrics::Metrics;
 use crate::service::auth::CurrentUser;
 use crate::service::chat::{stream_error, ChatService, Turn, TurnOutcome, TurnRequest, TurnStart};
 use crate::service::{ServiceError, ServiceResult};
@@ -38,6 +43,48 @@ struct RunningStream {
     turn: Turn,
     state: Mutex<StreamState>,
     cancel: CancellationToken,
+    /// Shutdown past its grace period: end now, as `interrupted`.
+    interrupt: CancellationToken,
+    started: Instant,
+    /// The owner's place among their concurrent streams, given back when the stream ends.
+    _slot: StreamSlot,
+}
+
+/// Counts each user's running streams; a slot is held from before the turn is stored until
+/// the stream's last reference goes, so concurrent starts cannot overshoot the limit.
+#[derive(Clone, Default)]
+struct SlotCounts(Arc<Mutex<HashMap<Uuid, usize>>>);
+
+struct StreamSlot {
+    counts: SlotCounts,
+    user: Uuid,
+}
+
+impl SlotCounts {
+    fn acquire(&self, user: Uuid, max: usize) -> Option<StreamSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(user).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            counts: self.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl RunningStream {
@@ -51,6 +98,13 @@ struct Inner {
     bus: Arc<dyn RoomBus>,
     streams: Mutex<HashMap<Uuid, Arc<RunningStream>>>,
     checkpoint_every: Duration,
+    max_streams_per_user: usize,
+    slots: SlotCounts,
+    metrics: Arc<Metrics>,
+    /// Cleared at shutdown: no new streams start.
+    accepting: AtomicBool,
+    /// Woken whenever a stream ends, for shutdown to wait on.
+    ended: Notify,
 }
 
 /// Cheap to clone; all clones share the running streams.
@@ -69,14 +123,67 @@ pub struct Started {
 }
 
 impl StreamHub {
-    pub fn new(chat: ChatService, bus: Arc<dyn RoomBus>, checkpoint_every: Duration) -> Self {
+    pub fn new(
+        chat: ChatService,
+        bus: Arc<dyn RoomBus>,
+        checkpoint_every: Duration,
+        max_streams_per_user: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 chat,
                 bus,
                 streams: Mutex::new(HashMap::new()),
                 checkpoint_every,
+                max_streams_per_user,
+                slots: SlotCounts::default(),
+                metrics,
+                accepting: AtomicBool::new(true),
+                ended: Notify::new(),
             }),
+        }
+    }
+
+    /// Graceful shutdown: start no new streams, give running ones `grace` to finish, then
+    /// end the rest as `interrupted` with their text so far (committed like any other end).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+        let running = self.running();
+        if running == 0 {
+            return;
+        }
+        tracing::info!(
+            running,
+            grace_ms = grace.as_millis() as u64,
+            "waiting for running streams to finish"
+        );
+        let deadline = Instant::now() + grace;
+        self.wait_until_idle(deadline).await;
+        let stragglers: Vec<_> = self.streams().values().cloned().collect();
+        if !stragglers.is_empty() {
+            tracing::warn!(
+                count = stragglers.len(),
+                "grace period over; interrupting the remaining streams"
+            );
+            for stream in &stragglers {
+                stream.interrupt.cancel();
+            }
+            // Their commits are quick; bounded all the same.
+            self.wait_until_idle(Instant::now() + Duration::from_secs(10))
+                .await;
+        }
+    }
+
+    async fn wait_until_idle(&self, deadline: Instant) {
+        loop {
+            let ended = self.inner.ended.notified();
+            if self.running() == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -100,6 +207,26 @@ impl StreamHub {
         request: TurnRequest,
         subscribe: impl FnOnce(Uuid) -> Option<RoomReceiver>,
     ) -> ServiceResult<Started> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(ServiceError::Unavailable(
+                "the server is shutting down; try again shortly",
+            ));
+        }
+        let Some(slot) = self
+            .inner
+            .slots
+            .acquire(user.id, self.inner.max_streams_per_user)
+        else {
+            self.inner
+                .metrics
+                .rate_limited
+                .with_label_values(&["concurrent_streams"])
+                .inc();
+            return Err(ServiceError::RateLimited {
+                message: "too many answers streaming at once; wait for one to finish",
+                retry_after_secs: None,
+            });
+        };
         match self.inner.chat.start_turn(user, request).await? {
             TurnStart::Started(turn) => {
                 let conversation_id = turn.conversation_id;
@@ -111,6 +238,9 @@ impl StreamHub {
                         finished: false,
                     }),
                     cancel: CancellationToken::new(),
+                    interrupt: CancellationToken::new(),
+                    started: Instant::now(),
+                    _slot: slot,
                 });
                 self.streams()
                     .insert(turn.assistant_message_id, stream.clone());
@@ -208,6 +338,8 @@ impl StreamHub {
 
     async fn run(self, stream: Arc<RunningStream>) {
         let turn = stream.turn.clone();
+        let metrics = self.inner.metrics.clone();
+        metrics.streams_running.inc();
         let outcome = self.drive(&stream).await;
         let seq = self.commit(&turn, &outcome).await;
         {
@@ -237,6 +369,12 @@ impl StreamHub {
             );
         }
         self.streams().remove(&turn.assistant_message_id);
+        metrics.streams_running.dec();
+        metrics
+            .streams
+            .with_label_values(&[outcome.status.as_str()])
+            .inc();
+        self.inner.ended.notify_waiters();
         tracing::info!(
             conversation_id = %turn.conversation_id,
             message_id = %turn.assistant_message_id,
@@ -303,6 +441,7 @@ impl StreamHub {
         let mut deadline = Instant::now() + limits.first_token_timeout;
         let opened = tokio::select! {
             _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
+            _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
             opened = tokio::time::timeout_at(deadline, chat.provider().stream(request)) => opened,
         };
         let mut upstream = match opened {
@@ -321,6 +460,7 @@ impl StreamHub {
             tokio::select! {
                 biased;
                 _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, usage),
+                _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, usage),
                 _ = tokio::time::sleep_until(deadline) => {
                     return end(MessageStatus::Failed, Some(&ProviderError::Timeout), usage);
                 }
@@ -342,8 +482,13 @@ impl StreamHub {
                     Some(Ok(StreamItem::Usage(u))) => usage = Some(u),
                     Some(Ok(StreamItem::Delta(delta))) => {
                         deadline = Instant::now() + limits.idle_timeout;
+                        let metrics = &self.inner.metrics;
+                        metrics.tokens_relayed.inc();
                         let mut state = stream.lock();
                         let index = state.next_index;
+                        if index == 0 {
+                            metrics.time_to_first_token.observe(stream.started.elapsed().as_secs_f64());
+                        }
                         state.next_index += 1;
                         state.content.push_str(&delta);
                         self.publish(

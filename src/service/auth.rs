@@ -2,7 +2,12 @@
 //! access token into the current user (checked against the database on every request, so a
 //! disabled account or a changed role takes effect at once).
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
 use uuid::Uuid;
+
+use super::limits::RateLimits;
 
 use super::tokens::{TokenKeys, TokenType};
 use super::{passwords, ServiceError, ServiceResult};
@@ -31,14 +36,21 @@ pub struct Session {
 
 #[derive(Clone)]
 pub struct AuthService {
+    limits: Arc<RateLimits>,
     store: Store,
     keys: TokenKeys,
     allow_registration: bool,
 }
 
 impl AuthService {
-    pub fn new(store: Store, keys: TokenKeys, allow_registration: bool) -> Self {
+    pub fn new(
+        store: Store,
+        keys: TokenKeys,
+        allow_registration: bool,
+        limits: Arc<RateLimits>,
+    ) -> Self {
         Self {
+            limits,
             store,
             keys,
             allow_registration,
@@ -81,7 +93,13 @@ impl AuthService {
     }
 
     #[tracing::instrument(skip_all)]
-    pub async fn login(&self, email: &str, password: String) -> ServiceResult<Session> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        client_ip: Option<IpAddr>,
+    ) -> ServiceResult<Session> {
+        self.limits.check_login(email.trim(), client_ip)?;
         // Unknown e-mails still pay for a verification, so timing does not tell them apart.
         let user = match Email::parse(email) {
             Ok(email) => self.store.find_user_by_email(email.as_str()).await?,
@@ -96,7 +114,10 @@ impl AuthService {
             Some(user) if matches && !user.disabled => {
                 self.start_session(user, Uuid::now_v7()).await
             }
-            _ => Err(ServiceError::Unauthorized(BAD_CREDENTIALS)),
+            _ => {
+                self.limits.record_login_failure(email.trim(), client_ip)?;
+                Err(ServiceError::Unauthorized(BAD_CREDENTIALS))
+            }
         }
     }
 

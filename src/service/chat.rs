@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::auth::CurrentUser;
 use super::conversations::ConversationView;
+use super::limits::RateLimits;
 use super::{ServiceError, ServiceResult};
 use crate::config::UpstreamConfig;
 use crate::domain::commands::{self, NewTurn};
@@ -64,6 +65,8 @@ pub struct TurnRequest {
 
 #[derive(Clone)]
 pub struct ChatService {
+    limits: Arc<RateLimits>,
+    max_message_chars: usize,
     store: Store,
     provider: Arc<dyn ChatProvider>,
     default_model: String,
@@ -78,8 +81,12 @@ impl ChatService {
         default_model: String,
         context_budget_tokens: usize,
         upstream: UpstreamConfig,
+        limits: Arc<RateLimits>,
+        max_message_chars: usize,
     ) -> Self {
         Self {
+            limits,
+            max_message_chars,
             store,
             provider,
             default_model,
@@ -106,7 +113,9 @@ impl ChatService {
         user: CurrentUser,
         request: TurnRequest,
     ) -> ServiceResult<TurnStart> {
-        let text = MessageText::parse("message", &request.message)?.into_inner();
+        let text =
+            MessageText::parse("message", &request.message, self.max_message_chars)?.into_inner();
+        self.limits.check_chat(user.id)?;
         let client_message_id = request
             .client_message_id
             .map(|c| bounded_text("clientMessageId", &c, MAX_CLIENT_MESSAGE_ID_CHARS, false))
@@ -299,8 +308,8 @@ impl ChatService {
 pub fn stream_error(err: &ProviderError) -> StreamError {
     let code = match err {
         ProviderError::Timeout => "GATEWAY_TIMEOUT",
-        ProviderError::Upstream(_) => "BAD_GATEWAY",
-        ProviderError::Unavailable(_) => "SERVICE_UNAVAILABLE",
+        ProviderError::Upstream(_) | ProviderError::Rejected(_) => "BAD_GATEWAY",
+        ProviderError::Unavailable(_) | ProviderError::CircuitOpen => "SERVICE_UNAVAILABLE",
     };
     StreamError {
         code: code.into(),

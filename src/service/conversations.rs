@@ -52,11 +52,15 @@ impl ConversationFields {
 #[derive(Clone)]
 pub struct ConversationService {
     store: Store,
+    max_message_chars: usize,
 }
 
 impl ConversationService {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, max_message_chars: usize) -> Self {
+        Self {
+            store,
+            max_message_chars,
+        }
     }
 
     pub async fn list(
@@ -182,7 +186,7 @@ impl ConversationService {
         message_id: Uuid,
         content: &str,
     ) -> ServiceResult<MessageRecord> {
-        let content = MessageText::parse("content", content)?.into_inner();
+        let content = MessageText::parse("content", content, self.max_message_chars)?.into_inner();
         let committed = self
             .store
             .execute(id, Some(user.id), &Load::messages(&[message_id]), |state| {

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod chat;
 pub mod conversations;
+pub mod limits;
 pub mod passwords;
 pub mod tokens;
 
@@ -32,6 +33,15 @@ pub enum ServiceError {
     Conflict(String),
     #[error(transparent)]
     Upstream(#[from] crate::llm::ProviderError),
+    /// A per-user or per-client limit was hit; `retry_after_secs` when the wait is known.
+    #[error("{message}")]
+    RateLimited {
+        message: &'static str,
+        retry_after_secs: Option<u64>,
+    },
+    /// The server cannot take this now (shutting down).
+    #[error("{0}")]
+    Unavailable(&'static str),
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
 }

@@ -10,8 +10,8 @@ use std::time::Duration;
 use entity::{conversation_events, conversations, messages};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -92,6 +92,9 @@ impl Store {
         }
     }
 
+    /// One attempt, in one transaction: committed if events were appended, rolled back
+    /// otherwise, and always finished before returning, so the next writer never meets a
+    /// lock left behind by a failed attempt.
     async fn execute_once<E>(
         &self,
         conversation_id: Uuid,
@@ -100,23 +103,45 @@ impl Store {
         decide: &impl Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
     ) -> Result<Committed, ExecuteError<E>> {
         let txn = self.db.begin().await.map_err(StoreError::from_db)?;
+        match self
+            .execute_in(&txn, conversation_id, actor_id, load, decide)
+            .await
+        {
+            Ok(committed) if !committed.events.is_empty() => {
+                txn.commit().await.map_err(StoreError::from_db)?;
+                Ok(committed)
+            }
+            other => {
+                let _ = txn.rollback().await;
+                other
+            }
+        }
+    }
 
+    async fn execute_in<E>(
+        &self,
+        txn: &DatabaseTransaction,
+        conversation_id: Uuid,
+        actor_id: Option<Uuid>,
+        load: &Load,
+        decide: &impl Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
+    ) -> Result<Committed, ExecuteError<E>> {
         let mut select = conversations::Entity::find_by_id(conversation_id);
         if txn.get_database_backend() == DbBackend::Postgres {
             // Writers to one conversation queue here instead of racing for the same seq.
             select = select.lock_exclusive();
         }
-        let conversation = select.one(&txn).await.map_err(StoreError::from_db)?;
+        let conversation = select.one(txn).await.map_err(StoreError::from_db)?;
         let mut state = ConversationState {
             conversation: conversation.map(conversation_from_row),
             ..Default::default()
         };
-        load_messages(&txn, conversation_id, &load.messages, &mut state).await?;
+        load_messages(txn, conversation_id, &load.messages, &mut state).await?;
         if let Some(client_id) = &load.client_message_id {
             let rows = messages::Entity::find()
                 .filter(messages::Column::ConversationId.eq(conversation_id))
                 .filter(messages::Column::ClientMessageId.eq(client_id.as_str()))
-                .all(&txn)
+                .all(txn)
                 .await
                 .map_err(StoreError::from_db)?;
             for row in rows {
@@ -126,7 +151,6 @@ impl Store {
 
         let events = decide(&state).map_err(ExecuteError::Refused)?;
         if events.is_empty() {
-            txn.rollback().await.map_err(StoreError::from_db)?;
             return Ok(Committed {
                 state,
                 events: vec![],
@@ -134,13 +158,13 @@ impl Store {
         }
 
         // The expected seq: whatever the log says, not the projection, in case they differ.
-        let expected_seq = current_seq(&txn, conversation_id).await?;
+        let expected_seq = current_seq(txn, conversation_id).await?;
         let referenced: Vec<Uuid> = events
             .iter()
             .filter_map(ConversationEvent::message_id)
             .filter(|id| !state.messages.contains_key(id))
             .collect();
-        load_messages(&txn, conversation_id, &referenced, &mut state).await?;
+        load_messages(txn, conversation_id, &referenced, &mut state).await?;
 
         let now = super::now();
         let mut recorded = Vec::with_capacity(events.len());
@@ -157,11 +181,10 @@ impl Store {
         }
 
         conversation_events::Entity::insert_many(recorded.iter().map(event_to_row))
-            .exec(&txn)
+            .exec(txn)
             .await
             .map_err(StoreError::from_db)?;
-        write_projection(&txn, &state).await?;
-        txn.commit().await.map_err(StoreError::from_db)?;
+        write_projection(txn, &state).await?;
         Ok(Committed {
             state,
             events: recorded,

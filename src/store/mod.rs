@@ -80,6 +80,20 @@ impl Store {
         self.db.get_database_backend()
     }
 
+    /// Open and idle connections of the pool.
+    pub fn pool_usage(&self) -> (u32, usize) {
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => {
+                let pool = self.db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => {
+                let pool = self.db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+        }
+    }
+
     pub async fn migrate(&self) -> anyhow::Result<()> {
         Migrator::up(&self.db, None)
             .await

@@ -2,8 +2,8 @@
 
 use entity::users;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
+    DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -30,13 +30,30 @@ impl Store {
     pub async fn create_user(&self, new: NewUser) -> StoreResult<UserRecord> {
         let _turn = self.write_turn().await;
         let txn = self.db.begin().await.map_err(StoreError::from_db)?;
+        // Finish the transaction either way while holding the write turn: a failed insert
+        // (a taken e-mail) must not leave its lock for the next writer.
+        match insert_user(&txn, new).await {
+            Ok(user) => {
+                txn.commit().await.map_err(StoreError::from_db)?;
+                Ok(user)
+            }
+            Err(err) => {
+                let _ = txn.rollback().await;
+                Err(err)
+            }
+        }
+    }
+}
+
+async fn insert_user(txn: &DatabaseTransaction, new: NewUser) -> StoreResult<UserRecord> {
+    {
         if txn.get_database_backend() == DbBackend::Postgres {
             txn.execute_unprepared("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
                 .await
                 .map_err(StoreError::from_db)?;
         }
         let role = if users::Entity::find()
-            .count(&txn)
+            .count(txn)
             .await
             .map_err(StoreError::from_db)?
             == 0
@@ -56,13 +73,14 @@ impl Store {
             created_at: Set(now),
             updated_at: Set(now),
         }
-        .insert(&txn)
+        .insert(txn)
         .await
         .map_err(StoreError::from_db)?;
-        txn.commit().await.map_err(StoreError::from_db)?;
         Ok(user_from_row(row))
     }
+}
 
+impl Store {
     pub async fn find_user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
         let row = users::Entity::find()
             .filter(users::Column::Email.eq(email))

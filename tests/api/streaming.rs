@@ -27,6 +27,10 @@ pub async fn streaming_app_with(
         ("UPSTREAM_FIRST_TOKEN_TIMEOUT_MS", "1500".to_string()),
         ("UPSTREAM_IDLE_TIMEOUT_MS", "1500".to_string()),
         ("UPSTREAM_REQUEST_TIMEOUT_MS", "1500".to_string()),
+        // Failure tests fail on purpose, again and again: keep the breaker out of their way
+        // and retries quick (both have tests of their own, in `resilience`).
+        ("BREAKER_FAILURE_THRESHOLD", "1000".to_string()),
+        ("UPSTREAM_RETRY_BASE_MS", "5".to_string()),
     ]);
     vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));

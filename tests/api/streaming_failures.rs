@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 use crate::mock_llm::{full_reply, reply_tokens, TOKENS};
-use crate::streaming::{assert_quiet, find_message, streaming_app};
+use crate::streaming::{assert_quiet, find_message, streaming_app, streaming_app_with};
 use crate::ws_client::{StreamFrames, WsClient};
 
 /// Checks one failed stream: its completion, the stored message and the log, then that the
@@ -122,7 +122,9 @@ backend_test!(
 backend_test!(
     fifty_concurrent_streams_all_complete_with_their_text,
     backend | backend: Backend | async move {
-        let Some((app, mock)) = streaming_app(backend, 2).await else { return };
+        // Five sockets per user stream at once: allow it (the default is 3 per user).
+        let limit = [("MAX_CONCURRENT_STREAMS_PER_USER", "5")];
+        let Some((app, mock)) = streaming_app_with(backend, 2, &limit).await else { return };
         const USERS: usize = 10;
         const SOCKETS: usize = 5;
         let mut users = Vec::new();

@@ -1,0 +1,324 @@
+//! The HTTP layer around every route: a request id and a tracing span per request, the
+//! access log and metrics, CORS, and the security headers. Errors are already rendered as
+//! the contract's JSON body by the time they get here (`error::render_error`).
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use poem::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use poem::web::{Compress, CompressionAlgo};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::state::AppState;
+
+/// The client's address: the peer's, or the first `X-Forwarded-For` hop behind a trusted
+/// proxy. Handlers read it from the request's extensions (login limits use it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+pub struct HttpLayer {
+    pub state: AppState,
+}
+
+impl<E: Endpoint> Middleware<E> for HttpLayer {
+    type Output = HttpLayerEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        HttpLayerEndpoint {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+pub struct HttpLayerEndpoint<E> {
+    inner: E,
+    state: AppState,
+}
+
+impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let started = Instant::now();
+        let http = &self.state.config.http;
+        let request_id = http
+            .trust_proxy_headers
+            .then(|| {
+                header_str(req.headers(), "x-request-id")
+                    .filter(|id| valid_request_id(id))
+                    .map(str::to_string)
+            })
+            .flatten()
+            .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
+        let client_ip = client_ip(&req, http.trust_proxy_headers);
+        req.extensions_mut().insert(ClientIp(client_ip));
+        req.extensions_mut().insert(RequestId(request_id.clone()));
+
+        let method = req.method().clone();
+        // The path only: a query can carry a token (`/api/ws?token=`), which never reaches logs.
+        let path = req.uri().path().to_string();
+        let origin = header_str(req.headers(), "origin").map(str::to_string);
+        let encoding = header_str(req.headers(), "accept-encoding").and_then(negotiate_encoding);
+        let cors_origin =
+            origin.filter(|o| origin_allowed(o, req.headers(), &self.state.config.cors_origins));
+
+        let span =
+            tracing::info_span!("http", request_id = %request_id, method = %method, path = %path);
+        let mut response = if method == Method::OPTIONS
+            && req.headers().contains_key("access-control-request-method")
+        {
+            preflight(cors_origin.is_some())
+        } else {
+            match self.inner.call(req).instrument(span.clone()).await {
+                Ok(response) => response.into_response(),
+                Err(err) => super::error::render_error(err).await,
+            }
+        };
+
+        if let Some(algo) = encoding {
+            response = compress(response, algo).await;
+        }
+        let status = response.status();
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            headers.insert("x-request-id", value);
+        }
+        if let Some(origin) = cors_origin
+            .as_deref()
+            .and_then(|o| HeaderValue::from_str(o).ok())
+        {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+            headers.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static("x-request-id, retry-after"),
+            );
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        security_headers(headers, &path, http.hsts_max_age_secs);
+
+        let elapsed = started.elapsed();
+        let route = route_label(&path, status);
+        self.state
+            .metrics
+            .observe_http(&route, method.as_str(), status.as_u16(), elapsed);
+        let _enter = span.enter();
+        tracing::info!(
+            status = status.as_u16(),
+            latency_ms = elapsed.as_millis() as u64,
+            "request"
+        );
+        Ok(response)
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn valid_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+fn client_ip(req: &Request, trust_proxy_headers: bool) -> Option<IpAddr> {
+    if trust_proxy_headers {
+        let forwarded = header_str(req.headers(), "x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    req.remote_addr().as_socket_addr().map(|a| a.ip())
+}
+
+/// Allowed: an origin listed in `CORS_ORIGINS` (`*` allows any), or the server's own origin
+/// (the playground and Swagger UI it serves).
+pub fn origin_allowed(origin: &str, headers: &HeaderMap, allowed: &[String]) -> bool {
+    let origin = origin.trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    match (origin.split_once("://"), header_str(headers, "host")) {
+        (Some((_, authority)), Some(host)) => authority.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+fn preflight(allowed: bool) -> Response {
+    if !allowed {
+        // No CORS headers: the browser refuses the real request.
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, POST, PATCH, DELETE, OPTIONS",
+        )
+        .header(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            "authorization, content-type, x-request-id",
+        )
+        .header(header::ACCESS_CONTROL_MAX_AGE, "600")
+        .finish()
+}
+
+/// Headers that matter for a JSON API. Swagger UI needs inline scripts, so `/docs` gets no
+/// CSP; the playground may load its own script and style and open a socket to this server.
+fn security_headers(headers: &mut HeaderMap, path: &str, hsts_max_age_secs: u64) {
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    let csp = if path.starts_with("/docs") {
+        None
+    } else if path == "/" || path.starts_with("/playground/") {
+        Some("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+    } else {
+        Some("default-src 'none'; frame-ancestors 'none'; base-uri 'none'")
+    };
+    if let Some(csp) = csp {
+        headers.insert("content-security-policy", HeaderValue::from_static(csp));
+    }
+    if hsts_max_age_secs > 0 {
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("max-age={hsts_max_age_secs}; includeSubDomains"))
+        {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, value);
+        }
+    }
+}
+
+/// Bodies smaller than this are sent as they are: compressing them saves nothing.
+pub const MIN_COMPRESS_BYTES: usize = 1024;
+
+/// The client's preferred of brotli and gzip (`q=0` excludes one).
+fn negotiate_encoding(accept: &str) -> Option<CompressionAlgo> {
+    let offers = |name: &str| {
+        accept.split(',').any(|part| {
+            let mut pieces = part.split(';').map(str::trim);
+            pieces
+                .next()
+                .is_some_and(|coding| coding.eq_ignore_ascii_case(name))
+                && !pieces.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."))
+        })
+    };
+    if offers("br") {
+        Some(CompressionAlgo::BR)
+    } else if offers("gzip") {
+        Some(CompressionAlgo::GZIP)
+    } else {
+        None
+    }
+}
+
+/// Compresses textual bodies of at least [`MIN_COMPRESS_BYTES`]; upgrades (WebSocket),
+/// already-encoded and binary bodies pass through.
+async fn compress(mut response: Response, algo: CompressionAlgo) -> Response {
+    let textual = response.content_type().is_some_and(|ct| {
+        ct.starts_with("application/json")
+            || ct.starts_with("text/")
+            || ct.starts_with("application/javascript")
+    });
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+        || response.headers().contains_key(header::CONTENT_ENCODING)
+        || !textual
+    {
+        return response;
+    }
+    let Ok(bytes) = response.take_body().into_bytes().await else {
+        return response;
+    };
+    response
+        .headers_mut()
+        .append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if bytes.len() < MIN_COMPRESS_BYTES {
+        response.set_body(bytes);
+        return response;
+    }
+    response.set_body(bytes);
+    Compress::new(response, algo).into_response()
+}
+
+/// A low-cardinality route label: ids become `{id}`, unknown paths one label.
+fn route_label(path: &str, status: StatusCode) -> String {
+    if status == StatusCode::NOT_FOUND && !path.starts_with("/api/") {
+        return "unmatched".into();
+    }
+    let segments: Vec<&str> = path
+        .split('/')
+        .map(|segment| {
+            if Uuid::parse_str(segment).is_ok() {
+                "{id}"
+            } else {
+                segment
+            }
+        })
+        .collect();
+    let label = segments.join("/");
+    if label.len() > 80 || segments.len() > 8 {
+        "unmatched".into()
+    } else {
+        label
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_labels_hide_ids() {
+        let id = Uuid::now_v7();
+        assert_eq!(
+            route_label(
+                &format!("/api/conversations/{id}/messages/{id}"),
+                StatusCode::OK
+            ),
+            "/api/conversations/{id}/messages/{id}"
+        );
+        assert_eq!(
+            route_label("/random/junk", StatusCode::NOT_FOUND),
+            "unmatched"
+        );
+    }
+
+    #[test]
+    fn encodings_are_negotiated() {
+        assert!(matches!(
+            negotiate_encoding("gzip, deflate, br"),
+            Some(CompressionAlgo::BR)
+        ));
+        assert!(matches!(
+            negotiate_encoding("gzip"),
+            Some(CompressionAlgo::GZIP)
+        ));
+        assert!(matches!(
+            negotiate_encoding("br;q=0, gzip;q=0.8"),
+            Some(CompressionAlgo::GZIP)
+        ));
+        assert!(negotiate_encoding("identity").is_none());
+    }
+
+    #[test]
+    fn request_ids_from_proxies_are_checked() {
+        assert!(valid_request_id("abc-123"));
+        assert!(!valid_request_id("evil\nheader"));
+        assert!(!valid_request_id(&"x".repeat(200)));
+    }
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics, in a registry owned by the application (no process-wide globals, so
+//! several apps in one test process keep separate counts). Rendered at `/metrics`.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub ws_connections: IntGauge,
+    pub streams: IntCounterVec,
+    pub streams_running: IntGauge,
+    pub time_to_first_token: Histogram,
+    pub tokens_relayed: IntCounter,
+    pub upstream_errors: IntCounterVec,
+    pub upstream_retries: IntCounter,
+    pub circuit_state: IntGauge,
+    pub rate_limited: IntCounterVec,
+    pub db_pool_connections: IntGauge,
+    pub db_pool_idle: IntGauge,
+}
+
+/// Circuit breaker states as the `chat_upstream_circuit_state` gauge reports them.
+pub const CIRCUIT_CLOSED: i64 = 0;
+pub const CIRCUIT_HALF_OPEN: i64 = 1;
+pub const CIRCUIT_OPEN: i64 = 2;
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! register {
+            ($metric:expr) => {{
+                let metric = $metric.expect("static metric definition is valid");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("metric names are unique");
+                metric
+            }};
+        }
+        let latency_buckets = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        Self {
+            http_requests: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_http_requests_total",
+                    "HTTP requests by route, method and status"
+                ),
+                &["route", "method", "status"]
+            )),
+            http_duration: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "chat_http_request_duration_seconds",
+                    "HTTP request latency by route and status"
+                )
+                .buckets(latency_buckets.clone()),
+                &["route", "method", "status"]
+            )),
+            ws_connections: register!(IntGauge::new(
+                "chat_ws_connections",
+                "Open WebSocket connections"
+            )),
+            streams: register!(IntCounterVec::new(
+                Opts::new("chat_streams_total", "Finished streams by final status"),
+                &["status"]
+            )),
+            streams_running: register!(IntGauge::new(
+                "chat_streams_running",
+                "Streams running now"
+            )),
+            time_to_first_token: register!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "chat_time_to_first_token_seconds",
+                    "From stream start to the first token relayed"
+                )
+                .buckets(latency_buckets)
+            )),
+            tokens_relayed: register!(IntCounter::new(
+                "chat_tokens_relayed_total",
+                "Stream chunks relayed to rooms (one per upstream delta)"
+            )),
+            upstream_errors: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_upstream_errors_total",
+                    "LLM upstream failures by kind"
+                ),
+                &["kind"]
+            )),
+            upstream_retries: register!(IntCounter::new(
+                "chat_upstream_retries_total",
+                "Upstream requests retried before the first token"
+            )),
+            circuit_state: register!(IntGauge::new(
+                "chat_upstream_circuit_state",
+                "Upstream circuit breaker: 0 closed, 1 half-open, 2 open"
+            )),
+            rate_limited: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_rate_limited_total",
+                    "Requests refused by a limit, by limit"
+                ),
+                &["limit"]
+            )),
+            db_pool_connections: register!(IntGauge::new(
+                "chat_db_pool_connections",
+                "Database pool connections open"
+            )),
+            db_pool_idle: register!(IntGauge::new(
+                "chat_db_pool_idle",
+                "Database pool connections idle"
+            )),
+            registry,
+        }
+    }
+
+    pub fn observe_http(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.http_requests.with_label_values(&labels).inc();
+        self.http_duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::new();
+        metrics.observe_http("/api/health", "GET", 200, Duration::from_millis(3));
+        metrics.streams.with_label_values(&["complete"]).inc();
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"chat_http_requests_total{method="GET",route="/api/health",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"chat_streams_total{status="complete"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains("chat_http_request_duration_seconds_bucket"),
+            "{text}"
+        );
+    }
+}
