@@ -88,6 +88,9 @@ impl Application {
             async move {
                 stop.cancelled().await;
                 state.hub.shutdown(grace).await;
+                // The streams' last frames are on their way through the rooms' in-memory
+                // queues; let them reach the sockets before the sockets close.
+                tokio::time::sleep(Duration::from_millis(250)).await;
                 state.shutdown.cancel();
             }
         });

@@ -188,7 +188,7 @@ fn security_headers(headers: &mut HeaderMap, path: &str, hsts_max_age_secs: u64)
     let csp = if path.starts_with("/docs") {
         None
     } else if path == "/" || path.starts_with("/playground/") {
-        Some("default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+        Some("default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
     } else {
         Some("default-src 'none'; frame-ancestors 'none'; base-uri 'none'")
     };

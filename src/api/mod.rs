@@ -82,6 +82,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/", poem::get(playground::index))
         .at("/playground/app.js", poem::get(playground::script))
         .at("/playground/style.css", poem::get(playground::style))
+        .at("/favicon.ico", poem::get(playground::favicon))
         .nest("/api", api)
         .nest("/docs", docs)
         .at("/metrics", poem::get(metrics_endpoint))

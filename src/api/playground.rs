@@ -28,6 +28,14 @@ pub fn script() -> Response {
     )
 }
 
+/// No icon: an empty answer rather than a 404 in every browser console.
+#[handler]
+pub fn favicon() -> Response {
+    Response::builder()
+        .status(poem::http::StatusCode::NO_CONTENT)
+        .finish()
+}
+
 #[handler]
 pub fn style() -> Response {
     asset(

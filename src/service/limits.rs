@@ -95,35 +95,28 @@ impl RateLimits {
     /// Counts a failed login; past the limit the e-mail (or address) is blocked for a while.
     pub fn record_login_failure(&self, email: &str, ip: Option<IpAddr>) -> ServiceResult<()> {
         let email = email.to_lowercase();
-        let mut wait = None;
+        let now = self.clock.now();
+        let mut exhausted = Vec::new();
         if let Err(not_until) = self.failed_logins_by_email.check_key(&email) {
-            wait = Some((
-                BlockKey::Email(email),
-                not_until.wait_time_from(self.clock.now()),
-            ));
+            exhausted.push((BlockKey::Email(email), not_until.wait_time_from(now)));
         }
         if let Some(ip) = ip {
             if let Err(not_until) = self.failed_logins_by_ip.check_key(&ip) {
-                let ip_wait = not_until.wait_time_from(self.clock.now());
-                if wait.as_ref().is_none_or(|(_, w)| ip_wait > *w) {
-                    wait = Some((BlockKey::Ip(ip), ip_wait));
-                }
+                exhausted.push((BlockKey::Ip(ip), not_until.wait_time_from(now)));
             }
         }
-        match wait {
-            Some((key, wait)) => {
-                tracing::warn!(
-                    limit = "login",
-                    "failed-login limit reached; blocking further attempts for a while"
-                );
-                self.blocked
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, Instant::now() + wait);
-                Err(self.refuse("login", "too many failed logins; try again later", wait))
-            }
-            None => Ok(()),
+        let Some(longest) = exhausted.iter().map(|(_, wait)| *wait).max() else {
+            return Ok(());
+        };
+        tracing::warn!(
+            limit = "login",
+            "failed-login limit reached; blocking further attempts for a while"
+        );
+        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, wait) in exhausted {
+            blocked.insert(key, Instant::now() + wait);
         }
+        Err(self.refuse("login", "too many failed logins; try again later", longest))
     }
 
     /// Drops the state of keys that are back to full allowance (call now and then).
@@ -191,8 +184,13 @@ mod tests {
             "the e-mail is blocked from anywhere"
         );
         assert!(
-            l.check_login("other@b.co", Some(ip)).is_ok(),
-            "only the key that ran out is blocked"
+            l.check_login("other@b.co", Some(ip)).is_err(),
+            "the address ran out too"
+        );
+        let elsewhere: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(
+            l.check_login("other@b.co", Some(elsewhere)).is_ok(),
+            "another e-mail from another address is fine"
         );
     }
 }

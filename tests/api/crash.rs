@@ -13,7 +13,7 @@ use crate::mock_llm::{full_reply, MockLlm};
 use crate::ws_client::WsClient;
 
 /// The real binary, as a child process, on a free port.
-async fn start_server(
+pub async fn start_server(
     vars: &HashMap<String, String>,
     data_dir: &std::path::Path,
 ) -> (Child, String) {

@@ -20,6 +20,7 @@ mod messages;
 mod mock_llm;
 mod openapi;
 mod pg;
+mod shutdown;
 mod streaming;
 mod streaming_chat;
 mod streaming_failures;

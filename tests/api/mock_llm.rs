@@ -9,6 +9,7 @@
 //!   answer at all;
 //! - `[[cut:N]]`: N tokens, then the connection is cut mid-stream (no finish, no `[DONE]`);
 //! - `[[slow:MS]]`: the normal reply with MS milliseconds between tokens;
+//! - `[[stall:N]]`: N tokens, then silence with the connection kept open;
 //! - `[[flood:N:BYTES]]`: N tokens of BYTES characters each, with the default delay;
 //! - anything else: the normal reply, `TOKENS` tokens `tok0 `, `tok1 `, ... with the
 //!   server's default delay, then usage.
@@ -169,8 +170,19 @@ async fn completions(body: Json<Value>, state: poem::web::Data<&MockState>) -> R
         frames.push(Ok("data: [DONE]\n\n".to_string()));
     }
 
+    let stall: Option<usize> = marker(&last_user, "stall").and_then(|n| n.parse().ok());
     let body = if hang {
         Body::from_bytes_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>())
+    } else if let Some(n) = stall {
+        // The role chunk and N tokens, then silence with the connection open.
+        let head = frames.into_iter().take(n + 1);
+        let stream = futures::stream::iter(head)
+            .then(move |frame| async move {
+                tokio::time::sleep(delay).await;
+                frame.map(String::into_bytes)
+            })
+            .chain(futures::stream::pending());
+        Body::from_bytes_stream(stream)
     } else {
         let stream = futures::stream::iter(frames).then(move |frame| async move {
             tokio::time::sleep(delay).await;
