@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use tracing::Instrument;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -255,7 +256,13 @@ impl StreamHub {
                     },
                 );
                 tracing::info!(%conversation_id, message_id = %turn.assistant_message_id, model = %turn.model, "stream started");
-                tokio::spawn(self.clone().run(stream));
+                // The stream's own span: its logs carry the conversation and message ids.
+                let span = tracing::info_span!(
+                    "stream",
+                    conversation_id = %conversation_id,
+                    message_id = %turn.assistant_message_id,
+                );
+                tokio::spawn(self.clone().run(stream).instrument(span));
                 Ok(Started {
                     receiver,
                     conversation_id,

@@ -16,6 +16,7 @@ mod errors;
 mod events;
 mod health;
 mod isolation;
+mod logging;
 mod messages;
 mod mock_llm;
 mod openapi;
