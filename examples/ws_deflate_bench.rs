@@ -19,8 +19,13 @@ fn frames() -> Vec<String> {
         .split_inclusive(' ')
         .enumerate()
         .map(|(index, delta)| {
-            ServerFrame::StreamChunk { conversation_id, message_id, index: index as u64, delta: delta.to_string() }
-                .to_json()
+            ServerFrame::StreamChunk {
+                conversation_id,
+                message_id,
+                index: index as u64,
+                delta: delta.to_string(),
+            }
+            .to_json()
         })
         .collect()
 }
@@ -30,7 +35,9 @@ fn deflate(compressor: &mut Compress, input: &[u8], out: &mut Vec<u8>) -> usize 
     out.clear();
     out.reserve(input.len() + 64);
     let before = compressor.total_out();
-    compressor.compress_vec(input, out, FlushCompress::Sync).expect("deflate");
+    compressor
+        .compress_vec(input, out, FlushCompress::Sync)
+        .expect("deflate");
     (compressor.total_out() - before) as usize
 }
 
@@ -38,7 +45,11 @@ fn main() {
     let frames = frames();
     let raw: usize = frames.iter().map(String::len).sum();
     let rounds = 200;
-    println!("{} stream_chunk frames, {:.0} bytes each on average", frames.len(), raw as f64 / frames.len() as f64);
+    println!(
+        "{} stream_chunk frames, {:.0} bytes each on average",
+        frames.len(),
+        raw as f64 / frames.len() as f64
+    );
 
     for (name, takeover) in [("no_context_takeover", false), ("context takeover", true)] {
         let mut out = Vec::new();

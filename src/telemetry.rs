@@ -34,14 +34,19 @@ mod otel {
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
     {
         std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
-        let exporter = match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
             Ok(exporter) => exporter,
             Err(err) => {
                 eprintln!("OpenTelemetry export disabled: {err}");
                 return None;
             }
         };
-        let resource = opentelemetry_sdk::Resource::builder().with_service_name("chat-server").build();
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("chat-server")
+            .build();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource)

@@ -94,17 +94,32 @@ async fn production_refuses_to_start_with_a_weak_or_missing_secret() {
         command
             .env_clear()
             .env("APP_ENV", "production")
-            .env("DATABASE_URL", format!("sqlite://{}/chat.db?mode=rwc", dir.display()))
+            .env(
+                "DATABASE_URL",
+                format!("sqlite://{}/chat.db?mode=rwc", dir.display()),
+            )
             .env("PORT", "0")
             .current_dir(&dir);
         if let Some(secret) = secret {
             command.env("JWT_SECRET", secret);
         }
-        let output = tokio::time::timeout(Duration::from_secs(20), command.output()).await.unwrap().unwrap();
+        let output = tokio::time::timeout(Duration::from_secs(20), command.output())
+            .await
+            .unwrap()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "started without a strong secret: {stderr}");
-        assert!(stderr.contains("JWT_SECRET") && stderr.contains("32"), "{stderr}");
-        assert!(!dir.join("jwt_secret").exists(), "production must not generate a secret");
+        assert!(
+            !output.status.success(),
+            "started without a strong secret: {stderr}"
+        );
+        assert!(
+            stderr.contains("JWT_SECRET") && stderr.contains("32"),
+            "{stderr}"
+        );
+        assert!(
+            !dir.join("jwt_secret").exists(),
+            "production must not generate a secret"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }
