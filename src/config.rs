@@ -101,6 +101,19 @@ pub struct HttpConfig {
     pub metrics_enabled: bool,
 }
 
+impl UpstreamConfig {
+    /// The most a request may take with every retry: each attempt's limit, the backoff
+    /// between them, and a little slack. An outer bound around the resilient provider.
+    pub fn with_retries(&self, per_attempt: Duration) -> Duration {
+        let backoff = self
+            .retry_base
+            .saturating_mul(1 << (self.max_retries + 1).min(10));
+        per_attempt.saturating_mul(self.max_retries + 1)
+            + backoff.min(Duration::from_secs(30))
+            + Duration::from_secs(1)
+    }
+}
+
 /// Time limits for the LLM upstream.
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {

@@ -147,6 +147,9 @@ pub struct ResilientProvider {
     breaker: CircuitBreaker,
     max_retries: u32,
     retry_base: Duration,
+    /// Per attempt: until a stream's first item, and for a whole completion.
+    first_token_timeout: Duration,
+    request_timeout: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -165,6 +168,8 @@ impl ResilientProvider {
             ),
             max_retries: config.max_retries,
             retry_base: config.retry_base,
+            first_token_timeout: config.first_token_timeout,
+            request_timeout: config.request_timeout,
             metrics,
         }
     }
@@ -199,7 +204,11 @@ impl ResilientProvider {
 
     /// Runs `call` with the breaker and the retry policy. `call` returns once the upstream
     /// has produced something (a whole answer, or a stream's first item).
-    async fn with_retries<T, F>(&self, mut call: F) -> Result<T, ProviderError>
+    async fn with_retries<T, F>(
+        &self,
+        per_attempt: Duration,
+        mut call: F,
+    ) -> Result<T, ProviderError>
     where
         F: FnMut() -> BoxFuture<'static, Result<T, ProviderError>>,
     {
@@ -213,7 +222,11 @@ impl ResilientProvider {
                 breaker: &self.breaker,
                 reported: false,
             };
-            match call().await {
+            // A hung attempt is a failure like any other: it counts and may be retried.
+            let result = tokio::time::timeout(per_attempt, call())
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
+            match result {
                 Ok(value) => {
                     guard.success();
                     return Ok(value);
@@ -243,7 +256,7 @@ impl ChatProvider for ResilientProvider {
     fn complete(&self, request: ChatRequest) -> BoxFuture<'_, Result<Completion, ProviderError>> {
         async move {
             let inner = self.inner.clone();
-            self.with_retries(|| {
+            self.with_retries(self.request_timeout, || {
                 let inner = inner.clone();
                 let request = request.clone();
                 async move { inner.complete(request).await }.boxed()
@@ -256,7 +269,7 @@ impl ChatProvider for ResilientProvider {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {
         async move {
             let inner = self.inner.clone();
-            self.with_retries(|| {
+            self.with_retries(self.first_token_timeout, || {
                 let inner = inner.clone();
                 let request = request.clone();
                 async move {
@@ -425,6 +438,44 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(p.complete(request()).await.unwrap().content, "ok");
         assert_eq!(p.breaker().state(), BreakerState::Closed { failures: 0 });
+    }
+
+    /// Never answers.
+    struct Silent(AtomicU32);
+
+    impl ChatProvider for Silent {
+        fn name(&self) -> &'static str {
+            "silent"
+        }
+        fn complete(&self, _: ChatRequest) -> BoxFuture<'_, Result<Completion, ProviderError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            futures::future::pending().boxed()
+        }
+        fn stream(&self, _: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            futures::future::pending().boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_attempt_times_out_is_retried_and_counts_toward_the_breaker() {
+        let mut cfg = config(1, 2, 60_000);
+        cfg.first_token_timeout = Duration::from_millis(20);
+        let silent = Arc::new(Silent(AtomicU32::new(0)));
+        let p = ResilientProvider::new(silent.clone(), &cfg, Arc::new(Metrics::new()));
+        assert_eq!(
+            p.stream(request()).await.err(),
+            Some(ProviderError::Timeout)
+        );
+        assert_eq!(
+            silent.0.load(Ordering::SeqCst),
+            2,
+            "one retry after the timeout"
+        );
+        assert!(
+            matches!(p.breaker().state(), BreakerState::Open { .. }),
+            "two timeouts open it"
+        );
     }
 
     #[tokio::test]

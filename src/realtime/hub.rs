@@ -443,14 +443,16 @@ impl StreamHub {
             }
         };
 
-        // Until the first token arrives the first-token limit applies (opening included);
-        // after that, the gap between tokens.
-        let mut deadline = Instant::now() + limits.first_token_timeout;
+        // Each attempt has the first-token limit (the resilient provider enforces it, so a
+        // timeout counts toward the breaker and may be retried); this outer bound also
+        // covers providers without one. After that, the gap between tokens.
+        let opening = tokio::time::Instant::now() + limits.with_retries(limits.first_token_timeout);
         let opened = tokio::select! {
             _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
             _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
-            opened = tokio::time::timeout_at(deadline, chat.provider().stream(request)) => opened,
+            opened = tokio::time::timeout_at(opening, chat.provider().stream(request)) => opened,
         };
+        let mut deadline = Instant::now() + limits.first_token_timeout;
         let mut upstream = match opened {
             Err(_) => return end(MessageStatus::Failed, Some(&ProviderError::Timeout), None),
             Ok(Err(err)) => return end(MessageStatus::Failed, Some(&err), None),

@@ -280,7 +280,7 @@ impl ChatService {
     async fn answer(&self, turn: &Turn) -> ServiceResult<Result<(), ProviderError>> {
         let context = self.context_for(turn).await?;
         let answer = tokio::time::timeout(
-            self.upstream.request_timeout,
+            self.upstream.with_retries(self.upstream.request_timeout),
             self.provider.complete(context),
         )
         .await

@@ -518,7 +518,9 @@ async fn raw_websocket(app: &TestApp, token: &str) -> (tokio::net::TcpStream, Ve
          Sec-WebSocket-Version: 13\r\n\r\n",
         app.port
     );
-    tcp.write_all(request.as_bytes()).await.expect("send upgrade");
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("send upgrade");
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 1024];
     while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -526,7 +528,11 @@ async fn raw_websocket(app: &TestApp, token: &str) -> (tokio::net::TcpStream, Ve
             .await
             .expect("upgrade answer in time")
             .expect("read the upgrade answer");
-        assert!(n > 0, "closed during the handshake: {:?}", String::from_utf8_lossy(&buffer));
+        assert!(
+            n > 0,
+            "closed during the handshake: {:?}",
+            String::from_utf8_lossy(&buffer)
+        );
         buffer.extend_from_slice(&chunk[..n]);
     }
     let end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
