@@ -32,7 +32,9 @@ if [ -n "${CHAT_SERVER_BIN:-}" ]; then
   case "$bin" in /*) ;; *) bin="$root/$bin" ;; esac
   [ -x "$bin" ] || { echo "ci: CHAT_SERVER_BIN=$bin is not an executable" >&2; exit 1; }
 else
-  bin="$root/target/debug/chat-server"
+  target="${CARGO_TARGET_DIR:-$root/target}"
+  case "$target" in /*) ;; *) target="$root/$target" ;; esac
+  bin="$target/debug/chat-server"
   if [ ! -x "$bin" ]; then
     echo "ci: $bin missing; running cargo build"
     cargo build --locked --bin chat-server
