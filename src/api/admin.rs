@@ -19,7 +19,7 @@ pub struct AdminApi {
 #[OpenApi(prefix_path = "/admin", tag = "Tags::Admin")]
 impl AdminApi {
     /// List all users
-    #[oai(path = "/users", method = "get")]
+    #[oai(path = "/users", method = "get", operation_id = "listUsers")]
     async fn list_users(&self, auth: BearerAuth) -> ApiResult<Json<Vec<User>>> {
         auth.require(Role::Admin)?;
         let users = self.state.auth.list_users().await?;
@@ -30,7 +30,7 @@ impl AdminApi {
     ///
     /// A disabled user's tokens stop working on their next request. Admins cannot disable
     /// or demote themselves.
-    #[oai(path = "/users/:id", method = "patch")]
+    #[oai(path = "/users/:id", method = "patch", operation_id = "updateUser")]
     async fn update_user(
         &self,
         auth: BearerAuth,

@@ -35,7 +35,7 @@ impl AuthApi {
     ///
     /// 409 `CONFLICT` if the e-mail is taken; 400 for a bad e-mail or a password under 8
     /// characters; 403 when registration is closed (`ALLOW_REGISTRATION=false`).
-    #[oai(path = "/register", method = "post")]
+    #[oai(path = "/register", method = "post", operation_id = "register")]
     async fn register(&self, body: JsonBody<RegisterRequest>) -> ApiResult<Registered> {
         let r = body.0;
         let session = self
@@ -50,7 +50,7 @@ impl AuthApi {
     ///
     /// An unknown e-mail and a wrong password get the same 401. Too many failures for one
     /// e-mail or from one address (`LOGIN_MAX_FAILURES` per `LOGIN_WINDOW_SECS`) get 429.
-    #[oai(path = "/login", method = "post")]
+    #[oai(path = "/login", method = "post", operation_id = "login")]
     async fn login(
         &self,
         req: &Request,
@@ -69,14 +69,14 @@ impl AuthApi {
     ///
     /// The presented token is spent. Presenting a spent token again is 401 and revokes every
     /// token issued from the same sign-in.
-    #[oai(path = "/refresh", method = "post")]
+    #[oai(path = "/refresh", method = "post", operation_id = "refreshTokens")]
     async fn refresh(&self, body: JsonBody<RefreshRequest>) -> ApiResult<Json<AuthTokens>> {
         let session = self.state.auth.refresh(&body.0.refresh_token).await?;
         Ok(Json(session.into()))
     }
 
     /// Sign out: revoke a refresh token
-    #[oai(path = "/logout", method = "post")]
+    #[oai(path = "/logout", method = "post", operation_id = "logout")]
     async fn logout(
         &self,
         auth: BearerAuth,
@@ -90,7 +90,7 @@ impl AuthApi {
     }
 
     /// The signed-in user
-    #[oai(path = "/me", method = "get")]
+    #[oai(path = "/me", method = "get", operation_id = "getMe")]
     async fn me(&self, auth: BearerAuth) -> ApiResult<Json<User>> {
         Ok(Json(self.state.auth.me(auth.user()).await?.into()))
     }

@@ -45,7 +45,7 @@ impl ChatApi {
     /// The user message is stored first; if the model provider fails (502/504) it stays
     /// stored, and the answer is recorded with status `failed`. For token-by-token streaming
     /// use the WebSocket at `/api/ws`.
-    #[oai(path = "/chat", method = "post")]
+    #[oai(path = "/chat", method = "post", operation_id = "chat")]
     async fn chat(
         &self,
         auth: BearerAuth,

@@ -48,7 +48,7 @@ impl From<ConversationInput> for ConversationFields {
 #[OpenApi(prefix_path = "/conversations", tag = "Tags::Conversations")]
 impl ConversationsApi {
     /// List your conversations, most recently updated first
-    #[oai(path = "/", method = "get")]
+    #[oai(path = "/", method = "get", operation_id = "listConversations")]
     async fn list(
         &self,
         auth: BearerAuth,
@@ -71,7 +71,7 @@ impl ConversationsApi {
     }
 
     /// Create a conversation
-    #[oai(path = "/", method = "post")]
+    #[oai(path = "/", method = "post", operation_id = "createConversation")]
     async fn create(
         &self,
         auth: BearerAuth,
@@ -88,7 +88,7 @@ impl ConversationsApi {
     /// Get a conversation with its messages
     ///
     /// With `atSeq=N`, the conversation as it stood right after event N (time travel).
-    #[oai(path = "/:id", method = "get")]
+    #[oai(path = "/:id", method = "get", operation_id = "getConversation")]
     async fn get(
         &self,
         auth: BearerAuth,
@@ -106,7 +106,7 @@ impl ConversationsApi {
     }
 
     /// Change a conversation's title, system prompt or model
-    #[oai(path = "/:id", method = "patch")]
+    #[oai(path = "/:id", method = "patch", operation_id = "updateConversation")]
     async fn update(
         &self,
         auth: BearerAuth,
@@ -124,7 +124,7 @@ impl ConversationsApi {
     /// Delete a conversation
     ///
     /// Afterwards it is 404 everywhere; its event log is kept (ending in `conversation_deleted`).
-    #[oai(path = "/:id", method = "delete")]
+    #[oai(path = "/:id", method = "delete", operation_id = "deleteConversation")]
     async fn delete(&self, auth: BearerAuth, id: Path<Uuid>) -> ApiResult<Json<MessageResponse>> {
         self.state.conversations.delete(auth.user(), id.0).await?;
         Ok(Json(MessageResponse {
@@ -133,7 +133,7 @@ impl ConversationsApi {
     }
 
     /// Read a conversation's event log, ascending by `seq`
-    #[oai(path = "/:id/events", method = "get")]
+    #[oai(path = "/:id/events", method = "get", operation_id = "listEvents")]
     async fn events(
         &self,
         auth: BearerAuth,
@@ -157,7 +157,11 @@ impl ConversationsApi {
     }
 
     /// Edit one of your messages
-    #[oai(path = "/:id/messages/:messageId", method = "patch")]
+    #[oai(
+        path = "/:id/messages/:messageId",
+        method = "patch",
+        operation_id = "editMessage"
+    )]
     async fn edit_message(
         &self,
         auth: BearerAuth,
@@ -174,7 +178,11 @@ impl ConversationsApi {
     }
 
     /// Delete a message
-    #[oai(path = "/:id/messages/:messageId", method = "delete")]
+    #[oai(
+        path = "/:id/messages/:messageId",
+        method = "delete",
+        operation_id = "deleteMessage"
+    )]
     async fn delete_message(
         &self,
         auth: BearerAuth,

@@ -24,7 +24,7 @@ pub enum HealthResponse {
 #[OpenApi(tag = "Tags::Health")]
 impl HealthApi {
     /// Health check
-    #[oai(path = "/health", method = "get")]
+    #[oai(path = "/health", method = "get", operation_id = "health")]
     async fn health(&self) -> HealthResponse {
         let database_ok =
             tokio::time::timeout(std::time::Duration::from_secs(3), self.state.store.ping())
