@@ -302,6 +302,18 @@ impl Session {
                     .reply(&ServerFrame::error("VALIDATION_ERROR", message))
             }
         };
+        // A disabled account stops here, even on a socket opened before it was disabled.
+        if !matches!(frame, ClientFrame::Ping) {
+            match self.state.auth.recheck(self.user).await {
+                Ok(user) => self.user = user,
+                Err(err) => {
+                    self.outbox.error(err);
+                    self.outbox
+                        .close_with(CloseReason(CloseCode::Policy, "unauthorized"));
+                    return;
+                }
+            }
+        }
         match frame {
             ClientFrame::Ping => self.outbox.reply(&ServerFrame::Pong),
             ClientFrame::Auth { .. } => self.outbox.reply(&ServerFrame::error(

@@ -184,6 +184,19 @@ impl AuthService {
         })
     }
 
+    /// The caller as of now: still there, not disabled, with their current role. Long-lived
+    /// connections call this before acting, as HTTP requests do through their token check.
+    pub async fn recheck(&self, user: CurrentUser) -> ServiceResult<CurrentUser> {
+        let user = self
+            .active_user(user.id)
+            .await?
+            .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
+        Ok(CurrentUser {
+            id: user.id,
+            role: user.role,
+        })
+    }
+
     pub async fn me(&self, user: CurrentUser) -> ServiceResult<UserRecord> {
         self.store
             .find_user(user.id)

@@ -223,3 +223,32 @@ backend_test!(
         assert_quiet(&mut other).await;
     }
 );
+
+backend_test!(
+    a_socket_of_a_user_disabled_after_connecting_stops_working,
+    |app: TestApp| async move {
+        let admin = app.register_user(&unique_email()).await;
+        let user = app.register_user(&unique_email()).await;
+        let conversation = str_field(&app.create_conversation(&user.access, "mine").await, "id");
+        let mut ws = WsClient::authed(&app.address, &user.access).await;
+        ws.send(json!({"type": "join_conversation", "conversationId": conversation}))
+            .await;
+        ws.expect_type("joined").await;
+
+        let resp = app
+            .patch(
+                &format!("/api/admin/users/{}", user.id),
+                Some(&admin.access),
+                &json!({"disabled": true}),
+            )
+            .await;
+        expect_json(resp, reqwest::StatusCode::OK).await;
+
+        ws.send(json!({"type": "join_conversation", "conversationId": conversation}))
+            .await;
+        let error = ws.expect_type("error").await;
+        assert_eq!(error["code"], "UNAUTHORIZED", "{error}");
+        let (code, _) = ws.closed().await.expect("a close frame");
+        assert_eq!(code, 1008);
+    }
+);
