@@ -12,9 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, SqlErr,
-};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, SqlErr};
 use tokio::sync::Mutex;
 
 pub use conversations::ConversationPage;
@@ -179,11 +177,6 @@ fn db_error_code(err: &DbErr) -> Option<String> {
             .map(|c| c.into_owned()),
         _ => None,
     }
-}
-
-#[allow(dead_code)]
-async fn execute_raw(db: &impl ConnectionTrait, sql: &str) -> Result<(), DbErr> {
-    db.execute_unprepared(sql).await.map(|_| ())
 }
 
 /// The current time at the precision both databases keep (PostgreSQL stores microseconds),
