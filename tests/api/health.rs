@@ -21,3 +21,64 @@ backend_test!(
         );
     }
 );
+
+/// PostgreSQL only: a database that stops answering is easy to arrange there (SQLite is a
+/// file in the server's own process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_503_degraded_while_the_database_does_not_answer() {
+    use sea_orm::ConnectionTrait;
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let name = app
+        .database_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let admin_url = app.database_url.replace(&format!("/{name}"), "/postgres");
+    let admin = sea_orm::Database::connect(admin_url.as_str())
+        .await
+        .unwrap();
+
+    // Refuse new connections to the app's database and end the ones it has.
+    admin
+        .execute_unprepared(&format!(
+            r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS false"#
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .await
+        .unwrap();
+    let resp = app.get("/api/health", None).await;
+    let body = expect_json(resp, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(body["status"], "DEGRADED", "{body}");
+    assert_eq!(body["database"], "unavailable", "{body}");
+
+    // Back again: healthy again, without a restart.
+    admin
+        .execute_unprepared(&format!(
+            r#"ALTER DATABASE "{name}" ALLOW_CONNECTIONS true"#
+        ))
+        .await
+        .unwrap();
+    let mut healthy = false;
+    for _ in 0..50 {
+        if app.get("/api/health", None).await.status() == StatusCode::OK {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        healthy,
+        "the server did not recover when the database came back"
+    );
+}
