@@ -553,6 +553,20 @@ impl Dedup {
         self.fresh(frame) || frame.direct
     }
 
+    /// Text of a running stream that starts at chunk `from` and leaves the socket expecting
+    /// chunk `to` next: sent unless the stream has finished or `from` is already covered.
+    fn advance(&mut self, message_id: Uuid, from: u64, to: u64) -> bool {
+        if self.finished.contains(&message_id) {
+            return false;
+        }
+        let expected = self.next_index.entry(message_id).or_default();
+        if from < *expected {
+            return false;
+        }
+        *expected = to;
+        true
+    }
+
     fn fresh(&mut self, frame: &OutFrame) -> bool {
         let conversation = frame.conversation_id.unwrap_or_default();
         match frame.key {
@@ -572,28 +586,8 @@ impl Dedup {
             FrameKey::Snapshot {
                 message_id,
                 next_index,
-            } => {
-                if self.finished.contains(&message_id) {
-                    return false;
-                }
-                let expected = self.next_index.entry(message_id).or_default();
-                if next_index < *expected {
-                    return false;
-                }
-                *expected = next_index;
-                true
-            }
-            FrameKey::Chunk { message_id, index } => {
-                if self.finished.contains(&message_id) {
-                    return false;
-                }
-                let expected = self.next_index.entry(message_id).or_default();
-                if index < *expected {
-                    return false;
-                }
-                *expected = index + 1;
-                true
-            }
+            } => self.advance(message_id, next_index, next_index),
+            FrameKey::Chunk { message_id, index } => self.advance(message_id, index, index + 1),
             FrameKey::Complete { message_id, .. } => {
                 self.next_index.remove(&message_id);
                 self.finished.insert(message_id)

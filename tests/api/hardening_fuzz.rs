@@ -466,15 +466,7 @@ fn fuzz_frame(rng: &mut Rng, cid: &str, mid: &str) -> (usize, Result<String, Vec
 /// Whether the server must answer this text with an `error` frame: it is not a JSON object
 /// whose `type` is one of the known frame types.
 fn must_be_refused(text: &str) -> bool {
-    const TYPES: &[&str] = &[
-        "auth",
-        "join_conversation",
-        "leave_conversation",
-        "stream_chat",
-        "cancel_stream",
-        "resume",
-        "ping",
-    ];
+    const TYPES: &[&str] = chat_server::realtime::frames::ClientFrame::TYPES;
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(o)) => !o
             .get("type")
