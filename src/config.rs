@@ -428,6 +428,177 @@ mod tests {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    /// The README's configuration table as (variable, default) pairs; a row naming two
+    /// variables (`A` / `B`) gives two pairs. A default written as code is its code text.
+    fn readme_defaults() -> Vec<(String, String)> {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("| variable | default | meaning |")
+            .expect("the README has a configuration table");
+        let mut rows = Vec::new();
+        for line in readme[start..]
+            .lines()
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+        {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let names: Vec<&str> = cells[1].split('/').map(|n| n.trim()).collect();
+            let defaults: Vec<&str> = if names.len() > 1 {
+                cells[2].split(" / ").collect()
+            } else {
+                vec![cells[2]]
+            };
+            assert_eq!(names.len(), defaults.len(), "README row {line}");
+            for (name, default) in names.into_iter().zip(defaults) {
+                let default = match default.strip_prefix('`') {
+                    Some(code) => code.split('`').next().unwrap(),
+                    None => default,
+                };
+                rows.push((
+                    name.trim_matches('`').to_string(),
+                    default.trim().to_string(),
+                ));
+            }
+        }
+        rows
+    }
+
+    /// What a configuration built from an empty environment holds for `var`, written the
+    /// way the README writes defaults.
+    fn effective(var: &str) -> String {
+        let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));
+        // With DATA_DIR set, the generated secret goes to a scratch folder; with JWT_SECRET
+        // set, nothing is written, so DATA_DIR's own default can be read.
+        let with_dir = config(&[("DATA_DIR", &dir.to_string_lossy())]).unwrap();
+        let with_secret = config(&[("JWT_SECRET", &"s".repeat(40))]).unwrap();
+        std::fs::remove_dir_all(dir).ok();
+        let cfg = &with_dir;
+        let ms = |d: Duration| d.as_millis().to_string();
+        match var {
+            "DATABASE_URL" => cfg.database_url.clone(),
+            "HOST" => cfg.host.clone(),
+            "PORT" => cfg.port.to_string(),
+            "APP_ENV" => format!("{:?}", cfg.app_env).to_lowercase(),
+            "JWT_SECRET" => match cfg.jwt.secret_file {
+                Some(_) => "none".into(),
+                None => "a secret was configured".into(),
+            },
+            "DATA_DIR" => {
+                assert_eq!(
+                    sqlite_parent_dir("sqlite://elsewhere/x.db"),
+                    Some(PathBuf::from("elsewhere")),
+                    "the SQLite file's folder"
+                );
+                assert_eq!(sqlite_parent_dir("postgres://h/db"), None);
+                match with_secret.data_dir.to_str() {
+                    Some("data") => "the SQLite file's folder, else `data`".into(),
+                    other => format!("{other:?}"),
+                }
+            }
+            "ACCESS_TOKEN_TTL_SECS" => cfg.jwt.access_ttl.as_secs().to_string(),
+            "REFRESH_TOKEN_TTL_SECS" => cfg.jwt.refresh_ttl.as_secs().to_string(),
+            "ALLOW_REGISTRATION" => cfg.allow_registration.to_string(),
+            "OPENAI_API_KEY" => match cfg.openai.api_key {
+                None => "none".into(),
+                Some(_) => "a key".into(),
+            },
+            "OPENAI_BASE_URL" => match &cfg.openai.base_url {
+                None => "the OpenAI API".into(),
+                Some(url) => url.clone(),
+            },
+            "OPENAI_MODEL" => cfg.openai.model.clone(),
+            "CORS_ORIGINS" => cfg.cors_origins.join(","),
+            "STREAM_CHECKPOINT_MS" => ms(cfg.stream_checkpoint),
+            "UPSTREAM_CONNECT_TIMEOUT_MS" => ms(cfg.upstream.connect_timeout),
+            "UPSTREAM_FIRST_TOKEN_TIMEOUT_MS" => ms(cfg.upstream.first_token_timeout),
+            "UPSTREAM_IDLE_TIMEOUT_MS" => ms(cfg.upstream.idle_timeout),
+            "UPSTREAM_REQUEST_TIMEOUT_MS" => ms(cfg.upstream.request_timeout),
+            "UPSTREAM_MAX_RETRIES" => cfg.upstream.max_retries.to_string(),
+            "UPSTREAM_RETRY_BASE_MS" => ms(cfg.upstream.retry_base),
+            "BREAKER_FAILURE_THRESHOLD" => cfg.upstream.breaker_threshold.to_string(),
+            "BREAKER_COOLDOWN_MS" => ms(cfg.upstream.breaker_cooldown),
+            "CONTEXT_BUDGET_TOKENS" => cfg.context_budget_tokens.to_string(),
+            "DEMO_DELAY_MS" => ms(cfg.demo_delay),
+            "WS_MAX_FRAME_BYTES" => cfg.ws_max_frame_bytes.to_string(),
+            "WS_SEND_QUEUE_FRAMES" => cfg.ws_send_queue_frames.to_string(),
+            "MAX_BODY_BYTES" => cfg.limits.max_body_bytes.to_string(),
+            "MAX_MESSAGE_CHARS" => cfg.limits.max_message_chars.to_string(),
+            "WS_MAX_CONNECTIONS_PER_USER" => cfg.limits.ws_max_connections_per_user.to_string(),
+            "MAX_CONCURRENT_STREAMS_PER_USER" => {
+                cfg.limits.max_concurrent_streams_per_user.to_string()
+            }
+            "CHAT_RATE_PER_MINUTE" => cfg.limits.chat_per_minute.to_string(),
+            "LOGIN_MAX_FAILURES" => cfg.limits.login_max_failures.to_string(),
+            "LOGIN_WINDOW_SECS" => cfg.limits.login_window.as_secs().to_string(),
+            "WS_PING_INTERVAL_MS" => ms(cfg.limits.ws_ping_interval),
+            "WS_PONG_TIMEOUT_MS" => ms(cfg.limits.ws_pong_timeout),
+            "TRUST_PROXY_HEADERS" => cfg.http.trust_proxy_headers.to_string(),
+            "HSTS_MAX_AGE_SECS" => cfg.http.hsts_max_age_secs.to_string(),
+            "METRICS_ENABLED" => cfg.http.metrics_enabled.to_string(),
+            "SHUTDOWN_GRACE_MS" => ms(cfg.shutdown_grace),
+            "LOG_FORMAT" => format!("{:?}", cfg.log_format).to_lowercase(),
+            // The filter's first directive is the server's own level.
+            "RUST_LOG" => crate::telemetry::DEFAULT_LOG_FILTER
+                .split(',')
+                .next()
+                .unwrap()
+                .to_string(),
+            other => panic!("the README documents {other}, which this test does not know"),
+        }
+    }
+
+    /// The variables `from_lookup` reads: every upper-case string literal in its body.
+    fn variables_read() -> std::collections::BTreeSet<String> {
+        let source = include_str!("config.rs");
+        let body = &source[source.find("pub fn from_lookup").unwrap()..];
+        let body = &body[..body.find("pub fn is_sqlite").unwrap()];
+        body.split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| {
+                s.len() > 2
+                    && s.chars().next().unwrap().is_ascii_uppercase()
+                    && s.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_default_in_the_readme_table_is_the_real_one() {
+        let rows = readme_defaults();
+        let mismatches: Vec<String> = rows
+            .iter()
+            .filter_map(|(var, documented)| {
+                let actual = effective(var);
+                (actual != *documented).then(|| {
+                    format!("{var}: README says {documented:?}, the server uses {actual:?}")
+                })
+            })
+            .collect();
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+
+        // Every variable the server reads is in the table, and the table lists no other.
+        let documented: std::collections::BTreeSet<String> =
+            rows.iter().map(|(v, _)| v.clone()).collect();
+        let mut read = variables_read();
+        read.insert("RUST_LOG".into()); // read by `telemetry`
+        assert!(
+            read.len() > 40,
+            "the scan found too few variables: {read:?}"
+        );
+        let undocumented: Vec<_> = read.difference(&documented).collect();
+        let unknown: Vec<_> = documented.difference(&read).collect();
+        assert!(
+            undocumented.is_empty(),
+            "read but not in the README: {undocumented:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "in the README but never read: {unknown:?}"
+        );
+    }
+
     #[test]
     fn defaults_follow_the_contract() {
         let dir = std::env::temp_dir().join(format!("cfg-{}", uuid::Uuid::new_v4()));

@@ -8,10 +8,13 @@ use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
+/// The log filter when `RUST_LOG` is unset: our own `info`, the chattier libraries `warn`.
+pub const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,sea_orm=warn,poem=warn";
+
 /// Installs the global subscriber once; later calls (tests spawning many apps) are no-ops.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,sea_orm=warn,poem=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let lines = match format {
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
         LogFormat::Pretty => fmt::layer().with_writer(std::io::stderr).boxed(),

@@ -11,6 +11,8 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::drain::BodyTap;
+use super::error::ApiError;
 use super::state::AppState;
 
 /// The client's address: the peer's, or the first `X-Forwarded-For` hop behind a trusted
@@ -20,6 +22,12 @@ pub struct ClientIp(pub Option<IpAddr>);
 
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
+
+tokio::task_local! {
+    /// The request id, for code that runs inside a request but is handed no request (the
+    /// panic handler): its log line names the id even where the request's span is disabled.
+    static CURRENT_REQUEST_ID: String;
+}
 
 pub struct HttpLayer {
     pub state: AppState,
@@ -59,6 +67,8 @@ impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
         let client_ip = client_ip(&req, http.trust_proxy_headers);
         req.extensions_mut().insert(ClientIp(client_ip));
         req.extensions_mut().insert(RequestId(request_id.clone()));
+        let max_body = self.state.config.limits.max_body_bytes;
+        let body_tap = BodyTap::install(&mut req, max_body);
 
         let method = req.method().clone();
         // The path only: a query can carry a token (`/api/ws?token=`), which never reaches logs.
@@ -75,11 +85,15 @@ impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
         {
             preflight(cors_origin.is_some())
         } else {
-            match self.inner.call(req).instrument(span.clone()).await {
+            let call = self.inner.call(req).instrument(span.clone());
+            match CURRENT_REQUEST_ID.scope(request_id.clone(), call).await {
                 Ok(response) => response.into_response(),
                 Err(err) => super::error::render_error(err).await,
             }
         };
+        if let Some(tap) = body_tap {
+            tap.drain(max_body).await;
+        }
 
         if let Some(algo) = encoding {
             response = compress(response, algo).await;
@@ -115,6 +129,22 @@ impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
         );
         Ok(response)
     }
+}
+
+/// poem's `CatchPanic` handler: a handler that panics answers the contract's 500 body instead
+/// of dropping the connection. The log line carries the request id; the payload is logged,
+/// never returned.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    let request_id = CURRENT_REQUEST_ID
+        .try_with(Clone::clone)
+        .unwrap_or_default();
+    tracing::error!(%request_id, panic = %what, "handler panicked");
+    ApiError::internal().into_response()
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

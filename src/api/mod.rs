@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod chat;
 pub mod conversations;
+pub mod drain;
 pub mod error;
 pub mod health;
 pub mod json;
@@ -76,7 +77,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let api = openapi_service(state.clone());
     let spec = api.spec_endpoint();
     let docs = api.swagger_ui();
-    Route::new()
+    let routes = Route::new()
         .at("/api/openapi.json", spec)
         .at("/api/ws", poem::get(ws::ws_upgrade))
         .at("/", poem::get(playground::index))
@@ -86,8 +87,17 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .nest("/api", api)
         .nest("/docs", docs)
         .at("/metrics", poem::get(metrics_endpoint))
-        .data(state.clone())
+        .data(state.clone());
+    with_http_layers(routes, state)
+}
+
+/// The layers every route sits in, innermost first: errors rendered as the contract's body,
+/// panics caught and answered 500 (logged with the request id), then request ids, CORS,
+/// security headers, compression, metrics and the access log.
+pub fn with_http_layers<E: Endpoint + 'static>(routes: E, state: AppState) -> impl Endpoint {
+    routes
         .catch_all_error(error::render_error)
+        .with(poem::middleware::CatchPanic::new().with_handler(middleware::panic_response))
         .with(middleware::HttpLayer { state })
 }
 

@@ -131,7 +131,7 @@ backend_test!(patch_unknown_user_is_404, |app: TestApp| async move {
             &json!({ "disabled": true }),
         )
         .await;
-    expect_not_found(resp).await;
+    expect_not_found(resp, "USER_NOT_FOUND").await;
 });
 
 backend_test!(
@@ -144,9 +144,7 @@ backend_test!(
 
         let updated = set_user(&app, &admin, &user.id, json!({ "disabled": true })).await;
         assert_eq!(updated["id"], user.user["id"]);
-        if let Some(disabled) = updated.get("disabled") {
-            assert_eq!(disabled, true, "{updated}");
-        }
+        assert_eq!(updated["disabled"], true, "{updated}");
 
         // ...and not on the very next request.
         let resp = app.get("/api/auth/me", Some(&user.access)).await;
@@ -180,9 +178,7 @@ backend_test!(
         let (admin, user) = admin_and_user(&app).await;
         set_user(&app, &admin, &user.id, json!({ "disabled": true })).await;
         let updated = set_user(&app, &admin, &user.id, json!({ "disabled": false })).await;
-        if let Some(disabled) = updated.get("disabled") {
-            assert_eq!(disabled, false, "{updated}");
-        }
+        assert_eq!(updated["disabled"], false, "{updated}");
         let session = app.login(&user.email).await;
         let resp = app.get("/api/auth/me", Some(&session.access)).await;
         expect_json(resp, StatusCode::OK).await;
@@ -190,7 +186,7 @@ backend_test!(
 );
 
 backend_test!(
-    promoting_a_user_lets_them_list_users,
+    a_promotion_takes_effect_on_the_token_already_held,
     |app: TestApp| async move {
         let (admin, user) = admin_and_user(&app).await;
         let resp = app.get("/api/admin/users", Some(&user.access)).await;
@@ -198,11 +194,51 @@ backend_test!(
 
         set_user(&app, &admin, &user.id, json!({ "role": "admin" })).await;
 
-        // A fresh login carries the new role.
-        let session = app.login(&user.email).await;
-        assert_eq!(session.user["role"], "admin");
-        let resp = app.get("/api/admin/users", Some(&session.access)).await;
+        // The token minted while they were a user now carries admin rights: the role is the
+        // account's, read on every request, not the token's claim.
+        let resp = app.get("/api/admin/users", Some(&user.access)).await;
         let users = as_array(expect_json(resp, StatusCode::OK).await);
         assert_eq!(users.len(), 2);
+        // A fresh login says so too.
+        let session = app.login(&user.email).await;
+        assert_eq!(session.user["role"], "admin");
+    }
+);
+
+backend_test!(
+    a_demoted_admins_old_token_is_refused_at_once,
+    |app: TestApp| async move {
+        let (admin, user) = admin_and_user(&app).await;
+        set_user(&app, &admin, &user.id, json!({ "role": "admin" })).await;
+        // A token minted while they were admin, and shown to work as one.
+        let promoted = app.login(&user.email).await;
+        assert_eq!(promoted.user["role"], "admin");
+        let resp = app.get("/api/admin/users", Some(&promoted.access)).await;
+        expect_json(resp, StatusCode::OK).await;
+
+        let demoted = set_user(&app, &admin, &user.id, json!({ "role": "user" })).await;
+        assert_eq!(demoted["role"], "user");
+
+        // The very next request with that same token: no admin route answers it.
+        let resp = app.get("/api/admin/users", Some(&promoted.access)).await;
+        expect_error(resp, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+        let resp = app
+            .patch(
+                &format!("/api/admin/users/{}", admin.id),
+                Some(&promoted.access),
+                &json!({ "disabled": true }),
+            )
+            .await;
+        expect_error(resp, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+        // The token still works as an ordinary user's, and says so.
+        let me = expect_json(
+            app.get("/api/auth/me", Some(&promoted.access)).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(me["role"], "user");
+        // The other admin was not disabled by the refused request.
+        let resp = app.get("/api/admin/users", Some(&admin.access)).await;
+        expect_json(resp, StatusCode::OK).await;
     }
 );

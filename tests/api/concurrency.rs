@@ -130,3 +130,76 @@ backend_test!(
         }
     }
 );
+
+/// A trigger that makes every append to conversation `id` lose its race: just before each
+/// event row goes in, it takes that row's `seq` itself (the very thing a concurrent writer
+/// does), so the append meets the unique index on (conversation, seq) on every attempt.
+async fn steal_every_seq(db: &sea_orm::DatabaseConnection, backend: Backend, id: &str) {
+    use sea_orm::ConnectionTrait;
+    let statements = match backend {
+        // SQLite does not re-fire a trigger from its own insert (recursive_triggers is off).
+        Backend::Sqlite => vec![format!(
+            "CREATE TRIGGER steal_seq BEFORE INSERT ON conversation_events \
+             WHEN NEW.conversation_id = (SELECT id FROM conversations WHERE title = 'contended') \
+             BEGIN INSERT INTO conversation_events \
+             (id, conversation_id, seq, event_type, data, actor_id, created_at) \
+             VALUES (lower(hex(randomblob(16))), NEW.conversation_id, NEW.seq, 'stolen', \
+             NEW.data, NULL, NEW.created_at); END"
+        )],
+        Backend::Postgres => vec![
+            "CREATE FUNCTION steal_seq() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             INSERT INTO conversation_events \
+             (id, conversation_id, seq, event_type, data, actor_id, created_at) \
+             VALUES (gen_random_uuid(), NEW.conversation_id, NEW.seq, 'stolen', NEW.data, \
+             NULL, NEW.created_at); RETURN NEW; END $$"
+                .to_string(),
+            format!(
+                "CREATE TRIGGER steal_seq BEFORE INSERT ON conversation_events FOR EACH ROW \
+                 WHEN (pg_trigger_depth() < 1 AND NEW.conversation_id = '{id}'::uuid) \
+                 EXECUTE FUNCTION steal_seq()"
+            ),
+        ],
+    };
+    for sql in statements {
+        db.execute_unprepared(&sql).await.expect(&sql);
+    }
+}
+
+backend_test!(
+    appends_that_keep_losing_the_race_give_up_with_409,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app(backend).await else { return };
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "contended").await, "id");
+        let db = app.db().await;
+        steal_every_seq(&db, backend, &id).await;
+
+        let path = format!("/api/conversations/{id}");
+        let resp = app.patch(&path, Some(&user.access), &json!({ "title": "renamed" })).await;
+        let body = expect_error(resp, StatusCode::CONFLICT, "CONFLICT").await;
+        assert!(!body.to_string().contains("conversation_events"), "no SQL in {body}: ");
+
+        // Nothing was written: the log and the projection are as they were.
+        let c = app.get_conversation(&user.access, &id).await;
+        assert_eq!(c["title"], "contended");
+        assert_eq!(c["lastSeq"], 1);
+        let rows = conversation_events::Entity::find()
+            .filter(conversation_events::Column::ConversationId.eq(uuid::Uuid::parse_str(&id).unwrap()))
+            .all(&db)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "only the creation event: {rows:?}");
+
+        // Other conversations are unaffected, and once the contention ends, so is this one.
+        app.create_conversation(&user.access, "elsewhere").await;
+        use sea_orm::ConnectionTrait;
+        let drop = match backend {
+            Backend::Sqlite => "DROP TRIGGER steal_seq",
+            Backend::Postgres => "DROP TRIGGER steal_seq ON conversation_events",
+        };
+        db.execute_unprepared(drop).await.unwrap();
+        let patched = app.patch_conversation(&user.access, &id, json!({ "title": "renamed" })).await;
+        assert_eq!(patched["title"], "renamed");
+        assert_eq!(patched["lastSeq"], 2, "no gap left by the refused attempts");
+    }
+);

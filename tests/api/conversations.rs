@@ -232,7 +232,7 @@ backend_test!(get_unknown_conversation_is_404, |app: TestApp| async move {
             Some(&user.access),
         )
         .await;
-    expect_not_found(resp).await;
+    expect_not_found(resp, "CONVERSATION_NOT_FOUND").await;
 });
 
 backend_test!(
@@ -288,19 +288,33 @@ backend_test!(
             json!({ "message": "Conversation deleted successfully" })
         );
 
-        expect_not_found(app.get(&path, Some(&user.access)).await).await;
+        expect_not_found(
+            app.get(&path, Some(&user.access)).await,
+            "CONVERSATION_NOT_FOUND",
+        )
+        .await;
         expect_not_found(
             app.get(&format!("{path}?atSeq=1"), Some(&user.access))
                 .await,
+            "CONVERSATION_NOT_FOUND",
         )
         .await;
         expect_not_found(
             app.patch(&path, Some(&user.access), &json!({ "title": "zombie" }))
                 .await,
+            "CONVERSATION_NOT_FOUND",
         )
         .await;
-        expect_not_found(app.delete(&path, Some(&user.access)).await).await;
-        expect_not_found(app.get(&format!("{path}/events"), Some(&user.access)).await).await;
+        expect_not_found(
+            app.delete(&path, Some(&user.access)).await,
+            "CONVERSATION_NOT_FOUND",
+        )
+        .await;
+        expect_not_found(
+            app.get(&format!("{path}/events"), Some(&user.access)).await,
+            "CONVERSATION_NOT_FOUND",
+        )
+        .await;
 
         let listed = app.list_conversations(&user.access, "").await;
         let ids: Vec<_> = listed.iter().map(|c| str_field(c, "id")).collect();

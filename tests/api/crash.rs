@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use sea_orm::EntityTrait;
 use tokio::process::{Child, Command};
 
 use crate::helpers::*;
@@ -75,8 +76,21 @@ backend_test!(
             let chunk = ws.expect_type("stream_chunk").await;
             received.push_str(chunk["delta"].as_str().unwrap());
         }
-        // Two checkpoint periods: the saved text now holds at least what we received.
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Wait (bounded) until a checkpoint has saved at least what we received, reading the
+        // row itself: the kill must come after a checkpoint, not after a guess at its timing.
+        let db = app.db().await;
+        let id: uuid::Uuid = message_id.parse().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = entity::messages::Entity::find_by_id(id).one(&db).await.unwrap();
+            let saved = row.as_ref().map(|m| m.content.as_str()).unwrap_or_default();
+            if saved.starts_with(&received) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no checkpoint holds {received:?} after 10 s; saved {saved:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = db.close().await;
         server.kill().await.expect("SIGKILL the server");
         drop(ws);
 

@@ -224,25 +224,36 @@ backend_test!(
             assert!(answer.contains(r#""code":"PAYLOAD_TOO_LARGE""#), "{answer}");
         }
 
-        // Chunked, so the server must count while reading. It answers 413 as soon as the limit
-        // is passed and then closes the connection, so a client still uploading may see the
-        // reset before the answer; either way the body is refused.
-        let chunks = futures::stream::iter(
-            huge.into_bytes()
-                .chunks(64 * 1024)
-                .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
-                .collect::<Vec<_>>(),
-        );
-        let sent = app
-            .client
-            .post(app.url("/api/conversations"))
-            .bearer_auth(&user.access)
-            .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(chunks))
-            .send()
-            .await;
-        if let Ok(resp) = sent {
-            expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
+        // Chunked, so the server must count while reading: one chunk one byte over the
+        // 1 MiB default, and no terminating chunk. A server that waited for the end of the
+        // body (or read it all before checking) would never answer; one that counts answers
+        // 413 as soon as the limit is passed, and the answer is read in full.
+        {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let limit = 1024 * 1024;
+            let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+                .await
+                .unwrap();
+            let mut request = format!(
+                "POST /api/conversations HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                user.access,
+                limit + 1
+            )
+            .into_bytes();
+            request.extend_from_slice(&huge.as_bytes()[..limit + 1]);
+            request.extend_from_slice(b"\r\n");
+            socket.write_all(&request).await.unwrap();
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                socket.read_to_end(&mut answer),
+            )
+            .await
+            .expect("a 413 while the chunked body is still open");
+            let answer = String::from_utf8_lossy(&answer).to_string();
+            assert!(answer.starts_with("HTTP/1.1 413"), "{read:?}: {answer}");
+            assert!(answer.contains(r#""code":"PAYLOAD_TOO_LARGE""#), "{answer}");
         }
 
         // Nothing was created, and the server keeps serving.

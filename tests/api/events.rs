@@ -403,3 +403,40 @@ backend_test!(
         let _ = db.close().await;
     }
 );
+
+backend_test!(
+    events_limit_defaults_to_100_and_allows_at_most_1000,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "long").await, "id");
+        app.add_user_messages(&user.id, &id, 1_099).await; // 1,100 events in all
+
+        assert_events(&app.events(&user.access, &id, "").await, 1..=100);
+        assert_events(
+            &app.events(&user.access, &id, "?after=100").await,
+            101..=200,
+        );
+        assert_events(
+            &app.events(&user.access, &id, "?limit=1000").await,
+            1..=1000,
+        );
+        assert_events(
+            &app.events(&user.access, &id, "?after=1000&limit=1000")
+                .await,
+            1001..=1100,
+        );
+        for bad in ["1001", "0", "-1"] {
+            let resp = app
+                .get(
+                    &format!("/api/conversations/{id}/events?limit={bad}"),
+                    Some(&user.access),
+                )
+                .await;
+            let body = expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+            assert!(
+                body["message"].as_str().unwrap().contains("limit"),
+                "{body}"
+            );
+        }
+    }
+);

@@ -541,9 +541,9 @@ async fn raw_websocket(app: &TestApp, token: &str) -> (tokio::net::TcpStream, Ve
     (tcp, buffer[end..].to_vec())
 }
 
-/// The opcodes of the unmasked server frames in `bytes` (stops at an incomplete frame).
-fn opcodes(bytes: &[u8]) -> Vec<u8> {
-    let mut ops = Vec::new();
+/// The unmasked server frames in `bytes` as (opcode, payload); stops at an incomplete frame.
+fn frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
     let mut i = 0;
     while i + 2 <= bytes.len() {
         let op = bytes[i] & 0x0f;
@@ -562,10 +562,13 @@ fn opcodes(bytes: &[u8]) -> Vec<u8> {
             len = u64::from_be_bytes(bytes[i + 2..i + 10].try_into().unwrap()) as usize;
             header = 10;
         }
-        ops.push(op);
+        if i + header + len > bytes.len() {
+            break;
+        }
+        frames.push((op, bytes[i + header..i + header + len].to_vec()));
         i += header + len;
     }
-    ops
+    frames
 }
 
 backend_test!(
@@ -594,13 +597,23 @@ backend_test!(
                 Ok(Ok(n)) => received.extend_from_slice(&chunk[..n]),
             }
         };
-        let ops = opcodes(&received);
+        let frames = frames(&received);
+        let ops: Vec<u8> = frames.iter().map(|(op, _)| *op).collect();
         assert!(
             closed,
             "the server kept a socket that never answered a ping open for 5+ s (interval \
              200 ms, pong timeout 200 ms); frames seen: {ops:?}"
         );
         assert!(ops.contains(&0x9), "the server never pinged: opcodes {ops:?}");
+        // It said goodbye properly: a close frame with 1001 (going away) and a reason, as the
+        // last frame before the end of the stream.
+        let (op, payload) = frames.last().expect("frames before the close");
+        assert_eq!(*op, 0x8, "the last frame is not a close frame: opcodes {ops:?}");
+        assert!(payload.len() >= 2, "a close frame without a code: {payload:?}");
+        let code = u16::from_be_bytes([payload[0], payload[1]]);
+        let reason = String::from_utf8_lossy(&payload[2..]);
+        assert_eq!(code, 1001, "close code (reason {reason:?})");
+        assert!(reason.contains("ping"), "close reason {reason:?}");
     }
 );
 
@@ -634,5 +647,34 @@ backend_test!(
         assert!(pings >= 2, "expected several server pings, got {pings}");
         ws.send(json!({"type": "ping"})).await;
         ws.expect_type("pong").await;
+    }
+);
+
+backend_test!(
+    without_trusted_proxy_headers_a_forged_forwarded_for_does_not_escape_the_address_limit,
+    backend | backend: Backend | async move {
+        // TRUST_PROXY_HEADERS is left at its default (false): the limiter must key on the
+        // peer's address (127.0.0.1) whatever `X-Forwarded-For` claims.
+        let Some(app) = spawn_app_with(
+            backend,
+            &[("LOGIN_MAX_FAILURES", "3"), ("LOGIN_WINDOW_SECS", "900")],
+        )
+        .await
+        else {
+            return;
+        };
+        let mut users = Vec::new();
+        for _ in 0..5 {
+            users.push(app.register_user(&unique_email()).await);
+        }
+        // A sprayer that forges a new address on every try, and a new e-mail each time.
+        for (i, user) in users[..3].iter().enumerate() {
+            let resp = login_from(&app, &user.email, "wrong", &format!("10.9.0.{i}")).await;
+            expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        }
+        let resp = login_from(&app, &users[3].email, "wrong", "10.9.0.99").await;
+        expect_rate_limited(resp).await;
+        let resp = login_from(&app, &users[4].email, PASSWORD, "203.0.113.7").await;
+        expect_rate_limited(resp).await;
     }
 );

@@ -313,6 +313,46 @@ backend_test!(
     }
 );
 
+/// Sends `message` until the open breaker lets one through to upstream, polling every 20 ms
+/// for at most 5 s, and returns that stream's frames. Every refused attempt must fail fast
+/// with `SERVICE_UNAVAILABLE` and reach no upstream; the one let through must come no sooner
+/// than the 300 ms cooldown after `opened` (taken just before the failure that opened it).
+async fn after_the_cooldown(
+    ws: &mut WsClient,
+    mock: &crate::mock_llm::MockLlm,
+    opened: Instant,
+    message: &str,
+) -> crate::ws_client::StreamFrames {
+    let upstream_calls = mock.requests().len();
+    loop {
+        let frames = ws.chat(None, message).await;
+        if mock.requests().len() > upstream_calls {
+            assert_eq!(
+                mock.requests().len(),
+                upstream_calls + 1,
+                "one trial, not more"
+            );
+            assert!(
+                opened.elapsed() >= Duration::from_millis(300),
+                "the breaker let a trial through {:?} after opening, before its 300 ms cooldown",
+                opened.elapsed()
+            );
+            return frames;
+        }
+        assert_eq!(
+            error_code(&frames.complete),
+            "SERVICE_UNAVAILABLE",
+            "{}",
+            frames.complete
+        );
+        assert!(
+            opened.elapsed() < Duration::from_secs(5),
+            "the breaker stayed open 5 s past a 300 ms cooldown"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 backend_test!(
     after_the_cooldown_a_successful_trial_closes_the_breaker,
     backend | backend: Backend | async move {
@@ -322,14 +362,16 @@ backend_test!(
         let user = app.register_user(&unique_email()).await;
         let mut ws = WsClient::authed(&app.address, &user.access).await;
 
+        // Taken before the failure that opens the breaker, so the cooldown ends after
+        // `opened` + 300 ms whatever the delays in between.
+        let opened = Instant::now();
         let frames = ws.chat(None, "[[fail500]] opens it").await;
         assert_eq!(error_code(&frames.complete), "BAD_GATEWAY");
         let frames = ws.chat(None, "fails fast").await;
         assert_eq!(error_code(&frames.complete), "SERVICE_UNAVAILABLE", "{}", frames.complete);
         assert_eq!(mock.requests().len(), 1);
 
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        let frames = ws.chat(None, "the trial").await;
+        let frames = after_the_cooldown(&mut ws, &mock, opened, "the trial").await;
         assert_eq!(frames.complete["status"], "complete", "{}", frames.complete);
         assert_eq!(frames.complete["content"], full_reply());
         assert_eq!(mock.requests().len(), 2, "the trial reached upstream");
@@ -351,11 +393,13 @@ backend_test!(
         let user = app.register_user(&unique_email()).await;
         let mut ws = WsClient::authed(&app.address, &user.access).await;
 
+        // Taken before the failure that opens the breaker, so the cooldown ends after
+        // `opened` + 300 ms whatever the delays in between.
+        let opened = Instant::now();
         let frames = ws.chat(None, "[[fail500]] opens it").await;
         assert_eq!(error_code(&frames.complete), "BAD_GATEWAY");
-        tokio::time::sleep(Duration::from_millis(450)).await;
 
-        let frames = ws.chat(None, "[[fail500]] the trial fails").await;
+        let frames = after_the_cooldown(&mut ws, &mock, opened, "[[fail500]] the trial fails").await;
         assert_eq!(error_code(&frames.complete), "BAD_GATEWAY", "{}", frames.complete);
         assert_eq!(mock.requests().len(), 2, "the trial reached upstream");
 

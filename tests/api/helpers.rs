@@ -351,6 +351,34 @@ impl TestApp {
         (user_msg.to_string(), assistant_msg.to_string())
     }
 
+    /// Appends `count` user messages to a conversation in one transaction, through the
+    /// library's one append path: a long log without `count` requests.
+    pub async fn add_user_messages(&self, owner_id: &str, conversation_id: &str, count: usize) {
+        use chat_server::domain::events::*;
+        use chat_server::domain::types::MessageRole;
+
+        let owner: uuid::Uuid = owner_id.parse().expect("owner id");
+        let conversation: uuid::Uuid = conversation_id.parse().expect("conversation id");
+        let events: Vec<ConversationEvent> = (0..count)
+            .map(|i| {
+                ConversationEvent::MessageAdded(MessageAdded {
+                    message_id: uuid::Uuid::now_v7(),
+                    role: MessageRole::User,
+                    content: format!("message {i}"),
+                    client_message_id: None,
+                })
+            })
+            .collect();
+        let store = chat_server::store::Store::from_connection(self.db().await);
+        store
+            .execute(conversation, Some(owner), &Default::default(), |_| {
+                Ok::<_, std::convert::Infallible>(events.clone())
+            })
+            .await
+            .expect("append messages");
+        let _ = store.connection().clone().close().await;
+    }
+
     /// A new SeaORM connection to the app's database, for reading rows directly.
     pub async fn db(&self) -> DatabaseConnection {
         Database::connect(self.database_url.as_str())
@@ -410,15 +438,10 @@ pub async fn expect_error(resp: Response, status: StatusCode, code: &str) -> Val
     body
 }
 
-/// Like [`expect_error`] for a 404, accepting `NOT_FOUND` or a specific `*_NOT_FOUND` code.
-pub async fn expect_not_found(resp: Response) -> Value {
-    let body = expect_error_body(resp, StatusCode::NOT_FOUND).await;
-    let code = body["code"].as_str().unwrap_or_default();
-    assert!(
-        code == "NOT_FOUND" || code.ends_with("_NOT_FOUND"),
-        "404 with an unexpected code: {body}"
-    );
-    body
+/// [`expect_error`] for a 404 with its exact code (`CONVERSATION_NOT_FOUND`,
+/// `MESSAGE_NOT_FOUND`, `USER_NOT_FOUND`): which resource was missing is part of the answer.
+pub async fn expect_not_found(resp: Response, code: &str) -> Value {
+    expect_error(resp, StatusCode::NOT_FOUND, code).await
 }
 
 pub async fn expect_error_body(resp: Response, status: StatusCode) -> Value {

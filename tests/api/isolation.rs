@@ -6,7 +6,7 @@ use serde_json::json;
 
 /// A 404 that says nothing about the conversation it refused.
 async fn assert_hidden(resp: Response, secret: &str) {
-    let body = expect_not_found(resp).await;
+    let body = expect_not_found(resp, "CONVERSATION_NOT_FOUND").await;
     assert!(
         !body.to_string().contains(secret),
         "a refusal must not leak the owner's data: {body}"
@@ -67,6 +67,7 @@ backend_test!(
         let foreign = expect_not_found(
             app.get(&format!("/api/conversations/{id}"), Some(&bob.access))
                 .await,
+            "CONVERSATION_NOT_FOUND",
         )
         .await;
         let missing = expect_not_found(
@@ -75,6 +76,7 @@ backend_test!(
                 Some(&bob.access),
             )
             .await,
+            "CONVERSATION_NOT_FOUND",
         )
         .await;
         assert_eq!(foreign["code"], missing["code"]);

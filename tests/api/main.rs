@@ -25,6 +25,7 @@ mod logging;
 mod messages;
 mod mock_llm;
 mod openapi;
+mod panics;
 mod pg;
 mod shutdown;
 mod streaming;

@@ -17,9 +17,14 @@ backend_test!(
         expect_not_found(
             app.patch(&path, Some(&user.access), &json!({ "content": "edited" }))
                 .await,
+            "MESSAGE_NOT_FOUND",
         )
         .await;
-        expect_not_found(app.delete(&path, Some(&user.access)).await).await;
+        expect_not_found(
+            app.delete(&path, Some(&user.access)).await,
+            "MESSAGE_NOT_FOUND",
+        )
+        .await;
 
         // The refusals appended nothing to the log.
         let c = app.get_conversation(&user.access, &id).await;
@@ -40,9 +45,14 @@ backend_test!(
         expect_not_found(
             app.patch(&path, Some(&user.access), &json!({ "content": "edited" }))
                 .await,
+            "CONVERSATION_NOT_FOUND",
         )
         .await;
-        expect_not_found(app.delete(&path, Some(&user.access)).await).await;
+        expect_not_found(
+            app.delete(&path, Some(&user.access)).await,
+            "CONVERSATION_NOT_FOUND",
+        )
+        .await;
     }
 );
 
@@ -212,7 +222,11 @@ backend_test!(
         );
 
         // Deleting it again is 404, and appends nothing.
-        expect_not_found(app.delete(&path, Some(&user.access)).await).await;
+        expect_not_found(
+            app.delete(&path, Some(&user.access)).await,
+            "MESSAGE_NOT_FOUND",
+        )
+        .await;
         assert_eq!(app.events(&user.access, &id, "").await.len(), events.len());
     }
 );
@@ -234,9 +248,13 @@ backend_test!(
         let resp = app
             .patch(&path, Some(&bob.access), &json!({ "content": "mine now" }))
             .await;
-        let body = expect_not_found(resp).await;
+        let body = expect_not_found(resp, "CONVERSATION_NOT_FOUND").await;
         assert!(!body.to_string().contains("secret"), "{body}");
-        expect_not_found(app.delete(&path, Some(&bob.access)).await).await;
+        expect_not_found(
+            app.delete(&path, Some(&bob.access)).await,
+            "CONVERSATION_NOT_FOUND",
+        )
+        .await;
 
         let c = app.get_conversation(&alice.access, &id).await;
         assert_eq!(c["messages"][0]["content"], "secret question");

@@ -76,8 +76,8 @@ backend_test!(
         let resp = app
             .post("/api/chat", token, &json!({"message": "hello?", "conversationId": unknown}))
             .await;
-        expect_not_found(resp).await;
-        expect_not_found(app.get(&format!("/api/conversations/{unknown}"), token).await).await;
+        expect_not_found(resp, "CONVERSATION_NOT_FOUND").await;
+        expect_not_found(app.get(&format!("/api/conversations/{unknown}"), token).await, "CONVERSATION_NOT_FOUND").await;
         let other = app.register_user(&unique_email()).await;
         let resp = app
             .post(
@@ -86,7 +86,7 @@ backend_test!(
                 &json!({"message": "let me in", "conversationId": conversation_id}),
             )
             .await;
-        expect_not_found(resp).await;
+        expect_not_found(resp, "CONVERSATION_NOT_FOUND").await;
         let requests_so_far = mock.requests().len();
         assert_eq!(requests_so_far, 2, "no upstream call for a refused request");
 
@@ -123,7 +123,11 @@ backend_test!(
         let messages = created["messages"].as_array().unwrap();
         assert_eq!(messages[0]["content"], "[[fail500]] brand new");
         assert_eq!(messages[0]["role"], "user");
-        assert!(messages.iter().skip(1).all(|m| m["status"] == "failed"), "{created}");
+        // Exactly the question and one failed, empty answer: nothing more, nothing less.
+        assert_eq!(messages.len(), 2, "{created}");
+        assert_eq!(messages[1]["role"], "assistant", "{created}");
+        assert_eq!(messages[1]["status"], "failed", "{created}");
+        assert_eq!(messages[1]["content"], "", "{created}");
 
         // The server is fine afterwards.
         let resp = app
@@ -275,5 +279,58 @@ backend_test!(
         assert_eq!(last["type"], "stream_completed");
         assert_eq!(last["data"]["error"]["code"], "GATEWAY_TIMEOUT");
         expect_json(app.get("/api/health", None).await, StatusCode::OK).await;
+    }
+);
+
+backend_test!(
+    the_conversations_model_and_prompt_reach_upstream_and_empty_strings_reset_them,
+    backend | backend: Backend | async move {
+        let Some((app, mock)) = streaming_app(backend, 0).await else { return };
+        let user = app.register_user(&unique_email()).await;
+        let token = Some(user.access.as_str());
+        let resp = app
+            .post(
+                "/api/conversations",
+                token,
+                &json!({"title": "models", "systemPrompt": "Be brief.", "model": "conv-model"}),
+            )
+            .await;
+        let id = str_field(&expect_json(resp, StatusCode::CREATED).await, "id");
+        let (app, mock) = (&app, &mock);
+        let chat = |body: Value| async move {
+            let resp = app.post("/api/chat", token, &body).await;
+            let answer = expect_json(resp, StatusCode::OK).await;
+            let sent = mock.requests().last().cloned().expect("an upstream request");
+            (answer, sent)
+        };
+
+        // The conversation's model overrides the default (OPENAI_MODEL=mock-model), and its
+        // prompt leads the context.
+        let (answer, sent) = chat(json!({"message": "one", "conversationId": id})).await;
+        assert_eq!(sent["model"], "conv-model");
+        assert_eq!(answer["message"]["model"], "conv-model");
+        assert_eq!(sent["messages"][0], json!({"role": "system", "content": "Be brief."}));
+
+        // A request's own model overrides the conversation's, for that answer only.
+        let body = json!({"message": "two", "conversationId": id, "model": "request-model"});
+        let (answer, sent) = chat(body).await;
+        assert_eq!(sent["model"], "request-model");
+        assert_eq!(answer["message"]["model"], "request-model");
+
+        // `""` clears the prompt and resets the model to the server's default.
+        let patched = app
+            .patch_conversation(&user.access, &id, json!({"systemPrompt": "", "model": ""}))
+            .await;
+        assert_eq!(patched["systemPrompt"], Value::Null, "{patched}");
+        assert_eq!(patched["model"], Value::Null, "{patched}");
+        let (answer, sent) = chat(json!({"message": "three", "conversationId": id})).await;
+        assert_eq!(sent["model"], "mock-model");
+        assert_eq!(answer["message"]["model"], "mock-model");
+        assert_eq!(sent["messages"][0]["role"], "user", "no system prompt left: {sent}");
+        assert_eq!(
+            roles(&sent["messages"]),
+            ["user", "assistant", "user", "assistant", "user"],
+            "{sent}"
+        );
     }
 );

@@ -37,6 +37,18 @@ fn sign(claims: &Value, secret: &str) -> String {
     .expect("sign a test token")
 }
 
+/// A token's claims, read without verifying it.
+fn payload(token: &str) -> Value {
+    let part = token.split('.').nth(1).expect("a JWT has three parts");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url payload"))
+        .expect("JSON payload")
+}
+
+fn lifetime(token: &str) -> i64 {
+    let c = payload(token);
+    c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap()
+}
+
 async fn assert_rejected(app: &TestApp, token: &str) {
     for path in ["/api/auth/me", "/api/conversations"] {
         let resp = app.get(path, Some(token)).await;
@@ -154,5 +166,65 @@ backend_test!(
         app.register_user(&unique_email()).await;
         let ghost = uuid::Uuid::new_v4().to_string();
         assert_rejected(&app, &sign(&claims(&ghost, "admin"), TEST_JWT_SECRET)).await;
+    }
+);
+
+backend_test!(
+    token_lifetimes_follow_the_configuration,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(
+            backend,
+            &[("ACCESS_TOKEN_TTL_SECS", "120"), ("REFRESH_TOKEN_TTL_SECS", "600")],
+        )
+        .await
+        else {
+            return;
+        };
+        let resp = app.register(&unique_email(), PASSWORD).await;
+        let registered = expect_json(resp, StatusCode::CREATED).await;
+        let resp = app
+            .post(
+                "/api/auth/refresh",
+                None,
+                &json!({ "refreshToken": registered["refreshToken"] }),
+            )
+            .await;
+        let refreshed = expect_json(resp, StatusCode::OK).await;
+        for tokens in [&registered, &refreshed] {
+            assert_eq!(tokens["expiresIn"], 120, "{tokens}");
+            assert_eq!(lifetime(&str_field(tokens, "accessToken")), 120);
+            assert_eq!(lifetime(&str_field(tokens, "refreshToken")), 600);
+            let iat = payload(&str_field(tokens, "accessToken"))["iat"].as_i64().unwrap();
+            assert!((iat - now()).abs() <= 5, "issued now, not at {iat}");
+        }
+    }
+);
+
+backend_test!(
+    an_expired_refresh_token_is_refused,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        // The very refresh token the server issued, re-signed with its expiry an hour ago: the
+        // same id, user and type, so only its age can be the reason for a refusal.
+        let mut expired = payload(&user.refresh);
+        expired["iat"] = json!(now() - 7200);
+        expired["exp"] = json!(now() - 3600);
+        let resp = app
+            .post(
+                "/api/auth/refresh",
+                None,
+                &json!({ "refreshToken": sign(&expired, TEST_JWT_SECRET) }),
+            )
+            .await;
+        expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        // The control: the unexpired original still works (the refusal spent nothing).
+        let resp = app
+            .post(
+                "/api/auth/refresh",
+                None,
+                &json!({ "refreshToken": user.refresh }),
+            )
+            .await;
+        expect_json(resp, StatusCode::OK).await;
     }
 );

@@ -123,18 +123,19 @@ describe('REST API through the generated client', () => {
     });
     assert.equal(conv.response.status, 404);
     assert.equal(conv.data, undefined);
-    assert.match(String(conv.error?.code), /NOT_FOUND$/);
+    assert.equal(conv.error?.code, 'CONVERSATION_NOT_FOUND');
 
     const events = await bob.client.GET('/api/conversations/{id}/events', {
       params: { path: { id: chatConversationId } },
     });
     assert.equal(events.response.status, 404);
     assert.equal(events.data, undefined);
-    assert.match(String(events.error?.code), /NOT_FOUND$/);
+    assert.equal(events.error?.code, 'CONVERSATION_NOT_FOUND');
 
     const chat = await bob.client.POST('/api/chat', {
       body: { message: 'let me in', conversationId: chatConversationId },
     });
     assert.equal(chat.response.status, 404);
+    assert.equal(chat.error?.code, 'CONVERSATION_NOT_FOUND');
   });
 });

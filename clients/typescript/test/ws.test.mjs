@@ -31,6 +31,9 @@ describe('WebSocket streaming', () => {
   let conversationId;
   /** @type {string} */
   let fullReply;
+  /** The first turn's `stream_start` and `stream_complete`, as the sender received them. */
+  let firstStart;
+  let firstComplete;
 
   before(async () => {
     alice = await registerUser(server.baseUrl, 'alice');
@@ -96,6 +99,8 @@ describe('WebSocket streaming', () => {
     assert.match(complete.content, /Stream me an answer/);
     assert.ok(complete.seq > start.seq);
     fullReply = complete.content;
+    firstStart = start;
+    firstComplete = complete;
 
     // Committed: the REST view has the same text.
     const { data } = await alice.client.GET('/api/conversations/{id}', {
@@ -107,16 +112,24 @@ describe('WebSocket streaming', () => {
   });
 
   test('a repeated clientMessageId starts nothing new', async () => {
+    assert.deepEqual(sock.pending, [], 'nothing left over from the first turn');
     sock.send({ type: 'stream_chat', conversationId, message: 'Stream me an answer', clientMessageId: 'c-1' });
-    // Whatever the server replays, it must not be a new message; wait until it is quiet.
+    // The socket handles frames in order: by the time the pong comes, the repeated send has
+    // been answered in full, and a new turn (had one started) would already be stored.
     sock.send({ type: 'ping' });
-    await sock.until((f) => f.type === 'pong');
-    await new Promise((r) => setTimeout(r, 300));
+    const frames = await sock.until((f) => f.type === 'pong');
+    // The repeat gets, to this socket alone, what the first send started: the first turn's
+    // stream_start and, as it has finished, its stream_complete; nothing else.
+    assert.deepEqual(frames, [firstStart, firstComplete, { type: 'pong' }]);
+
     const { data } = await alice.client.GET('/api/conversations/{id}', {
       params: { path: { id: conversationId } },
     });
-    assert.equal(data?.messages.length, 2, 'no second turn');
-    sock.pending.splice(0); // drop any replayed frames of the first turn
+    assert.deepEqual(data?.messages.map((m) => [m.id, m.role, m.status, m.content]), [
+      [firstStart.userMessageId, 'user', 'complete', 'Stream me an answer'],
+      [firstStart.messageId, 'assistant', 'complete', fullReply],
+    ], 'no second turn');
+    assert.equal(data?.lastSeq, firstComplete.seq, 'no event appended');
   });
 
   test('cancel_stream ends a running stream as cancelled, keeping the text so far', async () => {
@@ -173,52 +186,93 @@ describe('WebSocket streaming', () => {
     await other.close();
   });
 
-  test('resume during a running stream gives the whole text, nothing twice', async (t) => {
-    sock.send({ type: 'stream_chat', conversationId, message: 'Resume in the middle', clientMessageId: 'c-4' });
-    const start = await sock.next((f) => f.type === 'stream_start');
-    // Let a few chunks go by before the second socket arrives.
-    await sock.next((f) => f.type === 'stream_chunk' && f.messageId === start.messageId && f.index >= 2);
-
-    const late = await openSocket(`${server.wsUrl}?token=${alice.tokens.accessToken}`);
-    assert.equal((await late.next()).type, 'ready');
-    late.send({ type: 'resume', conversationId, afterSeq: start.seq });
-    const frames = await late.until((f) => f.type === 'stream_complete' && f.messageId === start.messageId
-      || (f.type === 'event' && f.event.type === 'stream_completed' && f.event.data?.messageId === start.messageId));
-    const { complete } = await collectStream(sock, start.messageId);
-    await late.close();
-
-    assert.equal(frames[0].type, 'joined');
-    const snapshot = frames.find((f) => f.type === 'stream_snapshot');
-    const last = frames.at(-1);
-    if (last.type === 'stream_complete') {
-      t.diagnostic('the stream was still running: checked snapshot + live chunks');
-      // The stream was still running: snapshot + the live chunks after it = the final text.
-      assert.ok(snapshot, `a stream_snapshot precedes the live chunks: ${JSON.stringify(frames.map((f) => f.type))}`);
-      assert.equal(snapshot.messageId, start.messageId);
-      const chunks = frames.filter((f) => f.type === 'stream_chunk');
-      assertContiguous(chunks, snapshot.nextIndex);
-      assert.equal(snapshot.content + chunks.map((c) => c.delta).join(''), complete.content);
-      assert.equal(last.content, complete.content);
-    } else {
-      t.diagnostic('the stream had finished before the resume: checked the replayed event');
-      // It finished before the resume: the replayed stream_completed event holds the text.
-      assert.equal(last.event.data.content, complete.content);
-    }
-  });
-
   test("another user cannot resume or join someone else's conversation", async () => {
     const s = await openSocket(`${server.wsUrl}?token=${bob.tokens.accessToken}`);
     assert.equal((await s.next()).type, 'ready');
     s.send({ type: 'resume', conversationId, afterSeq: 0 });
     const err = await s.next();
     assert.equal(err.type, 'error');
-    assert.match(err.code, /NOT_FOUND$/);
+    assert.equal(err.code, 'CONVERSATION_NOT_FOUND');
     s.send({ type: 'join_conversation', conversationId });
     const err2 = await s.next();
     assert.equal(err2.type, 'error');
-    assert.match(err2.code, /NOT_FOUND$/);
+    assert.equal(err2.code, 'CONVERSATION_NOT_FOUND');
     s.send({ type: 'ping' });
     assert.equal((await s.next()).type, 'pong', 'the socket stays usable');
     await s.close();
+  });
+});
+
+describe('resume during a running stream', () => {
+  // A server of its own whose demo provider pauses this long between words: the ~40-word
+  // answer then streams for well over a second, so a resume sent after its third chunk lands
+  // while it is still running, even on a busy machine. (With a delay near zero the answer
+  // can end before the resume arrives, and the snapshot path would go untested.)
+  const DEMO_DELAY_MS = 40;
+  /** @type {Awaited<ReturnType<typeof startServer>>} */
+  let slow;
+  /** @type {Awaited<ReturnType<typeof registerUser>>} */
+  let carol;
+  /** @type {Awaited<ReturnType<typeof openSocket>>} */
+  let sender;
+
+  before(async () => {
+    slow = await startServer({ env: { DEMO_DELAY_MS: String(DEMO_DELAY_MS) } });
+    carol = await registerUser(slow.baseUrl, 'carol');
+    sender = await openSocket(`${slow.wsUrl}?token=${carol.tokens.accessToken}`);
+    assert.equal((await sender.next()).type, 'ready');
+  });
+  after(async () => {
+    await sender?.close();
+    await slow?.stop();
+  });
+
+  test('resume during a running stream gives the whole text, nothing twice', async () => {
+    sender.send({ type: 'stream_chat', message: 'Resume in the middle', clientMessageId: 'r-1' });
+    const start = await sender.next((f) => f.type === 'stream_start');
+    const { conversationId, messageId } = start;
+    // Let chunks 0..2 go by before the second socket arrives.
+    const early = await sender.until((f) => f.type === 'stream_chunk' && f.messageId === messageId && f.index >= 2);
+
+    const late = await openSocket(`${slow.wsUrl}?token=${carol.tokens.accessToken}`);
+    assert.equal((await late.next()).type, 'ready');
+    late.send({ type: 'resume', conversationId, afterSeq: start.seq });
+    // Up to this stream's end, live (stream_complete) or replayed (a stream_completed event).
+    const frames = await late.until((f) => (f.type === 'stream_complete' && f.messageId === messageId)
+      || (f.type === 'event' && f.event.type === 'stream_completed' && f.event.data?.messageId === messageId));
+    const rest = await collectStream(sender, messageId);
+    await late.close();
+    const all = [...early, ...rest.frames].filter((f) => f.type === 'stream_chunk' && f.messageId === messageId);
+    assertContiguous(all);
+    const { complete } = rest;
+    assert.equal(complete.status, 'complete');
+
+    const shape = frames.map((f) => (f.type === 'stream_chunk' ? f.index : f.type === 'stream_snapshot' ? `snapshot@${f.nextIndex}` : f.type));
+    // The resume landed mid-stream: joined (nothing to replay after the start), the
+    // snapshot of the text so far, live chunks, the completion.
+    assert.equal(frames[0].type, 'joined');
+    const snapshot = frames[1];
+    assert.equal(snapshot.type, 'stream_snapshot', `a stream_snapshot follows joined: ${shape}`);
+    assert.equal(frames.at(-1).type, 'stream_complete', `the stream was still running at the resume: ${shape}`);
+    assert.deepEqual(frames[0], { type: 'joined', conversationId, lastSeq: start.seq });
+    assert.equal(snapshot.conversationId, conversationId);
+    assert.equal(snapshot.messageId, messageId);
+    assert.ok(snapshot.nextIndex >= 3, `the snapshot covers the chunks 0..2 sent before the resume: ${shape}`);
+    assert.equal(snapshot.content, all.slice(0, snapshot.nextIndex).map((c) => c.delta).join(''),
+      'the snapshot is chunks 0..nextIndex-1 joined');
+
+    const live = frames.slice(2, -1);
+    assert.ok(live.every((f) => f.type === 'stream_chunk' && f.messageId === messageId),
+      `only this stream's chunks between the snapshot and the completion: ${shape}`);
+    assert.ok(live.length > 0, `live chunks followed the snapshot: ${shape}`);
+    assertContiguous(live, snapshot.nextIndex);
+    assert.equal(snapshot.content + live.map((c) => c.delta).join(''), complete.content, 'the whole text, nothing twice');
+    assert.deepEqual(frames.at(-1), complete, 'the same stream_complete as the sender got');
+
+    const { data } = await carol.client.GET('/api/conversations/{id}', {
+      params: { path: { id: conversationId } },
+    });
+    const last = data?.messages.at(-1);
+    assert.deepEqual([last?.id, last?.status, last?.content], [messageId, 'complete', complete.content], 'the committed text');
   });
 });
