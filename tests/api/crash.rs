@@ -83,11 +83,12 @@ backend_test!(
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let row = entity::messages::Entity::find_by_id(id).one(&db).await.unwrap();
-            let saved = row.as_ref().map(|m| m.content.as_str()).unwrap_or_default();
-            if saved.starts_with(&received) {
+            let row = row.expect("the answer's row exists from the stream's start");
+            assert_eq!(row.status, "streaming", "the answer ended before a checkpoint held {received:?}");
+            if row.content.starts_with(&received) {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "no checkpoint holds {received:?} after 10 s; saved {saved:?}");
+            assert!(std::time::Instant::now() < deadline, "no checkpoint holds {received:?} after 10 s; saved {:?}", row.content);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = db.close().await;
