@@ -21,6 +21,30 @@ use poem::{Body, Request};
 /// How long the layer waits for the unread rest of a body before closing anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What may be left of a request body once the handler has answered.
+pub enum UnreadBody {
+    /// There was no body.
+    None,
+    /// A body the handler may not have read to its end.
+    Tapped(BodyTap),
+    /// A body whose declared length is over the limit: refused unread.
+    TooLarge,
+}
+
+impl UnreadBody {
+    /// Reads what the handler left, within the limit. Returns whether the connection can
+    /// serve another request: not when a body is left unread on it (the answer must then
+    /// say `Connection: close`, or a client would send its next request into a closing
+    /// connection).
+    pub async fn finish(self, max: usize) -> bool {
+        match self {
+            UnreadBody::None => true,
+            UnreadBody::Tapped(tap) => tap.drain(max).await,
+            UnreadBody::TooLarge => false,
+        }
+    }
+}
+
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, io::Error>> + Send>>;
 
 struct TapState {
@@ -37,20 +61,18 @@ pub struct BodyTap(Arc<Mutex<TapState>>);
 
 impl BodyTap {
     /// Replaces the request's body with a tapped one, when there is a body whose declared
-    /// length is within `max` bytes (or which is chunked). `None` when there is nothing to
-    /// drain: no body, or one already refused by its declared length.
-    pub fn install(req: &mut Request, max: usize) -> Option<Self> {
+    /// length is within `max` bytes (or which is chunked).
+    pub fn install(req: &mut Request, max: usize) -> UnreadBody {
         let headers = req.headers();
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.trim().parse::<usize>().ok());
         let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-        let worth_draining = match declared {
-            Some(len) => len > 0 && len <= max,
-            None => chunked,
-        };
-        if !worth_draining {
-            return None;
+        match declared {
+            Some(len) if len > max => return UnreadBody::TooLarge,
+            Some(0) => return UnreadBody::None,
+            None if !chunked => return UnreadBody::None,
+            _ => {}
         }
         let tap = BodyTap(Arc::new(Mutex::new(TapState {
             stream: Box::pin(req.take_body().into_bytes_stream()),
@@ -58,7 +80,7 @@ impl BodyTap {
             finished: false,
         })));
         req.set_body(Body::from_bytes_stream(tap.clone()));
-        Some(tap)
+        UnreadBody::Tapped(tap)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TapState> {
@@ -124,7 +146,9 @@ mod tests {
     #[tokio::test]
     async fn an_unread_body_within_the_limit_is_read_to_its_end() {
         let mut req = chunked_request(vec!["aaaa", "bbbb", "cccc"]);
-        let tap = BodyTap::install(&mut req, 100).expect("a chunked body is tapped");
+        let UnreadBody::Tapped(tap) = BodyTap::install(&mut req, 100) else {
+            panic!("a chunked body is tapped")
+        };
         // The handler reads one piece and gives up.
         let mut seen = req.take_body().into_bytes_stream();
         assert_eq!(seen.next().await.unwrap().unwrap(), "aaaa");
@@ -135,7 +159,9 @@ mod tests {
     #[tokio::test]
     async fn a_body_past_the_limit_is_not_drained() {
         let mut req = chunked_request(vec!["aaaa", "bbbb", "cccc"]);
-        let tap = BodyTap::install(&mut req, 6).unwrap();
+        let UnreadBody::Tapped(tap) = BodyTap::install(&mut req, 6) else {
+            panic!("a chunked body is tapped")
+        };
         let mut seen = req.take_body().into_bytes_stream();
         seen.next().await.unwrap().unwrap();
         seen.next().await.unwrap().unwrap();
@@ -150,17 +176,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn no_body_or_an_oversized_declared_body_is_left_alone() {
+    #[tokio::test]
+    async fn no_body_or_an_oversized_declared_body_is_left_alone() {
         let mut get = Request::builder().finish();
-        assert!(BodyTap::install(&mut get, 100).is_none());
+        let none = BodyTap::install(&mut get, 100);
+        assert!(matches!(none, UnreadBody::None));
+        assert!(
+            none.finish(100).await,
+            "nothing unread: the connection stays open"
+        );
         let mut big = Request::builder()
             .header(header::CONTENT_LENGTH, "101")
             .body("x".repeat(101));
-        assert!(BodyTap::install(&mut big, 100).is_none());
+        let big = BodyTap::install(&mut big, 100);
+        assert!(matches!(big, UnreadBody::TooLarge));
+        assert!(!big.finish(100).await, "left unread: the connection closes");
         let mut fits = Request::builder()
             .header(header::CONTENT_LENGTH, "100")
             .body("x".repeat(100));
-        assert!(BodyTap::install(&mut fits, 100).is_some());
+        let fits = BodyTap::install(&mut fits, 100);
+        assert!(matches!(fits, UnreadBody::Tapped(_)));
+        assert!(fits.finish(100).await, "read to its end by the drain");
     }
 }

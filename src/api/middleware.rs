@@ -91,8 +91,10 @@ impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
                 Err(err) => super::error::render_error(err).await,
             }
         };
-        if let Some(tap) = body_tap {
-            tap.drain(max_body).await;
+        if !body_tap.finish(max_body).await {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
 
         if let Some(algo) = encoding {

@@ -74,12 +74,35 @@ impl std::fmt::Debug for Password {
     }
 }
 
-/// Checks a free-text field: trimmed, bounded, optionally required to be non-empty.
+/// Checks a one-line text field (title, model, display name): trimmed, bounded, optionally
+/// required to be non-empty, and free of control characters (NUL among them, which
+/// PostgreSQL cannot store in text).
 pub fn bounded_text(
     field: &'static str,
     raw: &str,
     max_chars: usize,
     allow_empty: bool,
+) -> Result<String, DomainError> {
+    checked_text(field, raw, max_chars, allow_empty, false)
+}
+
+/// Like [`bounded_text`] for prose that may span lines (a system prompt): line breaks and
+/// tabs are allowed, other control characters are not.
+pub fn bounded_prose(
+    field: &'static str,
+    raw: &str,
+    max_chars: usize,
+    allow_empty: bool,
+) -> Result<String, DomainError> {
+    checked_text(field, raw, max_chars, allow_empty, true)
+}
+
+fn checked_text(
+    field: &'static str,
+    raw: &str,
+    max_chars: usize,
+    allow_empty: bool,
+    multiline: bool,
 ) -> Result<String, DomainError> {
     let value = raw.trim();
     if !allow_empty && value.is_empty() {
@@ -91,7 +114,33 @@ pub fn bounded_text(
             format!("must be at most {max_chars} characters"),
         ));
     }
+    reject_control_characters(field, value, multiline)?;
     Ok(value.to_string())
+}
+
+/// Control characters have no place in stored text: NUL breaks PostgreSQL, the rest break
+/// terminals and logs. Prose keeps its line breaks (`\n`, `\r`) and tabs.
+fn reject_control_characters(
+    field: &'static str,
+    value: &str,
+    multiline: bool,
+) -> Result<(), DomainError> {
+    let allowed = |c: char| multiline && matches!(c, '\n' | '\r' | '\t');
+    match value.chars().find(|c| c.is_control() && !allowed(*c)) {
+        Some(c) => Err(invalid(
+            field,
+            format!(
+                "must not contain control characters (found U+{:04X}){}",
+                c as u32,
+                if multiline {
+                    "; line breaks and tabs are allowed"
+                } else {
+                    ""
+                }
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 pub const MAX_TITLE_CHARS: usize = 200;
@@ -114,10 +163,60 @@ impl MessageText {
                 format!("must be at most {max_chars} characters"),
             ));
         }
+        reject_control_characters(field, raw, true)?;
         Ok(Self(raw.to_string()))
     }
     pub fn into_inner(self) -> String {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod control_character_tests {
+    use super::*;
+
+    fn field_of(err: DomainError) -> &'static str {
+        match err {
+            DomainError::Invalid { field, .. } => field,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_line_fields_refuse_every_control_character() {
+        for bad in [
+            "a\u{0}b",
+            "a\nb",
+            "a\tb",
+            "a\u{1b}[31mb",
+            "a\u{7f}b",
+            "a\u{85}b",
+        ] {
+            let err = bounded_text("title", bad, 100, false).unwrap_err();
+            assert_eq!(field_of(err), "title", "{bad:?}");
+        }
+        assert_eq!(bounded_text("title", " ok ", 100, false).unwrap(), "ok");
+    }
+
+    #[test]
+    fn prose_keeps_line_breaks_and_tabs_but_not_nul() {
+        let text = "line one\r\n\tline two";
+        assert_eq!(
+            bounded_prose("systemPrompt", text, 100, true).unwrap(),
+            text
+        );
+        assert_eq!(
+            MessageText::parse("message", text, 100)
+                .unwrap()
+                .into_inner(),
+            text
+        );
+        for bad in ["a\u{0}b", "a\u{1b}b", "a\u{8}b"] {
+            let err = bounded_prose("systemPrompt", bad, 100, true).unwrap_err();
+            assert_eq!(field_of(err), "systemPrompt");
+            let err = MessageText::parse("message", bad, 100).unwrap_err();
+            assert_eq!(field_of(err), "message");
+        }
     }
 }
 

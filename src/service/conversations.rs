@@ -8,7 +8,8 @@ use super::{ServiceError, ServiceResult};
 use crate::domain::commands;
 use crate::domain::events::{ConversationCreated, ConversationUpdated, RecordedEvent};
 use crate::domain::inputs::{
-    bounded_text, MessageText, MAX_MODEL_CHARS, MAX_SYSTEM_PROMPT_CHARS, MAX_TITLE_CHARS,
+    bounded_prose, bounded_text, MessageText, MAX_MODEL_CHARS, MAX_SYSTEM_PROMPT_CHARS,
+    MAX_TITLE_CHARS,
 };
 use crate::domain::projection::{replay, ConversationRecord, MessageRecord};
 use crate::store::{ConversationPage, Load, Store};
@@ -39,7 +40,7 @@ impl ConversationFields {
                 .transpose()?,
             system_prompt: self
                 .system_prompt
-                .map(|p| bounded_text("systemPrompt", &p, MAX_SYSTEM_PROMPT_CHARS, true))
+                .map(|p| bounded_prose("systemPrompt", &p, MAX_SYSTEM_PROMPT_CHARS, true))
                 .transpose()?,
             model: self
                 .model

@@ -606,3 +606,238 @@ backend_test!(
         ws.expect_type("pong").await;
     }
 );
+
+// ---------------------------------------------------------------------------------------
+// Every string field, systematically: the values that broke PostgreSQL and friends.
+
+/// Raw JSON values put in place of each string field, one at a time.
+fn nasty_strings() -> Vec<(&'static str, String)> {
+    vec![
+        ("NUL", r#""a\u0000b""#.to_string()),
+        ("raw NUL byte", "\"a\u{0}b\"".to_string()),
+        ("escape sequence", r#""a\u001b[31mb""#.to_string()),
+        ("lone leading surrogate", r#""a\ud800b""#.to_string()),
+        ("lone trailing surrogate", r#""\udc00""#.to_string()),
+        ("reversed surrogate pair", r#""\udfff\ud800""#.to_string()),
+        // Under the body limit, over every field's own limit.
+        ("900 KiB string", format!("\"{}\"", "w".repeat(900 * 1024))),
+        // Over the body limit: 413.
+        ("1 MiB string", format!("\"{}\"", "w".repeat(1024 * 1024))),
+        (
+            "10,000-deep array",
+            format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)),
+        ),
+        (
+            "10,000-deep object",
+            format!("{}1{}", r#"{"a":"#.repeat(10_000), "}".repeat(10_000)),
+        ),
+    ]
+}
+
+/// (method, path, token, a valid body, the fields that are stored and must be refused with a
+/// 400 naming them when they hold a control character)
+type SweepTarget<'a> = (
+    Method,
+    String,
+    Option<&'a str>,
+    Value,
+    &'static [&'static str],
+);
+
+/// `valid` with the value of `field` replaced by raw JSON text.
+fn with_field(valid: &Value, field: &str, raw: &str) -> String {
+    let fields = valid.as_object().expect("an object template");
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| {
+            let value = if k == field {
+                raw.to_string()
+            } else {
+                v.to_string()
+            };
+            format!("{}:{value}", serde_json::to_string(k).unwrap())
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+backend_test!(
+    every_string_field_refuses_nul_surrogates_huge_and_nested_values_with_a_4xx,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(
+            backend,
+            &[("DEMO_DELAY_MS", "0"), ("CHAT_RATE_PER_MINUTE", "100000")],
+        )
+        .await
+        else {
+            return;
+        };
+        let admin = app.register_user(&unique_email()).await; // the first user is admin
+        let user = app.register_user(&unique_email()).await;
+        let spare = app.login(&user.email).await;
+        let conversation = app.create_conversation(&user.access, "sweep").await;
+        let cid = str_field(&conversation, "id");
+        let (mid, _) = app.add_exchange(&user.id, &cid, "question", "answer").await;
+
+        let targets: Vec<SweepTarget> = vec![
+            (Method::POST, "/api/auth/register".into(), None,
+             json!({"email": "sweep@example.com", "password": "long-enough-password", "displayName": "Sweep"}),
+             &["displayName"]),
+            (Method::POST, "/api/auth/login".into(), None,
+             json!({"email": "nobody@example.com", "password": "whatever-password"}), &[]),
+            (Method::POST, "/api/auth/refresh".into(), None, json!({"refreshToken": spare.refresh}), &[]),
+            (Method::POST, "/api/auth/logout".into(), Some(&spare.access),
+             json!({"refreshToken": spare.refresh}), &[]),
+            (Method::POST, "/api/conversations".into(), Some(&user.access),
+             json!({"title": "t", "systemPrompt": "s", "model": "m"}), &["title", "systemPrompt", "model"]),
+            (Method::PATCH, format!("/api/conversations/{cid}"), Some(&user.access),
+             json!({"title": "t2", "systemPrompt": "s2", "model": "m2"}), &["title", "systemPrompt", "model"]),
+            (Method::PATCH, format!("/api/conversations/{cid}/messages/{mid}"), Some(&user.access),
+             json!({"content": "edited"}), &["content"]),
+            (Method::PATCH, format!("/api/admin/users/{}", user.id), Some(&admin.access),
+             json!({"role": "user", "disabled": false}), &[]),
+            (Method::POST, "/api/chat".into(), Some(&user.access),
+             json!({"message": "hello", "conversationId": cid, "model": "m"}), &["message", "model"]),
+        ];
+
+        let mut failures = Vec::new();
+        let mut cases = 0;
+        for (method, path, token, valid, stored) in &targets {
+            for field in valid.as_object().unwrap().keys() {
+                for (name, raw) in nasty_strings() {
+                    cases += 1;
+                    let body = with_field(valid, field, &raw);
+                    let mut req = app
+                        .client
+                        .request(method.clone(), app.url(path))
+                        .header("content-type", "application/json");
+                    if let Some(token) = token {
+                        req = req.bearer_auth(token);
+                    }
+                    let what = format!("{method} {path} `{field}` = {name}");
+                    let resp = match req.body(body.clone()).send().await {
+                        Ok(resp) => resp,
+                        Err(e) if body.len() > MAX_BODY_BYTES => {
+                            // Refused mid-upload; the server answered 413 before reading it all.
+                            eprintln!("{what}: cut off while uploading ({e})");
+                            continue;
+                        }
+                        Err(e) => {
+                            failures.push(format!("{what}: no answer: {e}"));
+                            continue;
+                        }
+                    };
+                    let status = resp.status();
+                    if let Some(failure) = check(resp, &what).await {
+                        failures.push(failure);
+                        continue;
+                    }
+                    if status.is_success() {
+                        failures.push(format!("{what}: accepted with {status}"));
+                        continue;
+                    }
+                    let control = matches!(name, "NUL" | "raw NUL byte" | "escape sequence");
+                    if control && stored.contains(&field.as_str()) && status != StatusCode::BAD_REQUEST {
+                        failures.push(format!("{what}: {status}, expected 400 naming the field"));
+                    }
+                }
+            }
+        }
+        // The stored fields name themselves in the 400.
+        for (path, body, field) in [
+            (format!("/api/conversations/{cid}"), json!({"title": "a\u{0}b"}), "title"),
+            (format!("/api/conversations/{cid}"), json!({"systemPrompt": "a\u{0}b"}), "systemPrompt"),
+        ] {
+            let resp = app.patch(&path, Some(&user.access), &body).await;
+            let err = expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+            assert!(err["message"].as_str().unwrap().starts_with(field), "{err}");
+        }
+        let resp = app
+            .post(
+                "/api/auth/register",
+                None,
+                &json!({"email": unique_email(), "password": PASSWORD, "displayName": "a\u{0}b"}),
+            )
+            .await;
+        let err = expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+        assert!(err["message"].as_str().unwrap().starts_with("displayName"), "{err}");
+
+        assert!(
+            failures.is_empty(),
+            "{} of {cases} cases broke a property:\n{}",
+            failures.len(),
+            failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        );
+        // Nothing got in: the conversation is as it was.
+        let c = app.get_conversation(&user.access, &cid).await;
+        assert_eq!(c["title"], "sweep");
+        assert_eq!(c["messages"][0]["content"], "question");
+        expect_json(app.get("/api/health", None).await, StatusCode::OK).await;
+    }
+);
+
+backend_test!(
+    every_string_field_of_every_frame_refuses_nul_surrogates_and_nesting,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let conversation = app.create_conversation(&user.access, "frames").await;
+        let cid = str_field(&conversation, "id");
+        let (mid, _) = app.add_exchange(&user.id, &cid, "question", "answer").await;
+        let mut ws = WsClient::authed(&app.address, &user.access).await;
+        let templates = [
+            json!({"type": "join_conversation", "conversationId": cid}),
+            json!({"type": "leave_conversation", "conversationId": cid}),
+            json!({"type": "stream_chat", "message": "hi", "conversationId": cid, "clientMessageId": "c1"}),
+            json!({"type": "cancel_stream", "messageId": mid}),
+            json!({"type": "resume", "conversationId": cid, "afterSeq": 0}),
+            json!({"type": "auth", "token": user.access}),
+        ];
+        let mut failures = Vec::new();
+        for template in &templates {
+            for field in template
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter(|k| *k != "type")
+            {
+                for (name, raw) in nasty_strings() {
+                    // Frames over WS_MAX_FRAME_BYTES close the socket (1009): tested elsewhere.
+                    if raw.len() > 512 * 1024 {
+                        continue;
+                    }
+                    let what = format!("{} `{field}` = {name}", template["type"]);
+                    ws.socket
+                        .send(Message::text(with_field(template, field, &raw)))
+                        .await
+                        .expect("send a frame");
+                    ws.send(json!({"type": "ping"})).await;
+                    let mut replies = Vec::new();
+                    loop {
+                        let Some(reply) = ws.recv().await else {
+                            panic!("{what}: the server closed the socket after {replies:?}");
+                        };
+                        if kind(&reply) == "pong" {
+                            break;
+                        }
+                        replies.push(reply);
+                    }
+                    let errors: Vec<&Value> =
+                        replies.iter().filter(|r| kind(r) == "error").collect();
+                    if errors.len() != 1 {
+                        failures.push(format!("{what}: expected one error frame, got {replies:?}"));
+                    } else if errors[0]["code"] == "UNAUTHORIZED"
+                        || errors[0]["code"] == "INTERNAL_ERROR"
+                    {
+                        failures.push(format!("{what}: {}", errors[0]));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        // Nothing was stored by any of them.
+        let c = app.get_conversation(&user.access, &cid).await;
+        assert_eq!(c["messages"].as_array().unwrap().len(), 2, "{c}");
+        let frames = ws.chat(Some(&cid), "a normal question").await;
+        assert_eq!(frames.complete["status"], "complete", "{}", frames.complete);
+    }
+);
