@@ -88,6 +88,12 @@ pub struct Limits {
     pub ws_ping_interval: Duration,
     /// ...and closed if nothing comes back within this long.
     pub ws_pong_timeout: Duration,
+    /// argon2 computations running at once (each holds 19 MiB and a core).
+    pub password_hash_concurrency: usize,
+    /// How long a login or sign-up waits for a hashing slot before a 503.
+    pub password_hash_wait: Duration,
+    /// Sign-ups per client address (an IPv6 /64 counts as one address) per hour.
+    pub registrations_per_hour: u32,
 }
 
 /// HTTP-level settings: proxies, headers, metrics.
@@ -269,6 +275,14 @@ impl Config {
                 login_window: Duration::from_secs(parse_or(&get, "LOGIN_WINDOW_SECS", 15 * 60)?),
                 ws_ping_interval: millis("WS_PING_INTERVAL_MS", 30_000)?,
                 ws_pong_timeout: millis("WS_PONG_TIMEOUT_MS", 10_000)?,
+                password_hash_concurrency: parse_or::<usize>(
+                    &get,
+                    "PASSWORD_HASH_CONCURRENCY",
+                    crate::service::passwords::PasswordHashing::default_concurrency(),
+                )?
+                .max(1),
+                password_hash_wait: millis("PASSWORD_HASH_WAIT_MS", 5_000)?,
+                registrations_per_hour: parse_or::<u32>(&get, "REGISTRATIONS_PER_HOUR", 30)?.max(1),
             },
             http: HttpConfig {
                 trust_proxy_headers: parse_bool(
@@ -532,6 +546,15 @@ mod tests {
             "LOGIN_WINDOW_SECS" => cfg.limits.login_window.as_secs().to_string(),
             "WS_PING_INTERVAL_MS" => ms(cfg.limits.ws_ping_interval),
             "WS_PONG_TIMEOUT_MS" => ms(cfg.limits.ws_pong_timeout),
+            "PASSWORD_HASH_CONCURRENCY" => {
+                assert_eq!(
+                    cfg.limits.password_hash_concurrency,
+                    2 * std::thread::available_parallelism().unwrap().get()
+                );
+                "twice the cores".into()
+            }
+            "PASSWORD_HASH_WAIT_MS" => ms(cfg.limits.password_hash_wait),
+            "REGISTRATIONS_PER_HOUR" => cfg.limits.registrations_per_hour.to_string(),
             "TRUST_PROXY_HEADERS" => cfg.http.trust_proxy_headers.to_string(),
             "HSTS_MAX_AGE_SECS" => cfg.http.hsts_max_age_secs.to_string(),
             "METRICS_ENABLED" => cfg.http.metrics_enabled.to_string(),

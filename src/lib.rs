@@ -3,6 +3,7 @@
 //! Layers, each a folder, depending downwards only: `api` (HTTP) → `service` (use cases) →
 //! `domain` (pure rules and the event log's vocabulary) and `store` (SeaORM).
 
+pub mod allocator;
 pub mod api;
 pub mod config;
 pub mod domain;

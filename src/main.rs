@@ -18,6 +18,7 @@ Configuration comes from the environment and a .env file; see README.md.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    chat_server::allocator::release_large_blocks();
     let command = std::env::args().nth(1).unwrap_or_else(|| "serve".into());
     if matches!(command.as_str(), "-h" | "--help" | "help") {
         println!("{USAGE}");

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub db_pool_connections: IntGauge,
     pub db_pool_idle: IntGauge,
+    pub limiter_keys: IntGauge,
 }
 
 /// Circuit breaker states as the `chat_upstream_circuit_state` gauge reports them.
@@ -113,6 +114,10 @@ impl Metrics {
             db_pool_idle: register!(IntGauge::new(
                 "chat_db_pool_idle",
                 "Database pool connections idle"
+            )),
+            limiter_keys: register!(IntGauge::new(
+                "chat_limiter_keys",
+                "Keys (users, addresses, e-mails) the rate limiters hold state for"
             )),
             registry,
         }

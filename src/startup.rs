@@ -131,6 +131,7 @@ pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
     };
     tracing::info!(provider = provider.name(), model = %default_model, "LLM provider configured");
     let limits = Arc::new(RateLimits::new(&config.limits, metrics.clone()));
+    forget_idle_limiter_keys(Arc::downgrade(&limits));
     let chat = ChatService::new(
         store.clone(),
         provider,
@@ -150,6 +151,10 @@ pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
             keys,
             config.allow_registration,
             limits.clone(),
+            crate::service::passwords::PasswordHashing::new(
+                config.limits.password_hash_concurrency,
+                config.limits.password_hash_wait,
+            ),
         ),
         conversations: ConversationService::new(store.clone(), config.limits.max_message_chars),
         limits,
@@ -165,6 +170,25 @@ pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
         store,
         started_at: Instant::now(),
     })
+}
+
+/// Every minute, the limiters drop keys that no longer count against anything, so a flood
+/// of distinct e-mails or addresses holds memory only for the length of its window. Ends
+/// with the application.
+fn forget_idle_limiter_keys(limits: std::sync::Weak<RateLimits>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match limits.upgrade() {
+                Some(limits) => {
+                    limits.forget_idle_keys();
+                }
+                None => break,
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

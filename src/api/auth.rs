@@ -36,12 +36,17 @@ impl AuthApi {
     /// 409 `CONFLICT` if the e-mail is taken; 400 for a bad e-mail or a password under 8
     /// characters; 403 when registration is closed (`ALLOW_REGISTRATION=false`).
     #[oai(path = "/register", method = "post", operation_id = "register")]
-    async fn register(&self, body: JsonBody<RegisterRequest>) -> ApiResult<Registered> {
+    async fn register(
+        &self,
+        req: &Request,
+        body: JsonBody<RegisterRequest>,
+    ) -> ApiResult<Registered> {
         let r = body.0;
+        let ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
         let session = self
             .state
             .auth
-            .register(&r.email, r.password, r.display_name)
+            .register(&r.email, r.password, r.display_name, ip)
             .await?;
         Ok(Registered::Created(Json(session.into())))
     }

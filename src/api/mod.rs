@@ -12,6 +12,7 @@ pub mod json;
 pub mod middleware;
 pub mod models;
 pub mod playground;
+pub mod route_labels;
 pub mod security;
 pub mod state;
 pub mod ws;
@@ -96,9 +97,22 @@ pub fn routes(state: AppState) -> impl Endpoint {
 /// security headers, compression, metrics and the access log.
 pub fn with_http_layers<E: Endpoint + 'static>(routes: E, state: AppState) -> impl Endpoint {
     routes
-        .catch_all_error(error::render_error)
+        .catch_all_error(|err: poem::Error| async move {
+            // The matched route's template rides on the error; the metrics label needs it.
+            let pattern = err.data::<poem::PathPattern>().cloned();
+            let mut response = error::render_error(err).await;
+            if let Some(pattern) = pattern {
+                response.set_data(pattern);
+            }
+            response
+        })
         .with(poem::middleware::CatchPanic::new().with_handler(middleware::panic_response))
-        .with(middleware::HttpLayer { state })
+        .with(middleware::HttpLayer {
+            labels: std::sync::Arc::new(route_labels::RouteLabels::from_spec(&spec_json(
+                state.clone(),
+            ))),
+            state,
+        })
 }
 
 /// `GET /metrics`: Prometheus text format (404 when `METRICS_ENABLED=false`).

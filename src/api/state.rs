@@ -35,5 +35,6 @@ impl AppState {
         let (size, idle) = self.store.pool_usage();
         self.metrics.db_pool_connections.set(size as i64);
         self.metrics.db_pool_idle.set(idle as i64);
+        self.limits.forget_idle_keys();
     }
 }

@@ -15,9 +15,12 @@ fn invalid(field: &'static str, message: impl Into<String>) -> DomainError {
 pub struct Email(String);
 
 impl Email {
+    /// The longest address SMTP allows (RFC 5321's path limit, less the angle brackets).
+    pub const MAX_BYTES: usize = 254;
+
     pub fn parse(raw: &str) -> Result<Self, DomainError> {
         let email = raw.trim().to_lowercase();
-        let valid = email.len() <= 254
+        let valid = email.len() <= Self::MAX_BYTES
             && !email.chars().any(|c| c.is_whitespace() || c.is_control())
             && match email.split_once('@') {
                 Some((local, domain)) => {

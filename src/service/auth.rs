@@ -8,6 +8,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::limits::RateLimits;
+use super::passwords::PasswordHashing;
 
 use super::tokens::{TokenKeys, TokenType};
 use super::{passwords, ServiceError, ServiceResult};
@@ -37,6 +38,7 @@ pub struct Session {
 #[derive(Clone)]
 pub struct AuthService {
     limits: Arc<RateLimits>,
+    hashing: PasswordHashing,
     store: Store,
     keys: TokenKeys,
     allow_registration: bool,
@@ -48,9 +50,11 @@ impl AuthService {
         keys: TokenKeys,
         allow_registration: bool,
         limits: Arc<RateLimits>,
+        hashing: PasswordHashing,
     ) -> Self {
         Self {
             limits,
+            hashing,
             store,
             keys,
             allow_registration,
@@ -63,6 +67,7 @@ impl AuthService {
         email: &str,
         password: String,
         display_name: Option<String>,
+        client_ip: Option<IpAddr>,
     ) -> ServiceResult<Session> {
         if !self.allow_registration {
             return Err(ServiceError::Forbidden("registration is closed"));
@@ -73,7 +78,8 @@ impl AuthService {
             .map(|n| bounded_text("displayName", &n, MAX_DISPLAY_NAME_CHARS, true))
             .transpose()?
             .filter(|n| !n.is_empty());
-        let password_hash = passwords::hash(password.expose().to_string()).await?;
+        self.limits.check_registration(client_ip)?;
+        let password_hash = self.hashing.hash(password.expose().to_string()).await?;
         let user = self
             .store
             .create_user(NewUser {
@@ -99,7 +105,15 @@ impl AuthService {
         password: String,
         client_ip: Option<IpAddr>,
     ) -> ServiceResult<Session> {
-        self.limits.check_login(email.trim(), client_ip)?;
+        // An over-long e-mail is refused before it reaches a limiter's key or a hash.
+        if email.len() > Email::MAX_BYTES {
+            return Err(ServiceError::Validation {
+                field: "email",
+                message: format!("must be at most {} bytes", Email::MAX_BYTES),
+            });
+        }
+        let key = email.trim().to_lowercase();
+        let attempt = self.limits.begin_login(&key, client_ip)?;
         // Unknown e-mails still pay for a verification, so timing does not tell them apart.
         let user = match Email::parse(email) {
             Ok(email) => self.store.find_user_by_email(email.as_str()).await?,
@@ -109,15 +123,14 @@ impl AuthService {
             || passwords::dummy_hash().to_string(),
             |u| u.password_hash.clone(),
         );
-        let matches = passwords::verify(password, hash).await?;
+        let matches = self.hashing.verify(password, hash).await?;
         match user {
             Some(user) if matches && !user.disabled => {
+                attempt.succeeded();
                 self.start_session(user, Uuid::now_v7()).await
             }
-            _ => {
-                self.limits.record_login_failure(email.trim(), client_ip)?;
-                Err(ServiceError::Unauthorized(BAD_CREDENTIALS))
-            }
+            // Dropping the attempt counts the failure.
+            _ => Err(ServiceError::Unauthorized(BAD_CREDENTIALS)),
         }
     }
 

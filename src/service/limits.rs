@@ -1,10 +1,10 @@
-//! Abuse limits, on governor's GCRA rate limiters (keyed, lock-free): chat sends per user per
-//! minute, and failed logins per e-mail and per client IP. A client over a limit gets 429
+//! Abuse limits: chat sends per user per minute and sign-ups per client address per hour
+//! (governor's GCRA limiters, keyed), and failed logins per e-mail and per client address in
+//! a sliding window, counted from before the password check. A client over a limit gets 429
 //! `RATE_LIMIT_EXCEEDED` with `Retry-After`.
 
-use std::collections::HashMap;
-use std::hash::Hash;
-use std::net::IpAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,40 +19,38 @@ use crate::metrics::Metrics;
 
 pub struct RateLimits {
     chat: DefaultKeyedRateLimiter<Uuid>,
-    failed_logins_by_email: DefaultKeyedRateLimiter<String>,
-    failed_logins_by_ip: DefaultKeyedRateLimiter<IpAddr>,
-    /// Keys whose failures ran out, until when. governor meters events but cannot be asked
-    /// "would this be allowed" without spending; a blocked key must also stop a *correct*
-    /// password, so the block is remembered here.
-    blocked: Mutex<HashMap<BlockKey, Instant>>,
+    registrations: DefaultKeyedRateLimiter<IpAddr>,
+    logins: LoginAttempts,
     clock: DefaultClock,
     metrics: Arc<Metrics>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum BlockKey {
-    Email(String),
-    Ip(IpAddr),
 }
 
 fn nonzero(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n.max(1)).expect("at least 1")
 }
 
+/// The key an address is limited under: an IPv6 address by its /64 (what one subscriber
+/// usually gets, so hopping addresses within it does not reset the limit), IPv4 as it is.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 impl RateLimits {
     pub fn new(limits: &Limits, metrics: Arc<Metrics>) -> Self {
-        let failures = nonzero(limits.login_max_failures);
-        // `failures` at once, then one more each window/failures: on average the configured
-        // number per window.
-        let refill = (limits.login_window / failures.get()).max(Duration::from_millis(1));
-        let login_quota = Quota::with_period(refill)
-            .expect("non-zero period")
-            .allow_burst(failures);
+        let registrations = Quota::per_hour(nonzero(limits.registrations_per_hour));
         Self {
             chat: RateLimiter::keyed(Quota::per_minute(nonzero(limits.chat_per_minute))),
-            failed_logins_by_email: RateLimiter::keyed(login_quota),
-            failed_logins_by_ip: RateLimiter::keyed(login_quota),
-            blocked: Mutex::new(HashMap::new()),
+            registrations: RateLimiter::keyed(registrations),
+            logins: LoginAttempts::new(limits.login_max_failures.max(1), limits.login_window),
             clock: DefaultClock::default(),
             metrics,
         }
@@ -62,7 +60,7 @@ impl RateLimits {
         self.metrics.rate_limited.with_label_values(&[limit]).inc();
         ServiceError::RateLimited {
             message,
-            retry_after_secs: Some(wait.as_secs_f64().ceil() as u64),
+            retry_after_secs: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
         }
     }
 
@@ -74,59 +72,179 @@ impl RateLimits {
         })
     }
 
-    /// Whether a login from this e-mail and address may be tried at all.
-    pub fn check_login(&self, email: &str, ip: Option<IpAddr>) -> ServiceResult<()> {
-        let now = Instant::now();
-        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        blocked.retain(|_, until| *until > now);
-        let keys =
-            std::iter::once(BlockKey::Email(email.to_lowercase())).chain(ip.map(BlockKey::Ip));
-        let wait = keys
-            .filter_map(|key| blocked.get(&key).map(|until| *until - now))
-            .max();
-        match wait {
-            Some(wait) => {
+    /// One sign-up from this address (before its password is hashed).
+    pub fn check_registration(&self, ip: Option<IpAddr>) -> ServiceResult<()> {
+        let Some(ip) = ip else { return Ok(()) };
+        self.registrations
+            .check_key(&address_key(ip))
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                self.refuse(
+                    "registration",
+                    "too many sign-ups from this address; try again later",
+                    wait,
+                )
+            })
+    }
+
+    /// Starts a login attempt for this (normalised) e-mail and address, before the password
+    /// is checked: the attempt counts as a failure until [`LoginAttempt::succeeded`] says
+    /// otherwise, so parallel guesses cannot outrun the limit.
+    pub fn begin_login(&self, email: &str, ip: Option<IpAddr>) -> ServiceResult<LoginAttempt<'_>> {
+        let keys: Vec<LoginKey> = std::iter::once(LoginKey::Email(email.to_string()))
+            .chain(ip.map(|ip| LoginKey::Address(address_key(ip))))
+            .collect();
+        match self.logins.begin(&keys) {
+            Ok(()) => Ok(LoginAttempt {
+                limits: self,
+                keys,
+                settled: false,
+            }),
+            Err(wait) => {
+                tracing::warn!(
+                    limit = "login",
+                    "failed-login limit reached; refusing the attempt"
+                );
                 Err(self.refuse("login", "too many failed logins; try again later", wait))
             }
-            None => Ok(()),
         }
     }
 
-    /// Counts a failed login; past the limit the e-mail (or address) is blocked for a while.
-    pub fn record_login_failure(&self, email: &str, ip: Option<IpAddr>) -> ServiceResult<()> {
-        let email = email.to_lowercase();
-        let now = self.clock.now();
-        let mut exhausted = Vec::new();
-        if let Err(not_until) = self.failed_logins_by_email.check_key(&email) {
-            exhausted.push((BlockKey::Email(email), not_until.wait_time_from(now)));
+    /// Drops the state of keys that are back to full allowance; returns how many keys
+    /// remain. Run on a timer and when metrics are scraped, so a flood of distinct keys
+    /// costs memory only for as long as it counts.
+    pub fn forget_idle_keys(&self) -> usize {
+        self.chat.retain_recent();
+        self.registrations.retain_recent();
+        self.chat.shrink_to_fit();
+        self.registrations.shrink_to_fit();
+        let login_keys = self.logins.forget_idle();
+        let keys = self.chat.len() + self.registrations.len() + login_keys;
+        self.metrics.limiter_keys.set(keys as i64);
+        keys
+    }
+}
+
+/// A login in progress. Dropped without [`LoginAttempt::succeeded`] (a wrong password, an
+/// error, a client gone mid-check) it counts as a failure.
+pub struct LoginAttempt<'a> {
+    limits: &'a RateLimits,
+    keys: Vec<LoginKey>,
+    settled: bool,
+}
+
+impl LoginAttempt<'_> {
+    pub fn succeeded(mut self) {
+        self.limits.logins.end(&self.keys, false);
+        self.settled = true;
+    }
+}
+
+impl Drop for LoginAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.limits.logins.end(&self.keys, true);
         }
-        if let Some(ip) = ip {
-            if let Err(not_until) = self.failed_logins_by_ip.check_key(&ip) {
-                exhausted.push((BlockKey::Ip(ip), not_until.wait_time_from(now)));
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum LoginKey {
+    Email(String),
+    Address(IpAddr),
+}
+
+#[derive(Default)]
+struct LoginCount {
+    /// When each failure inside the window happened, oldest first.
+    failures: VecDeque<Instant>,
+    /// Attempts whose password check has not finished; they count as failures meanwhile.
+    in_flight: u32,
+}
+
+/// At most `max` failed logins per key within a sliding `window`. An entry lives only while
+/// it has failures inside the window or attempts in flight.
+struct LoginAttempts {
+    max: u32,
+    window: Duration,
+    counts: Mutex<HashMap<LoginKey, LoginCount>>,
+}
+
+impl LoginAttempts {
+    fn new(max: u32, window: Duration) -> Self {
+        Self {
+            max,
+            window,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<LoginKey, LoginCount>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves an attempt on every key, or says how long until one is free.
+    fn begin(&self, keys: &[LoginKey]) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut counts = self.lock();
+        let mut wait = None::<Duration>;
+        for key in keys {
+            let Some(count) = counts.get_mut(key) else {
+                continue;
+            };
+            while count
+                .failures
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= self.window)
+            {
+                count.failures.pop_front();
+            }
+            if count.failures.len() as u32 + count.in_flight >= self.max {
+                // Free when the oldest failure leaves the window (or, if only attempts in
+                // flight fill it, as soon as they finish).
+                let free_in = count.failures.front().map_or(Duration::from_secs(1), |t| {
+                    self.window.saturating_sub(now.duration_since(*t))
+                });
+                wait = Some(wait.map_or(free_in, |w| w.max(free_in)));
             }
         }
-        let Some(longest) = exhausted.iter().map(|(_, wait)| *wait).max() else {
-            return Ok(());
-        };
-        tracing::warn!(
-            limit = "login",
-            "failed-login limit reached; blocking further attempts for a while"
-        );
-        let mut blocked = self.blocked.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, wait) in exhausted {
-            blocked.insert(key, Instant::now() + wait);
+        if let Some(wait) = wait {
+            return Err(wait);
         }
-        Err(self.refuse("login", "too many failed logins; try again later", longest))
+        for key in keys {
+            counts.entry(key.clone()).or_default().in_flight += 1;
+        }
+        Ok(())
     }
 
-    /// Drops the state of keys that are back to full allowance (call now and then).
-    pub fn forget_idle_keys(&self) {
-        fn retain<K: Clone + Hash + Eq>(limiter: &DefaultKeyedRateLimiter<K>) {
-            limiter.retain_recent();
+    fn end(&self, keys: &[LoginKey], failed: bool) {
+        let now = Instant::now();
+        let mut counts = self.lock();
+        for key in keys {
+            let Some(count) = counts.get_mut(key) else {
+                continue;
+            };
+            count.in_flight = count.in_flight.saturating_sub(1);
+            if failed {
+                count.failures.push_back(now);
+            }
+            if count.failures.is_empty() && count.in_flight == 0 {
+                counts.remove(key);
+            }
         }
-        retain(&self.chat);
-        retain(&self.failed_logins_by_email);
-        retain(&self.failed_logins_by_ip);
+    }
+
+    fn forget_idle(&self) -> usize {
+        let now = Instant::now();
+        let mut counts = self.lock();
+        counts.retain(|_, count| {
+            count
+                .failures
+                .retain(|t| now.duration_since(*t) < self.window);
+            count.in_flight > 0 || !count.failures.is_empty()
+        });
+        counts.shrink_to_fit();
+        counts.len()
     }
 }
 
@@ -145,6 +263,9 @@ mod tests {
             login_window: Duration::from_secs(900),
             ws_ping_interval: Duration::from_secs(1),
             ws_pong_timeout: Duration::from_secs(1),
+            password_hash_concurrency: 1,
+            password_hash_wait: Duration::from_secs(1),
+            registrations_per_hour: 3,
         };
         RateLimits::new(&config, Arc::new(Metrics::new()))
     }
@@ -172,25 +293,75 @@ mod tests {
         let l = limits(10, 3);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
-            l.check_login("a@b.co", Some(ip)).unwrap();
-            l.record_login_failure("a@b.co", Some(ip)).unwrap();
+            drop(l.begin_login("a@b.co", Some(ip)).unwrap()); // a failure
         }
         assert!(
-            l.record_login_failure("A@B.co", Some(ip)).is_err(),
-            "the fourth failure is over the limit"
-        );
-        assert!(
-            l.check_login("a@b.co", None).is_err(),
+            l.begin_login("a@b.co", None).is_err(),
             "the e-mail is blocked from anywhere"
         );
         assert!(
-            l.check_login("other@b.co", Some(ip)).is_err(),
+            l.begin_login("other@b.co", Some(ip)).is_err(),
             "the address ran out too"
         );
         let elsewhere: IpAddr = "10.0.0.2".parse().unwrap();
         assert!(
-            l.check_login("other@b.co", Some(elsewhere)).is_ok(),
+            l.begin_login("other@b.co", Some(elsewhere)).is_ok(),
             "another e-mail from another address is fine"
+        );
+    }
+
+    #[test]
+    fn attempts_in_flight_count_before_their_outcome_and_successes_are_refunded() {
+        let l = limits(10, 3);
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        // Three guesses start together, none finished: a fourth may not start.
+        let running: Vec<_> = (0..3)
+            .map(|_| l.begin_login("x@y.co", Some(ip)).unwrap())
+            .collect();
+        assert!(l.begin_login("x@y.co", Some(ip)).is_err());
+        // They all turn out right: nothing is left counted against the keys.
+        for attempt in running {
+            attempt.succeeded();
+        }
+        for _ in 0..3 {
+            l.begin_login("x@y.co", Some(ip)).unwrap().succeeded();
+        }
+        assert_eq!(l.forget_idle_keys(), 0, "no failures, nothing in flight");
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_address_for_sign_ups() {
+        let l = limits(10, 3);
+        for i in 1..=3 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i}").parse().unwrap();
+            l.check_registration(Some(ip)).unwrap();
+        }
+        let same_64: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
+        assert!(l.check_registration(Some(same_64)).is_err());
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        l.check_registration(Some(other_64)).unwrap();
+        let v4: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(address_key(v4), v4);
+    }
+
+    #[test]
+    fn idle_login_keys_are_forgotten_after_the_window() {
+        let attempts = LoginAttempts::new(3, Duration::from_millis(30));
+        for i in 0..1_000 {
+            let key = [LoginKey::Email(format!("flood-{i}@example.com"))];
+            attempts.begin(&key).unwrap();
+            attempts.end(&key, true);
+        }
+        assert_eq!(
+            attempts.forget_idle(),
+            1_000,
+            "failures inside the window count"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(
+            attempts.forget_idle(),
+            0,
+            "all of them idle after the window"
         );
     }
 }

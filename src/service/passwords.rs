@@ -1,7 +1,14 @@
 //! argon2id password hashing with OWASP's recommended parameters (19 MiB, 2 passes, 1 lane).
-//! Hashing is CPU-bound for tens of milliseconds, so it runs on the blocking pool.
+//! Hashing is CPU-bound for tens of milliseconds, so it runs on the blocking pool, a bounded
+//! number at a time.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{ServiceError, ServiceResult};
 use argon2::password_hash::{phc::PasswordHash, PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, Version};
 
@@ -11,29 +18,71 @@ fn hasher() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-pub async fn hash(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        hasher()
-            .hash_password(password.as_bytes())
-            .map(|h| h.to_string())
-            .map_err(|e| anyhow!("hashing password: {e}"))
-    })
-    .await
-    .context("password hashing task")?
+/// Password hashing as a bounded resource. Each argon2 computation holds 19 MiB and a core
+/// for tens of milliseconds, so a burst of sign-ups or guesses must queue for a permit rather
+/// than run at once: at most `concurrency` computations run, the rest wait up to `wait`
+/// and are then refused (503 with `Retry-After`), and memory stays bounded by the permits.
+#[derive(Clone)]
+pub struct PasswordHashing {
+    permits: Arc<Semaphore>,
+    wait: Duration,
 }
 
-/// `false` for a wrong password or an unreadable hash; only a crashed task is an error.
-pub async fn verify(password: String, hash: String) -> anyhow::Result<bool> {
-    tokio::task::spawn_blocking(move || {
-        let Ok(parsed) = PasswordHash::new(&hash) else {
-            return false;
-        };
-        hasher()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
-    .await
-    .context("password verification task")
+/// A refusal: every permit stayed busy for the whole wait.
+const BUSY: &str = "the server is busy; try again shortly";
+
+impl PasswordHashing {
+    pub fn new(concurrency: usize, wait: Duration) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            wait,
+        }
+    }
+
+    /// Twice the cores: enough to keep them busy while a request waits on the database.
+    pub fn default_concurrency() -> usize {
+        2 * std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+
+    async fn permit(&self) -> ServiceResult<OwnedSemaphorePermit> {
+        match tokio::time::timeout(self.wait, self.permits.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ServiceError::Unavailable(BUSY)),
+        }
+    }
+
+    /// The permit travels into the blocking task, so a request dropped mid-hash (the client
+    /// went away) still holds it until the computation really ends.
+    pub async fn hash(&self, password: String) -> ServiceResult<String> {
+        let permit = self.permit().await?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hasher()
+                .hash_password(password.as_bytes())
+                .map(|h| h.to_string())
+                .map_err(|e| anyhow!("hashing password: {e}"))
+        })
+        .await
+        .context("password hashing task")?
+        .map_err(ServiceError::from)
+    }
+
+    /// `false` for a wrong password or an unreadable hash; only a crashed task is an error.
+    pub async fn verify(&self, password: String, hash: String) -> ServiceResult<bool> {
+        let permit = self.permit().await?;
+        let matches = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let Ok(parsed) = PasswordHash::new(&hash) else {
+                return false;
+            };
+            hasher()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .await
+        .context("password verification task")?;
+        Ok(matches)
+    }
 }
 
 /// A valid hash of a random password, verified against when an e-mail is unknown so that
@@ -55,10 +104,56 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
-        let h = hash("correct horse".into()).await.unwrap();
+        let hashing = PasswordHashing::new(2, Duration::from_secs(10));
+        let h = hashing.hash("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert!(verify("correct horse".into(), h.clone()).await.unwrap());
-        assert!(!verify("wrong horse".into(), h).await.unwrap());
-        assert!(!verify("x".into(), "not a hash".into()).await.unwrap());
+        assert!(hashing
+            .verify("correct horse".into(), h.clone())
+            .await
+            .unwrap());
+        assert!(!hashing.verify("wrong horse".into(), h).await.unwrap());
+        assert!(!hashing
+            .verify("x".into(), "not a hash".into())
+            .await
+            .unwrap());
+    }
+
+    #[tokio::test]
+    async fn with_every_permit_busy_past_the_wait_a_hash_is_refused_as_unavailable() {
+        let hashing = PasswordHashing::new(1, Duration::from_millis(50));
+        let held = hashing.permit().await.unwrap();
+        let refused = hashing.hash("correct horse".into()).await;
+        assert!(
+            matches!(refused, Err(ServiceError::Unavailable(_))),
+            "{refused:?}"
+        );
+        drop(held);
+        hashing
+            .hash("correct horse".into())
+            .await
+            .expect("a free permit");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_request_keeps_its_permit_until_the_hash_ends() {
+        let hashing = PasswordHashing::new(1, Duration::from_secs(10));
+        let task = tokio::spawn({
+            let hashing = hashing.clone();
+            async move { hashing.hash("correct horse".into()).await }
+        });
+        // Let it take the permit and start, then abandon it.
+        while hashing.permits.available_permits() == 1 {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        assert_eq!(
+            hashing.permits.available_permits(),
+            0,
+            "the computation still runs and holds its permit"
+        );
+        hashing
+            .hash("then mine".into())
+            .await
+            .expect("freed once it ends");
     }
 }

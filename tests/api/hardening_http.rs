@@ -531,3 +531,80 @@ backend_test!(
         assert_eq!(a.as_array().unwrap().len(), b.as_array().unwrap().len());
     }
 );
+
+/// The number of series (sample lines) in a metrics text.
+fn series(text: &str) -> usize {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .count()
+}
+
+backend_test!(
+    made_up_paths_and_methods_add_no_metric_series,
+    |app: TestApp| async move {
+        // One of each first, so the shared `unmatched` and `OTHER` series exist.
+        app.get("/api/zz-first", None).await;
+        let custom = |name: String| reqwest::Method::from_bytes(name.as_bytes()).unwrap();
+        app.client
+            .request(custom("FOO0".into()), app.url("/api/health"))
+            .send()
+            .await
+            .unwrap();
+        app.client
+            .request(custom("FOO0".into()), app.url("/zz"))
+            .send()
+            .await
+            .unwrap();
+        let before = metrics_text(&app).await;
+
+        for i in 0..1_000 {
+            let resp = match i % 4 {
+                0 => app.get(&format!("/api/zz{i}"), None).await,
+                1 => app.get(&format!("/zz{i}/deeper/{i}"), None).await,
+                2 => app
+                    .client
+                    .request(custom(format!("FOO{i}")), app.url("/api/health"))
+                    .send()
+                    .await
+                    .unwrap(),
+                _ => app
+                    .client
+                    .request(custom(format!("BAR{i}")), app.url(&format!("/api/zz{i}")))
+                    .send()
+                    .await
+                    .unwrap(),
+            };
+            assert!(resp.status().is_client_error(), "{i}: {}", resp.status());
+        }
+        let after = metrics_text(&app).await;
+        // The metrics scrape itself is a known route; compare everything else.
+        let ignore = |text: &str| {
+            text.lines()
+                .filter(|l| !l.contains("route=\"/metrics\""))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(
+            series(&ignore(&after)),
+            series(&ignore(&before)),
+            "1,000 made-up paths and methods grew the metrics:\n{after}"
+        );
+        assert!(
+            !after.contains("zz1"),
+            "a made-up path became a label:\n{after}"
+        );
+        assert!(
+            !after.contains("FOO1"),
+            "a made-up method became a label:\n{after}"
+        );
+        let unmatched = metric(
+            &after,
+            "chat_http_requests_total",
+            &[("method", "GET"), ("route", "unmatched"), ("status", "404")],
+        );
+        assert!(
+            unmatched.is_some_and(|n| n >= 501.0),
+            "{unmatched:?}\n{after}"
+        );
+    }
+);

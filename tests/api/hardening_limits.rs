@@ -13,7 +13,7 @@ use crate::streaming::{kind, streaming_app_with};
 use crate::ws_client::WsClient;
 
 /// Asserts a 429 `RATE_LIMIT_EXCEEDED` with an integer `Retry-After` of at least 1 second.
-async fn expect_rate_limited(resp: reqwest::Response) -> u64 {
+pub async fn expect_rate_limited(resp: reqwest::Response) -> u64 {
     let retry_after = resp
         .headers()
         .get("retry-after")

@@ -4,6 +4,7 @@
 #[macro_use]
 mod helpers;
 
+mod abuse;
 mod admin;
 mod asyncapi;
 mod auth;
