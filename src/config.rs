@@ -101,6 +101,9 @@ pub struct Limits {
 pub struct HttpConfig {
     /// Trust `X-Forwarded-For` and `X-Request-Id` from the peer (set behind a reverse proxy).
     pub trust_proxy_headers: bool,
+    /// The proxies whose `X-Forwarded-For` entries are believed: the client is the
+    /// right-most address in the chain that is not one of them.
+    pub trusted_proxies: Vec<crate::net::IpNetwork>,
     /// `Strict-Transport-Security` max-age; 0 sends no HSTS header (plain HTTP deployments).
     pub hsts_max_age_secs: u64,
     /// Serve Prometheus metrics at `/metrics`.
@@ -290,6 +293,16 @@ impl Config {
                     "TRUST_PROXY_HEADERS",
                     false,
                 )?,
+                trusted_proxies: get("TRUSTED_PROXIES")
+                    .as_deref()
+                    .unwrap_or(crate::net::DEFAULT_TRUSTED_PROXIES)
+                    .split(',')
+                    .filter(|n| !n.trim().is_empty())
+                    .map(|n| {
+                        n.parse()
+                            .map_err(|e| anyhow::anyhow!("TRUSTED_PROXIES: {e}"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
                 hsts_max_age_secs: parse_or(&get, "HSTS_MAX_AGE_SECS", 0)?,
                 metrics_enabled: parse_bool(get("METRICS_ENABLED"), "METRICS_ENABLED", true)?,
             },
@@ -557,6 +570,14 @@ mod tests {
             "REGISTRATIONS_PER_HOUR" => cfg.limits.registrations_per_hour.to_string(),
             "TRUST_PROXY_HEADERS" => cfg.http.trust_proxy_headers.to_string(),
             "HSTS_MAX_AGE_SECS" => cfg.http.hsts_max_age_secs.to_string(),
+            "TRUSTED_PROXIES" => {
+                let parsed: Vec<crate::net::IpNetwork> = crate::net::DEFAULT_TRUSTED_PROXIES
+                    .split(',')
+                    .map(|n| n.parse().unwrap())
+                    .collect();
+                assert_eq!(cfg.http.trusted_proxies, parsed);
+                "loopback and private networks".into()
+            }
             "METRICS_ENABLED" => cfg.http.metrics_enabled.to_string(),
             "SHUTDOWN_GRACE_MS" => ms(cfg.shutdown_grace),
             "LOG_FORMAT" => format!("{:?}", cfg.log_format).to_lowercase(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod domain;
 pub mod llm;
 pub mod metrics;
+pub mod net;
 pub mod realtime;
 pub mod service;
 pub mod startup;

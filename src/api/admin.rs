@@ -29,7 +29,8 @@ impl AdminApi {
     /// Change a user's role or disable them
     ///
     /// A disabled user's tokens stop working on their next request. Admins cannot disable
-    /// or demote themselves.
+    /// or demote themselves (400), and the last active admin cannot be disabled or demoted
+    /// by anyone (409 `CONFLICT`), even by two admins acting at once.
     #[oai(path = "/users/:id", method = "patch", operation_id = "updateUser")]
     async fn update_user(
         &self,

@@ -17,9 +17,10 @@ use super::drain::BodyTap;
 use super::error::ApiError;
 use super::route_labels::RouteLabels;
 use super::state::AppState;
+use crate::config::HttpConfig;
 
-/// The client's address: the peer's, or the first `X-Forwarded-For` hop behind a trusted
-/// proxy. Handlers read it from the request's extensions (login limits use it).
+/// The client's address (see [`client_ip`]). Handlers read it from the request's
+/// extensions (login and sign-up limits use it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientIp(pub Option<IpAddr>);
 
@@ -70,7 +71,7 @@ impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
             })
             .flatten()
             .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
-        let client_ip = client_ip(&req, http.trust_proxy_headers);
+        let client_ip = client_ip(&req, http);
         req.extensions_mut().insert(ClientIp(client_ip));
         req.extensions_mut().insert(RequestId(request_id.clone()));
         let max_body = self.state.config.limits.max_body_bytes;
@@ -169,16 +170,37 @@ fn valid_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-fn client_ip(req: &Request, trust_proxy_headers: bool) -> Option<IpAddr> {
-    if trust_proxy_headers {
-        let forwarded = header_str(req.headers(), "x-forwarded-for")
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok());
-        if forwarded.is_some() {
-            return forwarded;
+/// The client's address. Behind trusted proxies it is the right-most `X-Forwarded-For` entry
+/// that is not a trusted proxy: each proxy appends the address it saw, so entries to the
+/// left of the last untrusted one are whatever the client chose to send.
+fn client_ip(req: &Request, http: &HttpConfig) -> Option<IpAddr> {
+    let peer = req.remote_addr().as_socket_addr().map(|a| a.ip())?;
+    let trusted = |ip: IpAddr| http.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !http.trust_proxy_headers || !trusted(peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for hop in req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+        .rsplit(',')
+    {
+        match hop.trim().parse::<IpAddr>() {
+            Ok(ip) => {
+                client = ip;
+                if !trusted(ip) {
+                    break;
+                }
+            }
+            // Garbage in the chain: the last good hop is as far as it can be believed.
+            Err(_) => break,
         }
     }
-    req.remote_addr().as_socket_addr().map(|a| a.ip())
+    Some(client)
 }
 
 /// Allowed: an origin listed in `CORS_ORIGINS` (`*` allows any), or the server's own origin

@@ -15,7 +15,7 @@ use super::{passwords, ServiceError, ServiceResult};
 use crate::domain::inputs::{bounded_text, Email, Password, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::types::Role;
 use crate::domain::users::UserRecord;
-use crate::store::{NewUser, RotateOutcome, Store, StoreError, UserPatch};
+use crate::store::{NewUser, RotateOutcome, Store, StoreError, UserPatch, UserUpdate};
 
 const BAD_CREDENTIALS: &str = "invalid email or password";
 const BAD_TOKEN: &str = "invalid or expired token";
@@ -234,11 +234,16 @@ impl AuthService {
                 message: "admins cannot disable or demote themselves".into(),
             });
         }
-        let user = self
-            .store
-            .update_user(id, patch)
-            .await?
-            .ok_or(ServiceError::UserNotFound)?;
+        let user = self.store.update_user(id, patch).await?;
+        let user = match user {
+            UserUpdate::Updated(user) => user,
+            UserUpdate::NotFound => return Err(ServiceError::UserNotFound),
+            UserUpdate::LastAdmin => {
+                return Err(ServiceError::Conflict(
+                    "this is the last active admin: promote another user first".into(),
+                ))
+            }
+        };
         tracing::info!(actor = %actor.id, user_id = %user.id, role = %user.role, disabled = user.disabled, "user updated");
         Ok(user)
     }

@@ -108,24 +108,72 @@ impl Store {
         Ok(rows.into_iter().map(user_from_row).collect())
     }
 
-    pub async fn update_user(&self, id: Uuid, patch: UserPatch) -> StoreResult<Option<UserRecord>> {
+    /// Changes a user's role or disabled flag, unless that would leave no active admin.
+    /// Deciding and writing happen under one lock (the table lock on PostgreSQL, the write
+    /// turn on SQLite), so two admins removing each other at once cannot both succeed.
+    pub async fn update_user(&self, id: Uuid, patch: UserPatch) -> StoreResult<UserUpdate> {
         let _turn = self.write_turn().await;
-        let Some(row) = users::Entity::find_by_id(id)
-            .one(&self.db)
-            .await
-            .map_err(StoreError::from_db)?
-        else {
-            return Ok(None);
-        };
-        let mut active: users::ActiveModel = row.into();
-        if let Some(role) = patch.role {
-            active.role = Set(role.as_str().to_string());
+        let txn = self.db.begin().await.map_err(StoreError::from_db)?;
+        match update_user_in(&txn, id, patch).await {
+            Ok(UserUpdate::Updated(user)) => {
+                txn.commit().await.map_err(StoreError::from_db)?;
+                Ok(UserUpdate::Updated(user))
+            }
+            other => {
+                let _ = txn.rollback().await;
+                other
+            }
         }
-        if let Some(disabled) = patch.disabled {
-            active.disabled = Set(disabled);
-        }
-        active.updated_at = Set(super::now());
-        let row = active.update(&self.db).await.map_err(StoreError::from_db)?;
-        Ok(Some(user_from_row(row)))
     }
+}
+
+pub enum UserUpdate {
+    Updated(UserRecord),
+    NotFound,
+    /// The change would leave the server without an active admin.
+    LastAdmin,
+}
+
+async fn update_user_in(
+    txn: &DatabaseTransaction,
+    id: Uuid,
+    patch: UserPatch,
+) -> StoreResult<UserUpdate> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(StoreError::from_db)?;
+    }
+    let Some(row) = users::Entity::find_by_id(id)
+        .one(txn)
+        .await
+        .map_err(StoreError::from_db)?
+    else {
+        return Ok(UserUpdate::NotFound);
+    };
+    let is_active_admin = row.role == Role::Admin.as_str() && !row.disabled;
+    let stays_active_admin = patch.role.map_or(is_active_admin, |r| r == Role::Admin)
+        && !patch.disabled.unwrap_or(row.disabled);
+    if is_active_admin && !stays_active_admin {
+        let other_admins = users::Entity::find()
+            .filter(users::Column::Role.eq(Role::Admin.as_str()))
+            .filter(users::Column::Disabled.eq(false))
+            .filter(users::Column::Id.ne(id))
+            .count(txn)
+            .await
+            .map_err(StoreError::from_db)?;
+        if other_admins == 0 {
+            return Ok(UserUpdate::LastAdmin);
+        }
+    }
+    let mut active: users::ActiveModel = row.into();
+    if let Some(role) = patch.role {
+        active.role = Set(role.as_str().to_string());
+    }
+    if let Some(disabled) = patch.disabled {
+        active.disabled = Set(disabled);
+    }
+    active.updated_at = Set(super::now());
+    let row = active.update(txn).await.map_err(StoreError::from_db)?;
+    Ok(UserUpdate::Updated(user_from_row(row)))
 }

@@ -242,3 +242,78 @@ backend_test!(
         expect_json(resp, StatusCode::OK).await;
     }
 );
+
+backend_test!(
+    the_last_admin_cannot_be_demoted_or_disabled_even_by_two_admins_at_once,
+    |app: TestApp| async move {
+        let (first, second) = admin_and_user(&app).await;
+        for (round, change) in [json!({ "role": "user" }), json!({ "disabled": true })]
+            .into_iter()
+            .cycle()
+            .take(6)
+            .enumerate()
+        {
+            if round == 0 {
+                set_user(&app, &first, &second.id, json!({ "role": "admin" })).await;
+            }
+            // Two admins, each removing the other at the same moment.
+            let (second_path, first_path) = (
+                format!("/api/admin/users/{}", second.id),
+                format!("/api/admin/users/{}", first.id),
+            );
+            let (a, b) = tokio::join!(
+                app.patch(&second_path, Some(&first.access), &change),
+                app.patch(&first_path, Some(&second.access), &change),
+            );
+            let (a, b) = (a.status(), b.status());
+            let mut statuses = vec![a, b];
+            statuses.sort();
+            // One wins; the other finds itself acting on the last admin (409), or no longer
+            // an admin itself (401/403) when the winner got there first.
+            assert_eq!(statuses[0], StatusCode::OK, "round {round}: {statuses:?}");
+            assert!(
+                matches!(
+                    statuses[1],
+                    StatusCode::CONFLICT | StatusCode::FORBIDDEN | StatusCode::UNAUTHORIZED
+                ),
+                "round {round}: {statuses:?}"
+            );
+            let (winner, loser) = if a == StatusCode::OK {
+                (&first, &second)
+            } else {
+                (&second, &first)
+            };
+            let users = as_array(
+                expect_json(
+                    app.get("/api/admin/users", Some(&winner.access)).await,
+                    StatusCode::OK,
+                )
+                .await,
+            );
+            let admins: Vec<_> = users
+                .iter()
+                .filter(|u| u["role"] == "admin" && u["disabled"] == false)
+                .collect();
+            assert_eq!(admins.len(), 1, "round {round}: {users:?}");
+            assert_eq!(admins[0]["id"], winner.user["id"], "round {round}");
+            // The loser is an admin again for the next round.
+            set_user(
+                &app,
+                winner,
+                &loser.id,
+                json!({ "role": "admin", "disabled": false }),
+            )
+            .await;
+        }
+        // And alone, the last admin cannot be removed by anyone.
+        set_user(&app, &first, &second.id, json!({ "role": "user" })).await;
+        let resp = app
+            .patch(
+                &format!("/api/admin/users/{}", first.id),
+                Some(&first.access),
+                &json!({ "role": "user" }),
+            )
+            .await;
+        assert!(resp.status().is_client_error(), "{}", resp.status());
+    }
+);

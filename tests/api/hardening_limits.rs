@@ -678,3 +678,69 @@ backend_test!(
         expect_rate_limited(resp).await;
     }
 );
+
+backend_test!(
+    behind_trusted_proxies_the_client_is_the_right_most_untrusted_address,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(
+            backend,
+            &[
+                ("LOGIN_MAX_FAILURES", "3"),
+                ("LOGIN_WINDOW_SECS", "900"),
+                ("TRUST_PROXY_HEADERS", "true"),
+                ("TRUSTED_PROXIES", "127.0.0.1/32, 10.0.0.0/8"),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        let mut users = Vec::new();
+        for _ in 0..5 {
+            users.push(app.register_user(&unique_email()).await);
+        }
+        // The client 203.0.113.9 forges a new left-most entry each time; its proxies (one in
+        // 10/8, then the loopback peer) append what they saw.
+        for (i, user) in users[..3].iter().enumerate() {
+            let chain = format!("198.51.100.{i}, 203.0.113.9, 10.0.0.5");
+            let resp = login_from(&app, &user.email, "wrong", &chain).await;
+            expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        }
+        let chain = "198.51.100.99, 203.0.113.9, 10.0.0.5";
+        let resp = login_from(&app, &users[3].email, "wrong", chain).await;
+        expect_rate_limited(resp).await;
+        // Another client behind the same proxies is its own address.
+        let resp = login_from(&app, &users[4].email, PASSWORD, "203.0.113.10, 10.0.0.5").await;
+        expect_json(resp, StatusCode::OK).await;
+    }
+);
+
+backend_test!(
+    forwarded_for_from_a_peer_outside_the_trusted_proxies_is_ignored,
+    backend | backend: Backend | async move {
+        // Trust is on, but the peer (127.0.0.1) is not a listed proxy.
+        let Some(app) = spawn_app_with(
+            backend,
+            &[
+                ("LOGIN_MAX_FAILURES", "3"),
+                ("LOGIN_WINDOW_SECS", "900"),
+                ("TRUST_PROXY_HEADERS", "true"),
+                ("TRUSTED_PROXIES", "10.0.0.0/8"),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        let mut users = Vec::new();
+        for _ in 0..4 {
+            users.push(app.register_user(&unique_email()).await);
+        }
+        for (i, user) in users[..3].iter().enumerate() {
+            let resp = login_from(&app, &user.email, "wrong", &format!("203.0.113.{i}")).await;
+            expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        }
+        let resp = login_from(&app, &users[3].email, PASSWORD, "203.0.113.200").await;
+        expect_rate_limited(resp).await;
+    }
+);

@@ -151,7 +151,8 @@ export interface paths {
         /**
          * Change a user's role or disable them
          * @description A disabled user's tokens stop working on their next request. Admins cannot disable
-         *     or demote themselves.
+         *     or demote themselves (400), and the last active admin cannot be disabled or demoted
+         *     by anyone (409 `CONFLICT`), even by two admins acting at once.
          */
         patch: operations["updateUser"];
         trace?: never;
