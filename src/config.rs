@@ -53,6 +53,8 @@ pub struct Config {
     pub openai: OpenAiConfig,
     pub cors_origins: Vec<String>,
     pub allow_registration: bool,
+    /// Who becomes an admin by signing up (see [`AdminBootstrap`]).
+    pub admin_bootstrap: AdminBootstrap,
     pub stream_checkpoint: Duration,
     pub log_format: LogFormat,
     pub upstream: UpstreamConfig,
@@ -68,6 +70,17 @@ pub struct Config {
     pub http: HttpConfig,
     /// How long running streams may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+}
+
+/// How the first admin comes to be. In production the first sign-up does not silently
+/// become admin: the address named by `ADMIN_EMAIL` becomes admin when it registers, or an
+/// operator runs `chat-server create-admin`. Development keeps the first-user rule unless
+/// `ADMIN_EMAIL` is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminBootstrap {
+    FirstUser,
+    Email(String),
+    CommandOnly,
 }
 
 /// Abuse limits. Every one is configurable; the defaults suit a small deployment.
@@ -244,6 +257,18 @@ impl Config {
             },
             cors_origins,
             allow_registration: parse_bool(get("ALLOW_REGISTRATION"), "ALLOW_REGISTRATION", true)?,
+            admin_bootstrap: match get("ADMIN_EMAIL") {
+                Some(email) => AdminBootstrap::Email(
+                    crate::domain::inputs::Email::parse(&email)
+                        .map_err(|_| {
+                            anyhow::anyhow!("ADMIN_EMAIL `{email}` is not an e-mail address")
+                        })?
+                        .as_str()
+                        .to_string(),
+                ),
+                None if app_env == AppEnv::Production => AdminBootstrap::CommandOnly,
+                None => AdminBootstrap::FirstUser,
+            },
             stream_checkpoint: Duration::from_millis(stream_checkpoint_ms),
             log_format: match get("LOG_FORMAT").as_deref() {
                 Some("json") => LogFormat::Json,
@@ -525,6 +550,10 @@ mod tests {
             "ACCESS_TOKEN_TTL_SECS" => cfg.jwt.access_ttl.as_secs().to_string(),
             "REFRESH_TOKEN_TTL_SECS" => cfg.jwt.refresh_ttl.as_secs().to_string(),
             "ALLOW_REGISTRATION" => cfg.allow_registration.to_string(),
+            "ADMIN_EMAIL" => match &cfg.admin_bootstrap {
+                AdminBootstrap::FirstUser => "none".into(),
+                other => format!("{other:?}"),
+            },
             "OPENAI_API_KEY" => match cfg.openai.api_key {
                 None => "none".into(),
                 Some(_) => "a key".into(),

@@ -2,16 +2,21 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use chat_server::config::Config;
 use chat_server::startup::{build_state, Application};
 use chat_server::store::{self, Store};
 use chat_server::{api, telemetry};
 
-const USAGE: &str = "usage: chat-server [serve | migrate | rebuild-projections | openapi]
+const USAGE: &str =
+    "usage: chat-server [serve | migrate | rebuild-projections | create-admin EMAIL | openapi]
 
   serve                 run the HTTP and WebSocket server (the default)
   migrate               apply database migrations and exit
   rebuild-projections   replay every conversation's event log into fresh projections
+  create-admin EMAIL    make EMAIL an active admin with the password in ADMIN_PASSWORD,
+                        creating the account if needed (how production gets its first admin)
   openapi               print the OpenAPI document to stdout
 
 Configuration comes from the environment and a .env file; see README.md.";
@@ -55,6 +60,23 @@ async fn run(command: &str) -> anyhow::Result<()> {
                 events = report.events,
                 "projections rebuilt"
             );
+            Ok(())
+        }
+        "create-admin" => {
+            let email = std::env::args()
+                .nth(2)
+                .context("usage: chat-server create-admin EMAIL (password in ADMIN_PASSWORD)")?;
+            let password = std::env::var("ADMIN_PASSWORD")
+                .context("set ADMIN_PASSWORD to the new admin's password")?;
+            let store = Store::connect(&config.database_url).await?;
+            store.migrate().await?;
+            let state = build_state(&config, store)?;
+            let user = state
+                .auth
+                .create_admin(&email, password)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("{} is an admin (user id {})", user.email, user.id);
             Ok(())
         }
         "openapi" => {

@@ -150,6 +150,7 @@ pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
             store.clone(),
             keys,
             config.allow_registration,
+            config.admin_bootstrap.clone(),
             limits.clone(),
             crate::service::passwords::PasswordHashing::new(
                 config.limits.password_hash_concurrency,

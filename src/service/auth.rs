@@ -12,10 +12,11 @@ use super::passwords::PasswordHashing;
 
 use super::tokens::{TokenKeys, TokenType};
 use super::{passwords, ServiceError, ServiceResult};
+use crate::config::AdminBootstrap;
 use crate::domain::inputs::{bounded_text, Email, Password, MAX_DISPLAY_NAME_CHARS};
 use crate::domain::types::Role;
 use crate::domain::users::UserRecord;
-use crate::store::{NewUser, RotateOutcome, Store, StoreError, UserPatch, UserUpdate};
+use crate::store::{NewRole, NewUser, RotateOutcome, Store, StoreError, UserPatch, UserUpdate};
 
 const BAD_CREDENTIALS: &str = "invalid email or password";
 const BAD_TOKEN: &str = "invalid or expired token";
@@ -42,6 +43,7 @@ pub struct AuthService {
     store: Store,
     keys: TokenKeys,
     allow_registration: bool,
+    admin_bootstrap: AdminBootstrap,
 }
 
 impl AuthService {
@@ -49,12 +51,14 @@ impl AuthService {
         store: Store,
         keys: TokenKeys,
         allow_registration: bool,
+        admin_bootstrap: AdminBootstrap,
         limits: Arc<RateLimits>,
         hashing: PasswordHashing,
     ) -> Self {
         Self {
             limits,
             hashing,
+            admin_bootstrap,
             store,
             keys,
             allow_registration,
@@ -80,13 +84,21 @@ impl AuthService {
             .filter(|n| !n.is_empty());
         self.limits.check_registration(client_ip)?;
         let password_hash = self.hashing.hash(password.expose().to_string()).await?;
+        let role = match &self.admin_bootstrap {
+            AdminBootstrap::FirstUser => NewRole::AdminIfFirst,
+            AdminBootstrap::Email(admin) if admin == email.as_str() => NewRole::Admin,
+            AdminBootstrap::Email(_) | AdminBootstrap::CommandOnly => NewRole::User,
+        };
         let user = self
             .store
-            .create_user(NewUser {
-                email: email.as_str().to_string(),
-                password_hash,
-                display_name,
-            })
+            .create_user(
+                NewUser {
+                    email: email.as_str().to_string(),
+                    password_hash,
+                    display_name,
+                },
+                role,
+            )
             .await
             .map_err(|e| match e {
                 StoreError::UniqueViolation(_) => {
@@ -215,6 +227,41 @@ impl AuthService {
             .find_user(user.id)
             .await?
             .ok_or(ServiceError::Unauthorized(BAD_TOKEN))
+    }
+
+    /// `chat-server create-admin`: makes `email` an active admin with this password,
+    /// creating the account if there is none. For the operator, not the API.
+    pub async fn create_admin(&self, email: &str, password: String) -> ServiceResult<UserRecord> {
+        let email = Email::parse(email)?;
+        let password = Password::parse(password)?;
+        let password_hash = self.hashing.hash(password.expose().to_string()).await?;
+        let user = match self.store.find_user_by_email(email.as_str()).await? {
+            Some(existing) => {
+                self.store
+                    .set_password_hash(existing.id, &password_hash)
+                    .await?;
+                let patch = UserPatch {
+                    role: Some(Role::Admin),
+                    disabled: Some(false),
+                };
+                match self.store.update_user(existing.id, patch).await? {
+                    UserUpdate::Updated(user) => user,
+                    UserUpdate::NotFound | UserUpdate::LastAdmin => {
+                        return Err(ServiceError::UserNotFound)
+                    }
+                }
+            }
+            None => {
+                let new = NewUser {
+                    email: email.as_str().to_string(),
+                    password_hash,
+                    display_name: None,
+                };
+                self.store.create_user(new, NewRole::Admin).await?
+            }
+        };
+        tracing::info!(user_id = %user.id, "admin created by the operator");
+        Ok(user)
     }
 
     pub async fn list_users(&self) -> ServiceResult<Vec<UserRecord>> {

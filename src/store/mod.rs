@@ -19,7 +19,7 @@ pub use conversations::ConversationPage;
 pub use events::{rebuild_projections, Committed, ExecuteError, Load, RebuildReport};
 pub use refresh_tokens::RotateOutcome;
 pub use streams::StoredTurn;
-pub use users::{NewUser, UserPatch, UserUpdate};
+pub use users::{NewRole, NewUser, UserPatch, UserUpdate};
 
 use crate::domain::{events::DecodeError, projection::ApplyError};
 

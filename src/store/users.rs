@@ -18,6 +18,14 @@ pub struct NewUser {
     pub display_name: Option<String>,
 }
 
+/// Which role a new account gets.
+pub enum NewRole {
+    /// `admin` if it is the very first account, else `user` (development's default).
+    AdminIfFirst,
+    Admin,
+    User,
+}
+
 #[derive(Default)]
 pub struct UserPatch {
     pub role: Option<Role>,
@@ -25,14 +33,14 @@ pub struct UserPatch {
 }
 
 impl Store {
-    /// Creates an account; the very first one becomes `admin`. Deciding "first" and
-    /// inserting happen under one lock so two simultaneous first sign-ups cannot both win.
-    pub async fn create_user(&self, new: NewUser) -> StoreResult<UserRecord> {
+    /// Creates an account with the role `role` decides. Deciding "first" and inserting
+    /// happen under one lock so two simultaneous first sign-ups cannot both win.
+    pub async fn create_user(&self, new: NewUser, role: NewRole) -> StoreResult<UserRecord> {
         let _turn = self.write_turn().await;
         let txn = self.db.begin().await.map_err(StoreError::from_db)?;
         // Finish the transaction either way while holding the write turn: a failed insert
         // (a taken e-mail) must not leave its lock for the next writer.
-        match insert_user(&txn, new).await {
+        match insert_user(&txn, new, role).await {
             Ok(user) => {
                 txn.commit().await.map_err(StoreError::from_db)?;
                 Ok(user)
@@ -45,22 +53,31 @@ impl Store {
     }
 }
 
-async fn insert_user(txn: &DatabaseTransaction, new: NewUser) -> StoreResult<UserRecord> {
+async fn insert_user(
+    txn: &DatabaseTransaction,
+    new: NewUser,
+    role: NewRole,
+) -> StoreResult<UserRecord> {
     {
         if txn.get_database_backend() == DbBackend::Postgres {
             txn.execute_unprepared("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE")
                 .await
                 .map_err(StoreError::from_db)?;
         }
-        let role = if users::Entity::find()
-            .count(txn)
-            .await
-            .map_err(StoreError::from_db)?
-            == 0
-        {
-            Role::Admin
-        } else {
-            Role::User
+        let role = match role {
+            NewRole::Admin => Role::Admin,
+            NewRole::User => Role::User,
+            NewRole::AdminIfFirst => {
+                let existing = users::Entity::find()
+                    .count(txn)
+                    .await
+                    .map_err(StoreError::from_db)?;
+                if existing == 0 {
+                    Role::Admin
+                } else {
+                    Role::User
+                }
+            }
         };
         let now = super::now();
         let row = users::ActiveModel {
@@ -96,6 +113,24 @@ impl Store {
             .await
             .map_err(StoreError::from_db)?;
         Ok(row.map(user_from_row))
+    }
+
+    pub async fn set_password_hash(&self, id: Uuid, password_hash: &str) -> StoreResult<()> {
+        let _turn = self.write_turn().await;
+        users::Entity::update_many()
+            .col_expr(
+                users::Column::PasswordHash,
+                sea_orm::sea_query::Expr::value(password_hash),
+            )
+            .col_expr(
+                users::Column::UpdatedAt,
+                sea_orm::sea_query::Expr::value(super::now()),
+            )
+            .filter(users::Column::Id.eq(id))
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(())
     }
 
     pub async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {

@@ -317,3 +317,87 @@ backend_test!(
         assert!(resp.status().is_client_error(), "{}", resp.status());
     }
 );
+
+backend_test!(
+    in_production_the_first_sign_up_is_not_an_admin,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(backend, &[("APP_ENV", "production")]).await else {
+            return;
+        };
+        let first = app.register_user(&unique_email()).await;
+        assert_eq!(first.user["role"], "user");
+        let resp = app.get("/api/admin/users", Some(&first.access)).await;
+        expect_error(resp, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+    }
+);
+
+backend_test!(
+    admin_email_names_the_address_that_becomes_admin,
+    backend | backend: Backend | async move {
+        let boss = unique_email();
+        let Some(app) = spawn_app_with(backend, &[("ADMIN_EMAIL", &boss.to_uppercase())]).await
+        else {
+            return;
+        };
+        // Even in development, with ADMIN_EMAIL set, being first is not enough.
+        let first = app.register_user(&unique_email()).await;
+        assert_eq!(first.user["role"], "user");
+        let admin = app.register_user(&format!("  {boss} ")).await;
+        assert_eq!(admin.user["role"], "admin");
+        let resp = app.get("/api/admin/users", Some(&admin.access)).await;
+        expect_json(resp, StatusCode::OK).await;
+    }
+);
+
+backend_test!(
+    create_admin_makes_the_first_admin_from_the_command_line,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(backend, &[("APP_ENV", "production")]).await else {
+            return;
+        };
+        let existing = app.register_user(&unique_email()).await;
+        assert_eq!(existing.user["role"], "user");
+        let create_admin = |email: String| {
+            let vars = test_env(&app.database_url, &app.data_dir, &[("APP_ENV", "production")]);
+            async move {
+                tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+                    .args(["create-admin", &email])
+                    .env_clear()
+                    .envs(&vars)
+                    .env("ADMIN_PASSWORD", "operator-chosen-password")
+                    .env("RUST_LOG", "warn")
+                    .output()
+                    .await
+                    .expect("run chat-server create-admin")
+            }
+        };
+        // A new account...
+        let fresh = unique_email();
+        let out = create_admin(fresh.clone()).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let resp = app
+            .post(
+                "/api/auth/login",
+                None,
+                &json!({"email": fresh, "password": "operator-chosen-password"}),
+            )
+            .await;
+        let session = expect_json(resp, StatusCode::OK).await;
+        assert_eq!(session["user"]["role"], "admin");
+        // ...or an existing one, promoted, with the operator's password.
+        let out = create_admin(existing.email.clone()).await;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let resp = app
+            .post(
+                "/api/auth/login",
+                None,
+                &json!({"email": existing.email, "password": "operator-chosen-password"}),
+            )
+            .await;
+        assert_eq!(expect_json(resp, StatusCode::OK).await["user"]["role"], "admin");
+        // A bad e-mail is refused with a message, not a panic.
+        let out = create_admin("not-an-email".into()).await;
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("email"), "{out:?}");
+    }
+);

@@ -33,7 +33,10 @@ export interface paths {
         /**
          * Create an account
          * @description 409 `CONFLICT` if the e-mail is taken; 400 for a bad e-mail or a password under 8
-         *     characters; 403 when registration is closed (`ALLOW_REGISTRATION=false`).
+         *     characters; 403 when registration is closed (`ALLOW_REGISTRATION=false`); 429 past
+         *     `REGISTRATIONS_PER_HOUR` from one address; 503 with `Retry-After` when no password
+         *     hashing slot frees up within `PASSWORD_HASH_WAIT_MS`. In development the first account
+         *     becomes `admin`; in production only the address named by `ADMIN_EMAIL` does.
          */
         post: operations["register"];
         delete?: never;
@@ -54,7 +57,9 @@ export interface paths {
         /**
          * Sign in
          * @description An unknown e-mail and a wrong password get the same 401. Too many failures for one
-         *     e-mail or from one address (`LOGIN_MAX_FAILURES` per `LOGIN_WINDOW_SECS`) get 429.
+         *     e-mail or from one address (`LOGIN_MAX_FAILURES` per `LOGIN_WINDOW_SECS`, counted
+         *     from before the password check) get 429; an e-mail over 254 bytes is 400; 503 with
+         *     `Retry-After` when no password hashing slot frees up in time.
          */
         post: operations["login"];
         delete?: never;
