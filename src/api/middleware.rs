@@ -3,6 +3,7 @@
 //! the contract's JSON body by the time they get here (`error::render_error`).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use poem::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -10,8 +11,6 @@ use poem::web::{Compress, CompressionAlgo};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use tracing::Instrument;
 use uuid::Uuid;
-
-use std::sync::Arc;
 
 use super::drain::BodyTap;
 use super::error::ApiError;
@@ -98,6 +97,8 @@ impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
                 Err(err) => super::error::render_error(err).await,
             }
         };
+        // The matched route, for the metrics label.
+        let pattern = response.data::<poem::PathPattern>().cloned();
         if !body_tap.finish(max_body).await {
             response
                 .headers_mut()
@@ -126,9 +127,7 @@ impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
         security_headers(headers, &path, http.hsts_max_age_secs);
 
         let elapsed = started.elapsed();
-        let route = self
-            .labels
-            .label(response.data::<poem::PathPattern>(), status);
+        let route = self.labels.label(pattern.as_ref(), status);
         self.state
             .metrics
             .observe_http(&route, method_label(&method), status.as_u16(), elapsed);

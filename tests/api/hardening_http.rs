@@ -608,3 +608,36 @@ backend_test!(
         );
     }
 );
+
+backend_test!(
+    compressed_answers_keep_their_route_label,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let c = app
+            .create_conversation(&user.access, "a title long enough")
+            .await;
+        let id = str_field(&c, "id");
+        app.add_user_messages(&user.id, &id, 40).await; // a body well over 1 KiB
+        let resp = app
+            .client
+            .get(app.url(&format!("/api/conversations/{id}")))
+            .bearer_auth(&user.access)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(header(&resp, "content-encoding").as_deref(), Some("gzip"));
+        let text = metrics_text(&app).await;
+        let labels = [
+            ("method", "GET"),
+            ("route", "/api/conversations/{id}"),
+            ("status", "200"),
+        ];
+        assert_eq!(
+            metric(&text, "chat_http_requests_total", &labels),
+            Some(1.0),
+            "{text}"
+        );
+    }
+);
