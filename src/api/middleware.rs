@@ -178,16 +178,16 @@ fn client_ip(req: &Request, http: &HttpConfig) -> Option<IpAddr> {
     if !http.trust_proxy_headers || !trusted(peer) {
         return Some(peer);
     }
-    let mut client = peer;
-    for hop in req
+    // Right to left: the last header line's last entry first.
+    let hops = req
         .headers()
         .get_all("x-forwarded-for")
         .iter()
+        .rev()
         .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",")
-        .rsplit(',')
-    {
+        .flat_map(|v| v.rsplit(','));
+    let mut client = peer;
+    for hop in hops {
         match hop.trim().parse::<IpAddr>() {
             Ok(ip) => {
                 client = ip;

@@ -51,27 +51,38 @@ impl PasswordHashing {
         }
     }
 
-    /// The permit travels into the blocking task, so a request dropped mid-hash (the client
-    /// went away) still holds it until the computation really ends.
-    pub async fn hash(&self, password: String) -> ServiceResult<String> {
+    /// Runs one argon2 computation on the blocking pool once a permit is free. The permit
+    /// travels into the blocking task, so a request dropped mid-hash (the client went away)
+    /// still holds it until the computation really ends.
+    async fn compute<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> ServiceResult<T> {
         let permit = self.permit().await?;
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            work()
+        })
+        .await
+        .context(what)?;
+        Ok(result)
+    }
+
+    pub async fn hash(&self, password: String) -> ServiceResult<String> {
+        self.compute("password hashing task", move || {
             hasher()
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
                 .map_err(|e| anyhow!("hashing password: {e}"))
         })
-        .await
-        .context("password hashing task")?
+        .await?
         .map_err(ServiceError::from)
     }
 
     /// `false` for a wrong password or an unreadable hash; only a crashed task is an error.
     pub async fn verify(&self, password: String, hash: String) -> ServiceResult<bool> {
-        let permit = self.permit().await?;
-        let matches = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+        self.compute("password verification task", move || {
             let Ok(parsed) = PasswordHash::new(&hash) else {
                 return false;
             };
@@ -80,8 +91,6 @@ impl PasswordHashing {
                 .is_ok()
         })
         .await
-        .context("password verification task")?;
-        Ok(matches)
     }
 }
 

@@ -450,10 +450,7 @@ backend_test!(
         let Some(app) = spawn_app_with(backend, LOGIN_ENV).await else {
             return;
         };
-        let mut users = Vec::new();
-        for _ in 0..5 {
-            users.push(app.register_user(&unique_email()).await);
-        }
+        let users = app.register_users(5).await;
         // A sprayer: one address, a new e-mail each time.
         for user in &users[..3] {
             let resp = login_from(&app, &user.email, "wrong", "10.3.0.1").await;
@@ -663,10 +660,7 @@ backend_test!(
         else {
             return;
         };
-        let mut users = Vec::new();
-        for _ in 0..5 {
-            users.push(app.register_user(&unique_email()).await);
-        }
+        let users = app.register_users(5).await;
         // A sprayer that forges a new address on every try, and a new e-mail each time.
         for (i, user) in users[..3].iter().enumerate() {
             let resp = login_from(&app, &user.email, "wrong", &format!("10.9.0.{i}")).await;
@@ -695,10 +689,7 @@ backend_test!(
         else {
             return;
         };
-        let mut users = Vec::new();
-        for _ in 0..5 {
-            users.push(app.register_user(&unique_email()).await);
-        }
+        let users = app.register_users(5).await;
         // The client 203.0.113.9 forges a new left-most entry each time; its proxies (one in
         // 10/8, then the loopback peer) append what they saw.
         for (i, user) in users[..3].iter().enumerate() {
@@ -732,10 +723,7 @@ backend_test!(
         else {
             return;
         };
-        let mut users = Vec::new();
-        for _ in 0..4 {
-            users.push(app.register_user(&unique_email()).await);
-        }
+        let users = app.register_users(4).await;
         for (i, user) in users[..3].iter().enumerate() {
             let resp = login_from(&app, &user.email, "wrong", &format!("203.0.113.{i}")).await;
             expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;

@@ -237,6 +237,15 @@ impl TestApp {
         test_user(body)
     }
 
+    /// `count` users, registered one after another with fresh e-mails.
+    pub async fn register_users(&self, count: usize) -> Vec<TestUser> {
+        let mut users = Vec::with_capacity(count);
+        for _ in 0..count {
+            users.push(self.register_user(&unique_email()).await);
+        }
+        users
+    }
+
     /// `POST /api/auth/login` with [`PASSWORD`]; panics unless the answer is 200.
     pub async fn login(&self, email: &str) -> TestUser {
         let resp = self

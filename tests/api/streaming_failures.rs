@@ -127,10 +127,7 @@ backend_test!(
         let Some((app, mock)) = streaming_app_with(backend, 2, &limit).await else { return };
         const USERS: usize = 10;
         const SOCKETS: usize = 5;
-        let mut users = Vec::new();
-        for _ in 0..USERS {
-            users.push(app.register_user(&unique_email()).await);
-        }
+        let users = app.register_users(USERS).await;
 
         let began = Instant::now();
         let mut tasks = Vec::new();
