@@ -18,6 +18,7 @@ use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
 use crate::service::limits::RateLimits;
+use crate::service::sessions::LiveSessions;
 use crate::service::tokens::TokenKeys;
 use crate::store::Store;
 
@@ -141,6 +142,7 @@ pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
         limits.clone(),
         config.limits.max_message_chars,
     );
+    let sessions = LiveSessions::new(config.limits.ws_max_connections_per_user, metrics.clone());
     let bus: Arc<dyn RoomBus> = Arc::new(LocalRoomBus::new(config.ws_send_queue_frames));
     Ok(AppState {
         config: Arc::new(config.clone()),
@@ -156,10 +158,11 @@ pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
                 config.limits.password_hash_concurrency,
                 config.limits.password_hash_wait,
             ),
+            sessions.clone(),
         ),
         conversations: ConversationService::new(store.clone(), config.limits.max_message_chars),
         limits,
-        ws_connections: Default::default(),
+        sessions,
         hub: StreamHub::new(
             chat.clone(),
             bus,

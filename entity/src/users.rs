@@ -12,6 +12,8 @@ pub struct Model {
     pub display_name: Option<String>,
     pub role: String,
     pub disabled: bool,
+    /// Bumped to end every session at once; tokens carry the value they were issued under.
+    pub session_generation: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::error::ApiResult;
 use super::json::JsonBody;
-use super::models::{UpdateUserRequest, User};
+use super::models::{ResetPasswordRequest, UpdateUserRequest, User};
 use super::security::BearerAuth;
 use super::state::AppState;
 use super::Tags;
@@ -28,7 +28,8 @@ impl AdminApi {
 
     /// Change a user's role or disable them
     ///
-    /// A disabled user's tokens stop working on their next request. Admins cannot disable
+    /// A disabled user's tokens stop working on their next request, and their open
+    /// WebSockets are closed at once (code 4401). Admins cannot disable
     /// or demote themselves (400), and the last active admin cannot be disabled or demoted
     /// by anyone (409 `CONFLICT`), even by two admins acting at once.
     #[oai(path = "/users/:id", method = "patch", operation_id = "updateUser")]
@@ -51,4 +52,34 @@ impl AdminApi {
                 .into(),
         ))
     }
+
+    /// Set a user's password
+    ///
+    /// Every session of that user ends: refresh tokens revoked, access tokens refused,
+    /// WebSockets closed with code 4401. 404 `USER_NOT_FOUND` for an unknown id.
+    #[oai(
+        path = "/users/:id/password",
+        method = "post",
+        operation_id = "resetUserPassword"
+    )]
+    async fn reset_password(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        body: JsonBody<ResetPasswordRequest>,
+    ) -> ApiResult<PasswordReset> {
+        let admin = auth.require(Role::Admin)?;
+        self.state
+            .auth
+            .reset_password(admin, id.0, body.0.password)
+            .await?;
+        Ok(PasswordReset::NoContent)
+    }
+}
+
+#[derive(poem_openapi::ApiResponse)]
+pub enum PasswordReset {
+    /// The new password is set and every session of the user has ended.
+    #[oai(status = 204)]
+    NoContent,
 }

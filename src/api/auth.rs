@@ -1,11 +1,14 @@
-//! `/api/auth/*`: register, login, refresh, logout, me.
+//! `/api/auth/*`: register, login, refresh, logout (one sign-in or all), password change, me.
 
 use poem_openapi::{payload::Json, ApiResponse, OpenApi};
 
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::middleware::ClientIp;
-use super::models::{AuthTokens, LoginRequest, RefreshRequest, RegisterRequest, User};
+use super::models::{
+    AuthTokens, ChangePasswordRequest, LoginRequest, LogoutRequest, RefreshRequest,
+    RegisterRequest, User,
+};
 use super::security::BearerAuth;
 use super::state::AppState;
 use super::Tags;
@@ -24,7 +27,7 @@ pub enum Registered {
 
 #[derive(ApiResponse)]
 pub enum LoggedOut {
-    /// The refresh token no longer works.
+    /// The sign-in (or, with `all`, every session) has ended.
     #[oai(status = 204)]
     NoContent,
 }
@@ -85,18 +88,58 @@ impl AuthApi {
         Ok(Json(session.into()))
     }
 
-    /// Sign out: revoke a refresh token
+    /// Sign out
+    ///
+    /// With `refreshToken`: that sign-in ends; its refresh token stops working and the
+    /// WebSockets opened with its access tokens are closed with code 4401. With `all: true`:
+    /// every session of the caller ends: all refresh tokens are revoked, every access token
+    /// issued so far is refused and every open WebSocket of theirs is closed with 4401.
     #[oai(path = "/logout", method = "post", operation_id = "logout")]
     async fn logout(
         &self,
         auth: BearerAuth,
-        body: JsonBody<RefreshRequest>,
+        body: JsonBody<LogoutRequest>,
     ) -> ApiResult<LoggedOut> {
-        self.state
-            .auth
-            .logout(auth.user(), &body.0.refresh_token)
-            .await?;
+        match body.0 {
+            LogoutRequest {
+                all: Some(true), ..
+            } => self.state.auth.logout_everywhere(auth.user()).await?,
+            LogoutRequest {
+                refresh_token: Some(token),
+                ..
+            } => self.state.auth.logout(auth.user(), &token).await?,
+            _ => {
+                return Err(ApiError::validation(
+                    "refreshToken",
+                    "give the refresh token to sign out, or `all: true`",
+                ))
+            }
+        }
         Ok(LoggedOut::NoContent)
+    }
+
+    /// Change the password
+    ///
+    /// Needs the current password (400 `VALIDATION_ERROR` naming `currentPassword` when it
+    /// is wrong; wrong guesses count as failed logins, 429 past the limit). Every other
+    /// session of the caller ends (refresh tokens revoked, access tokens refused, WebSockets
+    /// closed with 4401); the caller's own sign-in goes on with the tokens returned, and its
+    /// open WebSockets stay open.
+    #[oai(path = "/password", method = "post", operation_id = "changePassword")]
+    async fn change_password(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        body: JsonBody<ChangePasswordRequest>,
+    ) -> ApiResult<Json<AuthTokens>> {
+        let ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
+        let r = body.0;
+        let session = self
+            .state
+            .auth
+            .change_password(auth.session(), r.current_password, r.new_password, ip)
+            .await?;
+        Ok(Json(session.into()))
     }
 
     /// The signed-in user

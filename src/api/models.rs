@@ -134,6 +134,35 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
+/// Either the refresh token of the sign-in to end, or `all: true` to end every session of
+/// the caller.
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct LogoutRequest {
+    pub refresh_token: Option<String>,
+    /// Revoke every refresh token of the caller, refuse every access token issued so far
+    /// and close every open WebSocket of theirs (code 4401).
+    pub all: Option<bool>,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct ChangePasswordRequest {
+    pub current_password: String,
+    /// At least 8 characters, at most 1,024 bytes.
+    pub new_password: String,
+}
+
+#[derive(Debug, Object, Deserialize)]
+#[oai(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct ResetPasswordRequest {
+    /// At least 8 characters, at most 1,024 bytes.
+    pub password: String,
+}
+
 #[derive(Debug, Object, Deserialize)]
 #[oai(rename_all = "camelCase")]
 #[serde(rename_all = "camelCase")]

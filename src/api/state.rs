@@ -10,6 +10,7 @@ use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
 use crate::service::limits::RateLimits;
+use crate::service::sessions::LiveSessions;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -22,8 +23,9 @@ pub struct AppState {
     pub auth: AuthService,
     pub conversations: ConversationService,
     pub limits: Arc<RateLimits>,
-    /// Open WebSockets per user, for `WS_MAX_CONNECTIONS_PER_USER`.
-    pub ws_connections: Arc<std::sync::Mutex<std::collections::HashMap<uuid::Uuid, usize>>>,
+    /// Every open WebSocket, so ended sessions close theirs (and for
+    /// `WS_MAX_CONNECTIONS_PER_USER`).
+    pub sessions: Arc<LiveSessions>,
     pub chat: ChatService,
     pub hub: StreamHub,
     pub started_at: Instant,

@@ -1,6 +1,7 @@
 //! `GET /api/ws`: the WebSocket endpoint. The upgrade checks `Origin`; the session
 //! authenticates (by `?token=` or a first `auth` frame), then serves the frames of
-//! `realtime::frames`. Each socket has a bounded send queue drained by its own writer task;
+//! `realtime::frames` until its access token expires (a later `auth` frame extends it) or
+//! the server ends the session (close 4401). Each socket has a bounded send queue drained by its own writer task;
 //! a socket that cannot keep up is closed with a reason instead of slowing anyone else.
 
 use std::collections::{HashMap, HashSet};
@@ -23,8 +24,9 @@ use super::middleware::origin_allowed;
 use super::state::AppState;
 use crate::realtime::bus::RoomReceiver;
 use crate::realtime::frames::{ClientFrame, FrameKey, OutFrame, ServerFrame};
-use crate::service::auth::CurrentUser;
+use crate::service::auth::{Authenticated, CurrentUser};
 use crate::service::chat::TurnRequest;
+use crate::service::sessions::LiveSession;
 use crate::service::ServiceError;
 
 /// How long a socket without `?token=` has to send its `auth` frame.
@@ -65,52 +67,13 @@ pub async fn ws_upgrade(
     .into_response()
 }
 
-/// One open socket of a user, counted for `WS_MAX_CONNECTIONS_PER_USER` and the open-sockets
-/// gauge while it lives.
-struct ConnectionSlot {
-    state: AppState,
-    user: Uuid,
-}
-
-impl ConnectionSlot {
-    fn acquire(state: &AppState, user: Uuid) -> Option<Self> {
-        let mut open = state
-            .ws_connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let count = open.entry(user).or_default();
-        if *count >= state.config.limits.ws_max_connections_per_user {
-            return None;
-        }
-        *count += 1;
-        state.metrics.ws_connections.inc();
-        Some(Self {
-            state: state.clone(),
-            user,
-        })
-    }
-}
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .state
-            .ws_connections
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = open.get_mut(&self.user) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.user);
-            }
-        }
-        self.state.metrics.ws_connections.dec();
-    }
-}
-
 /// Why the server closes a socket.
 #[derive(Clone, Debug)]
 struct CloseReason(CloseCode, &'static str);
+
+/// Close code for a session that ended: its access token expired without a fresh `auth`
+/// frame, or the user signed out, changed or lost their password, or was disabled.
+const SESSION_ENDED: CloseCode = CloseCode::Reserved(4401);
 
 const SLOW_CONSUMER: CloseReason = CloseReason(
     CloseCode::Again,
@@ -166,8 +129,8 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
     let ping = Arc::new(Notify::new());
     let writer = tokio::spawn(write_frames(sink, queued, outbox.clone(), ping.clone()));
 
-    let user = match authenticate(&state, &mut incoming, token).await {
-        Some(user) => user,
+    let auth = match authenticate(&state, &mut incoming, token).await {
+        Some(auth) => auth,
         None => {
             outbox.reply(&ServerFrame::error(
                 "UNAUTHORIZED",
@@ -178,7 +141,8 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
             return;
         }
     };
-    let Some(_connection) = ConnectionSlot::acquire(&state, user.id) else {
+    let user = auth.user;
+    let Some(live) = state.sessions.open(user.id, auth.sid) else {
         state
             .metrics
             .rate_limited
@@ -192,7 +156,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         let _ = writer.await;
         return;
     };
-    outbox.reply(&ServerFrame::Ready { user_id: user.id });
+    outbox.reply(&ready(&auth));
     let limits = state.config.limits.clone();
     let shutdown = state.shutdown.clone();
     let mut session = Session {
@@ -200,6 +164,8 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         user,
         outbox: outbox.clone(),
         rooms: HashMap::new(),
+        live,
+        token_expires: deadline(auth.expires_at),
     };
     tracing::debug!(user_id = %user.id, "websocket session started");
 
@@ -214,6 +180,14 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         };
         let message = tokio::select! {
             _ = outbox.close.cancelled() => break,
+            why = session.live.ended() => {
+                session.end(why.reason());
+                break;
+            }
+            _ = tokio::time::sleep_until(session.token_expires) => {
+                session.end("access token expired: send a fresh auth frame before it does");
+                break;
+            }
             _ = shutdown.cancelled() => {
                 outbox.close_with(CloseReason(CloseCode::Away, "server shutting down"));
                 break;
@@ -264,7 +238,7 @@ async fn authenticate(
     state: &AppState,
     incoming: &mut futures::stream::SplitStream<WebSocketStream>,
     token: Option<String>,
-) -> Option<CurrentUser> {
+) -> Option<Authenticated> {
     let token = match token {
         Some(token) => token,
         None => {
@@ -281,7 +255,22 @@ async fn authenticate(
             }
         }
     };
-    state.auth.authenticate(&token).await.ok()
+    state.auth.authenticate_session(&token).await.ok()
+}
+
+fn ready(auth: &Authenticated) -> ServerFrame {
+    ServerFrame::Ready {
+        user_id: auth.user.id,
+        expires_at: chrono::DateTime::from_timestamp(auth.expires_at, 0).unwrap_or_default(),
+    }
+}
+
+/// When a token that expires at `expires_at` (Unix seconds) stops being good for a socket.
+fn deadline(expires_at: i64) -> tokio::time::Instant {
+    let left_ms = expires_at
+        .saturating_mul(1000)
+        .saturating_sub(chrono::Utc::now().timestamp_millis());
+    tokio::time::Instant::now() + Duration::from_millis(left_ms.max(0) as u64)
 }
 
 struct Session {
@@ -290,9 +279,42 @@ struct Session {
     outbox: Outbox,
     /// Joined conversations and the task forwarding each one's frames into the outbox.
     rooms: HashMap<Uuid, JoinHandle<()>>,
+    /// The socket's registration: resolves when the server ends the session.
+    live: LiveSession,
+    /// When the access token the socket last authenticated with expires.
+    token_expires: tokio::time::Instant,
 }
 
 impl Session {
+    /// Ends the session: an `UNAUTHORIZED` error saying why, then close code 4401.
+    fn end(&self, why: &'static str) {
+        self.outbox.reply(&ServerFrame::error("UNAUTHORIZED", why));
+        self.outbox.close_with(CloseReason(SESSION_ENDED, why));
+    }
+
+    /// A fresh `auth` frame on an open socket: the same user's newer access token moves the
+    /// expiry (and the sign-in the socket belongs to) without a reconnect; rooms stay joined.
+    async fn reauthenticate(&mut self, token: &str) {
+        match self.state.auth.authenticate_session(token).await {
+            Ok(auth) if auth.user.id == self.user.id => {
+                self.user = auth.user;
+                self.token_expires = deadline(auth.expires_at);
+                self.live.set_sign_in(auth.sid);
+                self.outbox.reply(&ready(&auth));
+            }
+            // A bad token does not end a session that is still good: the socket keeps the
+            // token it has until that one expires.
+            Ok(_) => self.outbox.reply(&ServerFrame::error(
+                "VALIDATION_ERROR",
+                "token: belongs to another user; the socket keeps its current token",
+            )),
+            Err(_) => self.outbox.reply(&ServerFrame::error(
+                "VALIDATION_ERROR",
+                "token: invalid or expired; the socket keeps its current token",
+            )),
+        }
+    }
+
     async fn handle(&mut self, text: &str) {
         let frame = match ClientFrame::parse(text) {
             Ok(frame) => frame,
@@ -303,23 +325,20 @@ impl Session {
             }
         };
         // A disabled account stops here, even on a socket opened before it was disabled.
-        if !matches!(frame, ClientFrame::Ping) {
+        if !matches!(frame, ClientFrame::Ping | ClientFrame::Auth { .. }) {
             match self.state.auth.recheck(self.user).await {
                 Ok(user) => self.user = user,
                 Err(err) => {
                     self.outbox.error(err);
                     self.outbox
-                        .close_with(CloseReason(CloseCode::Policy, "unauthorized"));
+                        .close_with(CloseReason(SESSION_ENDED, "unauthorized"));
                     return;
                 }
             }
         }
         match frame {
             ClientFrame::Ping => self.outbox.reply(&ServerFrame::Pong),
-            ClientFrame::Auth { .. } => self.outbox.reply(&ServerFrame::error(
-                "VALIDATION_ERROR",
-                "already authenticated",
-            )),
+            ClientFrame::Auth { token } => self.reauthenticate(&token).await,
             ClientFrame::JoinConversation { conversation_id } => {
                 self.join(conversation_id, None).await
             }

@@ -52,15 +52,20 @@ impl Password {
     pub const MAX_BYTES: usize = 1024;
 
     pub fn parse(raw: String) -> Result<Self, DomainError> {
+        Self::parse_field("password", raw)
+    }
+
+    /// As [`Self::parse`], for a password sent under another field name.
+    pub fn parse_field(field: &'static str, raw: String) -> Result<Self, DomainError> {
         if raw.chars().count() < Self::MIN_CHARS {
             return Err(invalid(
-                "password",
+                field,
                 format!("must be at least {} characters", Self::MIN_CHARS),
             ));
         }
         if raw.len() > Self::MAX_BYTES {
             return Err(invalid(
-                "password",
+                field,
                 format!("must be at most {} bytes", Self::MAX_BYTES),
             ));
         }

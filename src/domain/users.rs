@@ -14,5 +14,7 @@ pub struct UserRecord {
     pub display_name: Option<String>,
     pub role: Role,
     pub disabled: bool,
+    /// Tokens issued under an older generation are refused (see `service::auth`).
+    pub session_generation: i64,
     pub created_at: DateTime<Utc>,
 }

@@ -108,9 +108,12 @@ impl ClientFrame {
     rename_all_fields = "camelCase"
 )]
 pub enum ServerFrame {
-    /// Authentication succeeded (by `?token=` or an `auth` frame).
+    /// Authentication succeeded (by `?token=` or an `auth` frame, also on re-authentication
+    /// in place). The socket is closed with 4401 at `expires_at` unless a fresh `auth`
+    /// frame arrives before then.
     Ready {
         user_id: Uuid,
+        expires_at: chrono::DateTime<chrono::Utc>,
     },
     Joined {
         conversation_id: Uuid,
@@ -397,7 +400,10 @@ mod tests {
     fn every_server_frame() -> Vec<ServerFrame> {
         let id = Uuid::nil();
         vec![
-            ServerFrame::Ready { user_id: id },
+            ServerFrame::Ready {
+                user_id: id,
+                expires_at: chrono::DateTime::UNIX_EPOCH,
+            },
             ServerFrame::Joined {
                 conversation_id: id,
                 last_seq: 1,

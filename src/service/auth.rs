@@ -1,6 +1,8 @@
-//! Accounts and sessions: register, login, refresh with rotation, logout, and turning an
-//! access token into the current user (checked against the database on every request, so a
-//! disabled account or a changed role takes effect at once).
+//! Accounts and sessions: register, login, refresh with rotation, logout (of one sign-in or
+//! everywhere), password change and reset, and turning an access token into the current
+//! user (checked against the database on every request, so a disabled account, a changed
+//! role or an ended session takes effect at once). Ending sessions also closes the user's
+//! open sockets through [`LiveSessions`].
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,8 +11,9 @@ use uuid::Uuid;
 
 use super::limits::RateLimits;
 use super::passwords::PasswordHashing;
+use super::sessions::{LiveSessions, SessionEnd, Sessions};
 
-use super::tokens::{TokenKeys, TokenType};
+use super::tokens::{Claims, SessionIds, TokenKeys, TokenType};
 use super::{passwords, ServiceError, ServiceResult};
 use crate::config::AdminBootstrap;
 use crate::domain::inputs::{bounded_text, Email, Password, MAX_DISPLAY_NAME_CHARS};
@@ -29,6 +32,15 @@ pub struct CurrentUser {
     pub role: Role,
 }
 
+/// A valid access token: who it is for, the sign-in it belongs to, and when it expires.
+#[derive(Clone, Copy, Debug)]
+pub struct Authenticated {
+    pub user: CurrentUser,
+    pub sid: Option<Uuid>,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
 pub struct Session {
     pub user: UserRecord,
     pub access_token: String,
@@ -44,6 +56,7 @@ pub struct AuthService {
     keys: TokenKeys,
     allow_registration: bool,
     admin_bootstrap: AdminBootstrap,
+    live: Arc<LiveSessions>,
 }
 
 impl AuthService {
@@ -54,8 +67,10 @@ impl AuthService {
         admin_bootstrap: AdminBootstrap,
         limits: Arc<RateLimits>,
         hashing: PasswordHashing,
+        live: Arc<LiveSessions>,
     ) -> Self {
         Self {
+            live,
             limits,
             hashing,
             admin_bootstrap,
@@ -155,17 +170,29 @@ impl AuthService {
             .verify(refresh_token, TokenType::Refresh)
             .ok_or(ServiceError::Unauthorized(BAD_REFRESH))?;
         let user = self
-            .active_user(claims.sub)
+            .current_user_of(&claims)
             .await?
             .ok_or(ServiceError::Unauthorized(BAD_REFRESH))?;
-        let next = self.keys.issue(TokenType::Refresh, user.id, user.role)?;
+        // The family is only known after the rotation; the refresh token carries it when it
+        // was issued with one, and the new token keeps the same family either way.
+        let sid = claims.sid.unwrap_or_else(Uuid::now_v7);
+        let ids = SessionIds {
+            sid,
+            generation: user.session_generation,
+        };
+        let next = self
+            .keys
+            .issue(TokenType::Refresh, user.id, user.role, ids)?;
         match self
             .store
             .rotate_refresh_token(claims.jti, user.id, next.id, next.expires_at)
             .await?
         {
-            RotateOutcome::Rotated => {
-                let access = self.keys.issue(TokenType::Access, user.id, user.role)?;
+            RotateOutcome::Rotated { family } => {
+                let ids = SessionIds { sid: family, ..ids };
+                let access = self
+                    .keys
+                    .issue(TokenType::Access, user.id, user.role, ids)?;
                 Ok(Session {
                     expires_in: self.keys.access_ttl.as_secs(),
                     user,
@@ -181,31 +208,141 @@ impl AuthService {
         }
     }
 
-    /// Ends one session. A token that is not the caller's (or not valid) is refused, so
-    /// logout cannot be used to probe other users' tokens.
+    /// Ends one sign-in: its refresh token stops working and the sockets opened with its
+    /// access tokens are closed. A token that is not the caller's (or not valid) is refused,
+    /// so logout cannot be used to probe other users' tokens.
     pub async fn logout(&self, user: CurrentUser, refresh_token: &str) -> ServiceResult<()> {
         let claims = self
             .keys
             .verify(refresh_token, TokenType::Refresh)
             .filter(|c| c.sub == user.id)
             .ok_or(ServiceError::Unauthorized(BAD_REFRESH))?;
-        self.store.revoke_refresh_token(claims.jti, user.id).await?;
+        if let Some(family) = self.store.revoke_refresh_token(claims.jti, user.id).await? {
+            self.live
+                .end(user.id, Sessions::SignIn(family), SessionEnd::SignedOut);
+        }
         Ok(())
+    }
+
+    /// Ends every session of the caller: all refresh tokens revoked, every access token
+    /// refused from now on, every socket closed.
+    pub async fn logout_everywhere(&self, user: CurrentUser) -> ServiceResult<()> {
+        self.end_sessions(user.id, None, Sessions::All, SessionEnd::SignedOut)
+            .await?;
+        Ok(())
+    }
+
+    /// Changes the caller's password, given the current one. Every other session ends; the
+    /// caller's own sign-in goes on with the new tokens returned (its sockets stay open). A
+    /// wrong current password counts as a failed login for the account's e-mail.
+    pub async fn change_password(
+        &self,
+        caller: Authenticated,
+        current_password: String,
+        new_password: String,
+        client_ip: Option<IpAddr>,
+    ) -> ServiceResult<Session> {
+        let new_password = Password::parse_field("newPassword", new_password)?;
+        if current_password.len() > Password::MAX_BYTES {
+            return Err(ServiceError::Validation {
+                field: "currentPassword",
+                message: format!("must be at most {} bytes", Password::MAX_BYTES),
+            });
+        }
+        let user = self
+            .active_user(caller.user.id)
+            .await?
+            .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
+        let attempt = self.limits.begin_login(&user.email, client_ip)?;
+        if !self
+            .hashing
+            .verify(current_password, user.password_hash.clone())
+            .await?
+        {
+            // Dropping the attempt counts the failure.
+            return Err(ServiceError::Validation {
+                field: "currentPassword",
+                message: "is not the current password".into(),
+            });
+        }
+        attempt.succeeded();
+        let hash = self.hashing.hash(new_password.expose().to_string()).await?;
+        let sid = caller.sid.unwrap_or_else(Uuid::now_v7);
+        let generation = self
+            .end_sessions(
+                user.id,
+                Some(hash),
+                Sessions::AllBut(sid),
+                SessionEnd::PasswordChanged,
+            )
+            .await?;
+        tracing::info!(user_id = %user.id, "password changed; other sessions ended");
+        let user = UserRecord {
+            session_generation: generation,
+            ..user
+        };
+        self.start_session(user, sid).await
+    }
+
+    /// An admin sets a user's password; every session of that user ends.
+    pub async fn reset_password(
+        &self,
+        actor: CurrentUser,
+        id: Uuid,
+        new_password: String,
+    ) -> ServiceResult<()> {
+        let new_password = Password::parse(new_password)?;
+        if self.store.find_user(id).await?.is_none() {
+            return Err(ServiceError::UserNotFound);
+        }
+        let hash = self.hashing.hash(new_password.expose().to_string()).await?;
+        self.end_sessions(id, Some(hash), Sessions::All, SessionEnd::PasswordReset)
+            .await?;
+        tracing::info!(actor = %actor.id, user_id = %id, "password reset by an admin; sessions ended");
+        Ok(())
+    }
+
+    /// Bumps the generation (refusing every token issued before), revokes the refresh tokens
+    /// and closes the matching sockets. Returns the new generation.
+    async fn end_sessions(
+        &self,
+        id: Uuid,
+        new_password_hash: Option<String>,
+        sockets: Sessions,
+        why: SessionEnd,
+    ) -> ServiceResult<i64> {
+        let generation = self
+            .store
+            .end_sessions(id, new_password_hash)
+            .await?
+            .ok_or(ServiceError::UserNotFound)?;
+        self.live.end(id, sockets, why);
+        Ok(generation)
     }
 
     /// The user behind an access token, if the token is valid and the account active.
     pub async fn authenticate(&self, access_token: &str) -> ServiceResult<CurrentUser> {
+        Ok(self.authenticate_session(access_token).await?.user)
+    }
+
+    /// Like [`Self::authenticate`], with the token's sign-in and expiry (for sockets, which
+    /// outlive a single request).
+    pub async fn authenticate_session(&self, access_token: &str) -> ServiceResult<Authenticated> {
         let claims = self
             .keys
             .verify(access_token, TokenType::Access)
             .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
         let user = self
-            .active_user(claims.sub)
+            .current_user_of(&claims)
             .await?
             .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
-        Ok(CurrentUser {
-            id: user.id,
-            role: user.role,
+        Ok(Authenticated {
+            user: CurrentUser {
+                id: user.id,
+                role: user.role,
+            },
+            sid: claims.sid,
+            expires_at: claims.exp,
         })
     }
 
@@ -292,6 +429,9 @@ impl AuthService {
             }
         };
         tracing::info!(actor = %actor.id, user_id = %user.id, role = %user.role, disabled = user.disabled, "user updated");
+        if user.disabled {
+            self.live.end(user.id, Sessions::All, SessionEnd::Disabled);
+        }
         Ok(user)
     }
 
@@ -299,9 +439,25 @@ impl AuthService {
         Ok(self.store.find_user(id).await?.filter(|u| !u.disabled))
     }
 
+    /// The active user a token names, unless their sessions were ended after it was issued.
+    async fn current_user_of(&self, claims: &Claims) -> ServiceResult<Option<UserRecord>> {
+        Ok(self
+            .active_user(claims.sub)
+            .await?
+            .filter(|u| u.session_generation == claims.gen))
+    }
+
     async fn start_session(&self, user: UserRecord, family: Uuid) -> ServiceResult<Session> {
-        let access = self.keys.issue(TokenType::Access, user.id, user.role)?;
-        let refresh = self.keys.issue(TokenType::Refresh, user.id, user.role)?;
+        let ids = SessionIds {
+            sid: family,
+            generation: user.session_generation,
+        };
+        let access = self
+            .keys
+            .issue(TokenType::Access, user.id, user.role, ids)?;
+        let refresh = self
+            .keys
+            .issue(TokenType::Refresh, user.id, user.role, ids)?;
         self.store
             .insert_refresh_token(refresh.id, user.id, family, refresh.expires_at)
             .await?;

@@ -30,6 +30,21 @@ pub struct Claims {
     pub typ: TokenType,
     /// Token id: for refresh tokens, the row in `refresh_tokens`.
     pub jti: Uuid,
+    /// The sign-in (refresh-token family) the token belongs to; logging it out closes the
+    /// sockets opened with its access tokens. Absent in tokens from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+    /// The user's session generation when the token was issued; a token from an older
+    /// generation is refused (see `AuthService::end_sessions`).
+    #[serde(default)]
+    pub gen: i64,
+}
+
+/// The session a token is issued for.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionIds {
+    pub sid: Uuid,
+    pub generation: i64,
 }
 
 pub struct IssuedToken {
@@ -69,7 +84,13 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, typ: TokenType, user_id: Uuid, role: Role) -> anyhow::Result<IssuedToken> {
+    pub fn issue(
+        &self,
+        typ: TokenType,
+        user_id: Uuid,
+        role: Role,
+        session: SessionIds,
+    ) -> anyhow::Result<IssuedToken> {
         let now = Utc::now();
         let ttl = match typ {
             TokenType::Access => self.access_ttl,
@@ -86,6 +107,8 @@ impl TokenKeys {
             aud: self.audience.clone(),
             typ,
             jti: id,
+            sid: Some(session.sid),
+            gen: session.generation,
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?;
         Ok(IssuedToken {
@@ -122,10 +145,17 @@ mod tests {
     fn tokens_verify_only_with_their_key_and_type() {
         let keys = keys("a-test-secret-that-is-long-enough-000");
         let user = Uuid::now_v7();
-        let access = keys.issue(TokenType::Access, user, Role::User).unwrap();
+        let session = SessionIds {
+            sid: Uuid::now_v7(),
+            generation: 3,
+        };
+        let access = keys
+            .issue(TokenType::Access, user, Role::User, session)
+            .unwrap();
+        let claims = keys.verify(&access.token, TokenType::Access).unwrap();
         assert_eq!(
-            keys.verify(&access.token, TokenType::Access).unwrap().sub,
-            user
+            (claims.sub, claims.sid, claims.gen),
+            (user, Some(session.sid), 3)
         );
         assert!(keys.verify(&access.token, TokenType::Refresh).is_none());
         let other = self::keys("another-secret-that-is-long-enough-111");

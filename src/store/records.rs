@@ -87,6 +87,7 @@ pub fn user_from_row(row: users::Model) -> UserRecord {
         display_name: row.display_name,
         role: row.role.parse().unwrap_or(Role::User),
         disabled: row.disabled,
+        session_generation: row.session_generation,
         created_at: row.created_at,
     }
 }

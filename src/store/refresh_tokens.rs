@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::{Store, StoreError, StoreResult};
 
 pub enum RotateOutcome {
-    /// The presented token was current; it is now replaced.
-    Rotated,
+    /// The presented token was current; it is now replaced. `family` is its sign-in.
+    Rotated { family: Uuid },
     /// The token was already rotated or revoked: possible theft, so its family was revoked.
     Reused,
     /// Unknown or expired.
@@ -78,21 +78,32 @@ impl Store {
             .await
             .map_err(StoreError::from_db)?;
         txn.commit().await.map_err(StoreError::from_db)?;
-        Ok(RotateOutcome::Rotated)
+        Ok(RotateOutcome::Rotated {
+            family: old.family_id,
+        })
     }
 
-    /// Revokes one token (logout). Returns whether it belonged to the user.
-    pub async fn revoke_refresh_token(&self, id: Uuid, user_id: Uuid) -> StoreResult<bool> {
+    /// Revokes one token (logout). Returns the sign-in (family) it belonged to, if it was
+    /// the user's and still live.
+    pub async fn revoke_refresh_token(&self, id: Uuid, user_id: Uuid) -> StoreResult<Option<Uuid>> {
         let _turn = self.write_turn().await;
+        let Some(row) = refresh_tokens::Entity::find_by_id(id)
+            .filter(refresh_tokens::Column::UserId.eq(user_id))
+            .filter(refresh_tokens::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)?
+        else {
+            return Ok(None);
+        };
         let result = refresh_tokens::Entity::update_many()
             .col_expr(refresh_tokens::Column::RevokedAt, Expr::value(super::now()))
             .filter(refresh_tokens::Column::Id.eq(id))
-            .filter(refresh_tokens::Column::UserId.eq(user_id))
             .filter(refresh_tokens::Column::RevokedAt.is_null())
             .exec(&self.db)
             .await
             .map_err(StoreError::from_db)?;
-        Ok(result.rows_affected > 0)
+        Ok((result.rows_affected > 0).then_some(row.family_id))
     }
 }
 

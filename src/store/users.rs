@@ -1,6 +1,7 @@
 //! Accounts.
 
 use entity::users;
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
     DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
@@ -87,6 +88,7 @@ async fn insert_user(
             display_name: Set(new.display_name),
             role: Set(role.as_str().to_string()),
             disabled: Set(false),
+            session_generation: Set(0),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -131,6 +133,49 @@ impl Store {
             .await
             .map_err(StoreError::from_db)?;
         Ok(())
+    }
+
+    /// Ends every session of a user in one transaction: bumps the session generation (every
+    /// token issued before is refused from now on) and revokes all their live refresh tokens,
+    /// setting a new password hash in the same step when given. Returns the new generation,
+    /// or `None` for an unknown user.
+    pub async fn end_sessions(
+        &self,
+        id: Uuid,
+        new_password_hash: Option<String>,
+    ) -> StoreResult<Option<i64>> {
+        let _turn = self.write_turn().await;
+        let txn = self.db.begin().await.map_err(StoreError::from_db)?;
+        let now = super::now();
+        let mut update = users::Entity::update_many()
+            .col_expr(
+                users::Column::SessionGeneration,
+                Expr::col(users::Column::SessionGeneration).add(1),
+            )
+            .col_expr(users::Column::UpdatedAt, Expr::value(now))
+            .filter(users::Column::Id.eq(id));
+        if let Some(hash) = new_password_hash {
+            update = update.col_expr(users::Column::PasswordHash, Expr::value(hash));
+        }
+        let updated = update.exec(&txn).await.map_err(StoreError::from_db)?;
+        if updated.rows_affected == 0 {
+            let _ = txn.rollback().await;
+            return Ok(None);
+        }
+        entity::refresh_tokens::Entity::update_many()
+            .col_expr(entity::refresh_tokens::Column::RevokedAt, Expr::value(now))
+            .filter(entity::refresh_tokens::Column::UserId.eq(id))
+            .filter(entity::refresh_tokens::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await
+            .map_err(StoreError::from_db)?;
+        let generation = users::Entity::find_by_id(id)
+            .one(&txn)
+            .await
+            .map_err(StoreError::from_db)?
+            .map(|u| u.session_generation);
+        txn.commit().await.map_err(StoreError::from_db)?;
+        Ok(generation)
     }
 
     pub async fn list_users(&self) -> StoreResult<Vec<UserRecord>> {

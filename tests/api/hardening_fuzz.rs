@@ -330,6 +330,18 @@ backend_test!(
             },
             Target {
                 method: Method::POST,
+                path: "/api/auth/password".into(),
+                valid: json!({"currentPassword": "not-the-password", "newPassword": "a-new-long-password"}),
+                has_id: false,
+            },
+            Target {
+                method: Method::POST,
+                path: format!("/api/admin/users/{}/password", victim.id),
+                valid: json!({"password": "reset-by-the-fuzzer"}),
+                has_id: true,
+            },
+            Target {
+                method: Method::POST,
                 path: "/api/conversations".into(),
                 valid: json!({"title": "t", "systemPrompt": "s", "model": "m"}),
                 has_id: false,
@@ -674,6 +686,7 @@ backend_test!(
         };
         let admin = app.register_user(&unique_email()).await; // the first user is admin
         let user = app.register_user(&unique_email()).await;
+        let victim = app.register_user(&unique_email()).await;
         let spare = app.login(&user.email).await;
         let conversation = app.create_conversation(&user.access, "sweep").await;
         let cid = str_field(&conversation, "id");
@@ -687,7 +700,11 @@ backend_test!(
              json!({"email": "nobody@example.com", "password": "whatever-password"}), &[]),
             (Method::POST, "/api/auth/refresh".into(), None, json!({"refreshToken": spare.refresh}), &[]),
             (Method::POST, "/api/auth/logout".into(), Some(&spare.access),
-             json!({"refreshToken": spare.refresh}), &[]),
+             json!({"refreshToken": spare.refresh, "all": false}), &[]),
+            (Method::POST, "/api/auth/password".into(), Some(&user.access),
+             json!({"currentPassword": "not-the-password", "newPassword": "a-new-long-password"}), &[]),
+            (Method::POST, format!("/api/admin/users/{}/password", victim.id), Some(&admin.access),
+             json!({"password": "reset-by-the-sweep"}), &[]),
             (Method::POST, "/api/conversations".into(), Some(&user.access),
              json!({"title": "t", "systemPrompt": "s", "model": "m"}), &["title", "systemPrompt", "model"]),
             (Method::PATCH, format!("/api/conversations/{cid}"), Some(&user.access),

@@ -28,6 +28,7 @@ mod mock_llm;
 mod openapi;
 mod panics;
 mod pg;
+mod sessions;
 mod shutdown;
 mod streaming;
 mod streaming_chat;

@@ -98,8 +98,38 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Sign out: revoke a refresh token */
+        /**
+         * Sign out
+         * @description With `refreshToken`: that sign-in ends; its refresh token stops working and the
+         *     WebSockets opened with its access tokens are closed with code 4401. With `all: true`:
+         *     every session of the caller ends: all refresh tokens are revoked, every access token
+         *     issued so far is refused and every open WebSocket of theirs is closed with 4401.
+         */
         post: operations["logout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Change the password
+         * @description Needs the current password (400 `VALIDATION_ERROR` naming `currentPassword` when it
+         *     is wrong; wrong guesses count as failed logins, 429 past the limit). Every other
+         *     session of the caller ends (refresh tokens revoked, access tokens refused, WebSockets
+         *     closed with 4401); the caller's own sign-in goes on with the tokens returned, and its
+         *     open WebSockets stay open.
+         */
+        post: operations["changePassword"];
         delete?: never;
         options?: never;
         head?: never;
@@ -155,11 +185,33 @@ export interface paths {
         head?: never;
         /**
          * Change a user's role or disable them
-         * @description A disabled user's tokens stop working on their next request. Admins cannot disable
+         * @description A disabled user's tokens stop working on their next request, and their open
+         *     WebSockets are closed at once (code 4401). Admins cannot disable
          *     or demote themselves (400), and the last active admin cannot be disabled or demoted
          *     by anyone (409 `CONFLICT`), even by two admins acting at once.
          */
         patch: operations["updateUser"];
+        trace?: never;
+    };
+    "/api/admin/users/{id}/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Set a user's password
+         * @description Every session of that user ends: refresh tokens revoked, access tokens refused,
+         *     WebSockets closed with code 4401. 404 `USER_NOT_FOUND` for an unknown id.
+         */
+        post: operations["resetUserPassword"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
         trace?: never;
     };
     "/api/conversations": {
@@ -280,6 +332,12 @@ export interface components {
              * @description Seconds until the access token expires.
              */
             expiresIn: number;
+        };
+        /** ChangePasswordRequest */
+        ChangePasswordRequest: {
+            currentPassword: string;
+            /** @description At least 8 characters, at most 1,024 bytes. */
+            newPassword: string;
         };
         /** ChatRequest */
         ChatRequest: {
@@ -407,6 +465,19 @@ export interface components {
             email: string;
             password: string;
         };
+        /**
+         * LogoutRequest
+         * @description Either the refresh token of the sign-in to end, or `all: true` to end every session of
+         *     the caller.
+         */
+        LogoutRequest: {
+            refreshToken?: string;
+            /**
+             * @description Revoke every refresh token of the caller, refuse every access token issued so far
+             *     and close every open WebSocket of theirs (code 4401).
+             */
+            all?: boolean;
+        };
         /** Message */
         Message: {
             /** Format: uuid */
@@ -444,6 +515,11 @@ export interface components {
             /** @description At least 8 characters. */
             password: string;
             displayName?: string;
+        };
+        /** ResetPasswordRequest */
+        ResetPasswordRequest: {
+            /** @description At least 8 characters, at most 1,024 bytes. */
+            password: string;
         };
         /** @enum {string} */
         Role: "user" | "admin";
@@ -804,16 +880,111 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json; charset=utf-8": components["schemas"]["RefreshRequest"];
+                "application/json; charset=utf-8": components["schemas"]["LogoutRequest"];
             };
         };
         responses: {
-            /** @description The refresh token no longer works. */
+            /** @description The sign-in (or, with `all`, every session) has ended. */
             204: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated but not allowed (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or owned by someone else (`*_NOT_FOUND`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (`CONFLICT`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unexpected failure (`INTERNAL_ERROR`); details are only logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    changePassword: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["ChangePasswordRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["AuthTokens"];
+                };
             };
             /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
             400: {
@@ -1093,6 +1264,102 @@ export interface operations {
                 content: {
                     "application/json; charset=utf-8": components["schemas"]["User"];
                 };
+            };
+            /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated but not allowed (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or owned by someone else (`*_NOT_FOUND`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (`CONFLICT`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unexpected failure (`INTERNAL_ERROR`); details are only logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    resetUserPassword: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["ResetPasswordRequest"];
+            };
+        };
+        responses: {
+            /** @description The new password is set and every session of the user has ended. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
             400: {
