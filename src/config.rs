@@ -94,8 +94,11 @@ pub struct Limits {
     pub max_concurrent_streams_per_user: usize,
     /// Messages a user may send per minute (`POST /api/chat` and `stream_chat` together).
     pub chat_per_minute: u32,
-    /// Failed logins allowed per e-mail and per client IP within `login_window`.
+    /// Failed logins allowed per client address within `login_window`.
     pub login_max_failures: u32,
+    /// Failed logins allowed per account, from all addresses it was not recently signed in
+    /// from, within `login_window`.
+    pub login_account_max_failures: u32,
     pub login_window: Duration,
     /// An idle WebSocket is pinged after this long...
     pub ws_ping_interval: Duration,
@@ -300,6 +303,12 @@ impl Config {
                 )?,
                 chat_per_minute: parse_or::<u32>(&get, "CHAT_RATE_PER_MINUTE", 60)?.max(1),
                 login_max_failures: parse_or::<u32>(&get, "LOGIN_MAX_FAILURES", 10)?.max(1),
+                login_account_max_failures: parse_or::<u32>(
+                    &get,
+                    "LOGIN_ACCOUNT_MAX_FAILURES",
+                    100,
+                )?
+                .max(1),
                 login_window: Duration::from_secs(parse_or(&get, "LOGIN_WINDOW_SECS", 15 * 60)?),
                 ws_ping_interval: millis("WS_PING_INTERVAL_MS", 30_000)?,
                 ws_pong_timeout: millis("WS_PONG_TIMEOUT_MS", 10_000)?,
@@ -585,6 +594,7 @@ mod tests {
             }
             "CHAT_RATE_PER_MINUTE" => cfg.limits.chat_per_minute.to_string(),
             "LOGIN_MAX_FAILURES" => cfg.limits.login_max_failures.to_string(),
+            "LOGIN_ACCOUNT_MAX_FAILURES" => cfg.limits.login_account_max_failures.to_string(),
             "LOGIN_WINDOW_SECS" => cfg.limits.login_window.as_secs().to_string(),
             "WS_PING_INTERVAL_MS" => ms(cfg.limits.ws_ping_interval),
             "WS_PONG_TIMEOUT_MS" => ms(cfg.limits.ws_pong_timeout),

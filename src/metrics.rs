@@ -24,6 +24,7 @@ pub struct Metrics {
     pub db_pool_connections: IntGauge,
     pub db_pool_idle: IntGauge,
     pub limiter_keys: IntGauge,
+    pub password_hashes: IntCounterVec,
 }
 
 /// Circuit breaker states as the `chat_upstream_circuit_state` gauge reports them.
@@ -99,6 +100,13 @@ impl Metrics {
             circuit_state: register!(IntGauge::new(
                 "chat_upstream_circuit_state",
                 "Upstream circuit breaker: 0 closed, 1 half-open, 2 open"
+            )),
+            password_hashes: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_password_hashes_total",
+                    "argon2 computations run, by operation (hash, verify)"
+                ),
+                &["op"]
             )),
             rate_limited: register!(IntCounterVec::new(
                 Opts::new(

@@ -157,7 +157,8 @@ pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
             crate::service::passwords::PasswordHashing::new(
                 config.limits.password_hash_concurrency,
                 config.limits.password_hash_wait,
-            ),
+            )
+            .counted(&metrics),
             sessions.clone(),
         ),
         conversations: ConversationService::new(store.clone(), config.limits.max_message_chars),

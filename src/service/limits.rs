@@ -1,7 +1,14 @@
 //! Abuse limits: chat sends per user per minute and sign-ups per client address per hour
-//! (governor's GCRA limiters, keyed), and failed logins per e-mail and per client address in
-//! a sliding window, counted from before the password check. A client over a limit gets 429
-//! `RATE_LIMIT_EXCEEDED` with `Retry-After`.
+//! (governor's GCRA limiters, keyed), and failed logins in a sliding window, counted from
+//! before the password check. A client over a limit gets 429 `RATE_LIMIT_EXCEEDED` with
+//! `Retry-After`.
+//!
+//! Failed logins are limited per client address (`LOGIN_MAX_FAILURES`: one address guessing,
+//! at one account or many) and per account across all addresses
+//! (`LOGIN_ACCOUNT_MAX_FAILURES`, higher: many addresses guessing at one account). The
+//! account-wide limit does not apply to an address that signed in to that account within
+//! the last 30 days, so an attacker guessing at the allowed rate cannot lock the owner out:
+//! from an address the attacker does not share, the right password keeps working.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
@@ -17,10 +24,18 @@ use super::{ServiceError, ServiceResult};
 use crate::config::Limits;
 use crate::metrics::Metrics;
 
+/// How long a successful sign-in from an address exempts it from the account-wide limit.
+const KNOWN_ADDRESS_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Addresses remembered per account; the oldest goes first.
+const KNOWN_ADDRESSES_PER_ACCOUNT: usize = 8;
+
 pub struct RateLimits {
     chat: DefaultKeyedRateLimiter<Uuid>,
     registrations: DefaultKeyedRateLimiter<IpAddr>,
     logins: LoginAttempts,
+    login_max_per_address: u32,
+    login_max_per_account: u32,
+    known: KnownAddresses,
     clock: DefaultClock,
     metrics: Arc<Metrics>,
 }
@@ -50,7 +65,10 @@ impl RateLimits {
         Self {
             chat: RateLimiter::keyed(Quota::per_minute(nonzero(limits.chat_per_minute))),
             registrations: RateLimiter::keyed(registrations),
-            logins: LoginAttempts::new(limits.login_max_failures.max(1), limits.login_window),
+            logins: LoginAttempts::new(limits.login_window),
+            login_max_per_address: limits.login_max_failures.max(1),
+            login_max_per_account: limits.login_account_max_failures.max(1),
+            known: KnownAddresses::default(),
             clock: DefaultClock::default(),
             metrics,
         }
@@ -91,13 +109,24 @@ impl RateLimits {
     /// is checked: the attempt counts as a failure until [`LoginAttempt::succeeded`] says
     /// otherwise, so parallel guesses cannot outrun the limit.
     pub fn begin_login(&self, email: &str, ip: Option<IpAddr>) -> ServiceResult<LoginAttempt<'_>> {
-        let keys: Vec<LoginKey> = std::iter::once(LoginKey::Email(email.to_string()))
-            .chain(ip.map(|ip| LoginKey::Address(address_key(ip))))
-            .collect();
+        let address = ip.map(address_key);
+        let known = address.is_some_and(|a| self.known.contains(email, a));
+        let mut keys = Vec::with_capacity(2);
+        if let Some(address) = address {
+            keys.push((LoginKey::Address(address), self.login_max_per_address));
+        }
+        if !known {
+            keys.push((
+                LoginKey::Account(email.to_string()),
+                self.login_max_per_account,
+            ));
+        }
         match self.logins.begin(&keys) {
             Ok(()) => Ok(LoginAttempt {
                 limits: self,
-                keys,
+                keys: keys.into_iter().map(|(key, _)| key).collect(),
+                email: email.to_string(),
+                address,
                 settled: false,
             }),
             Err(wait) => {
@@ -118,7 +147,7 @@ impl RateLimits {
         self.registrations.retain_recent();
         self.chat.shrink_to_fit();
         self.registrations.shrink_to_fit();
-        let login_keys = self.logins.forget_idle();
+        let login_keys = self.logins.forget_idle() + self.known.forget_expired();
         let keys = self.chat.len() + self.registrations.len() + login_keys;
         self.metrics.limiter_keys.set(keys as i64);
         keys
@@ -130,12 +159,19 @@ impl RateLimits {
 pub struct LoginAttempt<'a> {
     limits: &'a RateLimits,
     keys: Vec<LoginKey>,
+    email: String,
+    address: Option<IpAddr>,
     settled: bool,
 }
 
 impl LoginAttempt<'_> {
+    /// The password was right: the attempt is refunded, and the address becomes known for
+    /// the account (exempt from the account-wide limit).
     pub fn succeeded(mut self) {
         self.limits.logins.end(&self.keys, false);
+        if let Some(address) = self.address {
+            self.limits.known.remember(&self.email, address);
+        }
         self.settled = true;
     }
 }
@@ -150,8 +186,47 @@ impl Drop for LoginAttempt<'_> {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum LoginKey {
-    Email(String),
+    Account(String),
     Address(IpAddr),
+}
+
+/// Addresses that recently signed in to each account.
+#[derive(Default)]
+struct KnownAddresses(Mutex<HashMap<String, Vec<(IpAddr, Instant)>>>);
+
+impl KnownAddresses {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(IpAddr, Instant)>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn contains(&self, email: &str, address: IpAddr) -> bool {
+        self.lock().get(email).is_some_and(|known| {
+            known
+                .iter()
+                .any(|(a, at)| *a == address && at.elapsed() < KNOWN_ADDRESS_FOR)
+        })
+    }
+
+    fn remember(&self, email: &str, address: IpAddr) {
+        let mut all = self.lock();
+        let known = all.entry(email.to_string()).or_default();
+        known.retain(|(a, _)| *a != address);
+        if known.len() >= KNOWN_ADDRESSES_PER_ACCOUNT {
+            known.remove(0);
+        }
+        known.push((address, Instant::now()));
+    }
+
+    /// Drops what is too old to count; returns how many accounts still have known addresses.
+    fn forget_expired(&self) -> usize {
+        let mut all = self.lock();
+        all.retain(|_, known| {
+            known.retain(|(_, at)| at.elapsed() < KNOWN_ADDRESS_FOR);
+            !known.is_empty()
+        });
+        all.shrink_to_fit();
+        all.len()
+    }
 }
 
 #[derive(Default)]
@@ -162,18 +237,17 @@ struct LoginCount {
     in_flight: u32,
 }
 
-/// At most `max` failed logins per key within a sliding `window`. An entry lives only while
-/// it has failures inside the window or attempts in flight.
+/// At most so many failed logins per key (each key its own maximum) within a sliding
+/// `window`. An entry lives only while it has failures inside the window or attempts in
+/// flight.
 struct LoginAttempts {
-    max: u32,
     window: Duration,
     counts: Mutex<HashMap<LoginKey, LoginCount>>,
 }
 
 impl LoginAttempts {
-    fn new(max: u32, window: Duration) -> Self {
+    fn new(window: Duration) -> Self {
         Self {
-            max,
             window,
             counts: Mutex::new(HashMap::new()),
         }
@@ -184,11 +258,11 @@ impl LoginAttempts {
     }
 
     /// Reserves an attempt on every key, or says how long until one is free.
-    fn begin(&self, keys: &[LoginKey]) -> Result<(), Duration> {
+    fn begin(&self, keys: &[(LoginKey, u32)]) -> Result<(), Duration> {
         let now = Instant::now();
         let mut counts = self.lock();
         let mut wait = None::<Duration>;
-        for key in keys {
+        for (key, max) in keys {
             let Some(count) = counts.get_mut(key) else {
                 continue;
             };
@@ -199,7 +273,7 @@ impl LoginAttempts {
             {
                 count.failures.pop_front();
             }
-            if count.failures.len() as u32 + count.in_flight >= self.max {
+            if count.failures.len() as u32 + count.in_flight >= *max {
                 // Free when the oldest failure leaves the window (or, if only attempts in
                 // flight fill it, as soon as they finish).
                 let free_in = count.failures.front().map_or(Duration::from_secs(1), |t| {
@@ -211,7 +285,7 @@ impl LoginAttempts {
         if let Some(wait) = wait {
             return Err(wait);
         }
-        for key in keys {
+        for (key, _) in keys {
             counts.entry(key.clone()).or_default().in_flight += 1;
         }
         Ok(())
@@ -253,6 +327,10 @@ mod tests {
     use super::*;
 
     fn limits(chat: u32, failures: u32) -> RateLimits {
+        limits_with(chat, failures, failures)
+    }
+
+    fn limits_with(chat: u32, failures: u32, account_failures: u32) -> RateLimits {
         let config = Limits {
             max_body_bytes: 1,
             max_message_chars: 1,
@@ -260,6 +338,7 @@ mod tests {
             max_concurrent_streams_per_user: 1,
             chat_per_minute: chat,
             login_max_failures: failures,
+            login_account_max_failures: account_failures,
             login_window: Duration::from_secs(900),
             ws_ping_interval: Duration::from_secs(1),
             ws_pong_timeout: Duration::from_secs(1),
@@ -289,25 +368,49 @@ mod tests {
     }
 
     #[test]
-    fn failed_logins_block_the_email_and_the_address() {
-        let l = limits(10, 3);
+    fn failed_logins_block_the_address_and_past_a_higher_limit_the_account() {
+        let l = limits_with(10, 3, 5);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
             drop(l.begin_login("a@b.co", Some(ip)).unwrap()); // a failure
         }
         assert!(
-            l.begin_login("a@b.co", None).is_err(),
-            "the e-mail is blocked from anywhere"
-        );
-        assert!(
             l.begin_login("other@b.co", Some(ip)).is_err(),
-            "the address ran out too"
+            "the address ran out, for every e-mail"
         );
         let elsewhere: IpAddr = "10.0.0.2".parse().unwrap();
+        l.begin_login("a@b.co", Some(elsewhere))
+            .expect("one address's guesses do not block the account elsewhere")
+            .succeeded();
+        // Guesses from many addresses run out the account-wide allowance (the first three
+        // count there too)...
+        for i in 0..2 {
+            let ip: IpAddr = format!("10.1.0.{i}").parse().unwrap();
+            drop(l.begin_login("a@b.co", Some(ip)).unwrap());
+        }
+        let fresh: IpAddr = "10.9.9.9".parse().unwrap();
+        assert!(l.begin_login("a@b.co", Some(fresh)).is_err());
+        assert!(l.begin_login("a@b.co", None).is_err());
+        // ...except from an address the owner signed in from.
+        l.begin_login("a@b.co", Some(elsewhere))
+            .expect("a known address is exempt from the account-wide limit")
+            .succeeded();
         assert!(
-            l.begin_login("other@b.co", Some(elsewhere)).is_ok(),
-            "another e-mail from another address is fine"
+            l.begin_login("b@b.co", Some(fresh)).is_ok(),
+            "another account is unaffected"
         );
+    }
+
+    #[test]
+    fn known_addresses_are_bounded_per_account() {
+        let known = KnownAddresses::default();
+        for i in 0..20u8 {
+            known.remember("a@b.co", IpAddr::from([10, 0, 0, i]));
+        }
+        assert!(known.contains("a@b.co", IpAddr::from([10, 0, 0, 19])));
+        assert!(!known.contains("a@b.co", IpAddr::from([10, 0, 0, 0])));
+        assert_eq!(known.lock()["a@b.co"].len(), KNOWN_ADDRESSES_PER_ACCOUNT);
+        assert_eq!(known.forget_expired(), 1);
     }
 
     #[test]
@@ -326,7 +429,11 @@ mod tests {
         for _ in 0..3 {
             l.begin_login("x@y.co", Some(ip)).unwrap().succeeded();
         }
-        assert_eq!(l.forget_idle_keys(), 0, "no failures, nothing in flight");
+        assert_eq!(
+            l.forget_idle_keys(),
+            1,
+            "no failures, nothing in flight: only the address now known for the account"
+        );
     }
 
     #[test]
@@ -346,11 +453,11 @@ mod tests {
 
     #[test]
     fn idle_login_keys_are_forgotten_after_the_window() {
-        let attempts = LoginAttempts::new(3, Duration::from_millis(30));
+        let attempts = LoginAttempts::new(Duration::from_millis(30));
         for i in 0..1_000 {
-            let key = [LoginKey::Email(format!("flood-{i}@example.com"))];
+            let key = [(LoginKey::Account(format!("flood-{i}@example.com")), 3)];
             attempts.begin(&key).unwrap();
-            attempts.end(&key, true);
+            attempts.end(&[key[0].0.clone()], true);
         }
         assert_eq!(
             attempts.forget_idle(),

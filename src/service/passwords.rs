@@ -26,6 +26,8 @@ fn hasher() -> Argon2<'static> {
 pub struct PasswordHashing {
     permits: Arc<Semaphore>,
     wait: Duration,
+    /// `chat_password_hashes_total`, by operation (`hash`, `verify`).
+    computed: Option<prometheus::IntCounterVec>,
 }
 
 /// A refusal: every permit stayed busy for the whole wait.
@@ -36,7 +38,14 @@ impl PasswordHashing {
         Self {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             wait,
+            computed: None,
         }
+    }
+
+    /// Counts every computation in `metrics`.
+    pub fn counted(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.computed = Some(metrics.password_hashes.clone());
+        self
     }
 
     /// Twice the cores: enough to keep them busy while a request waits on the database.
@@ -56,10 +65,14 @@ impl PasswordHashing {
     /// still holds it until the computation really ends.
     async fn compute<T: Send + 'static>(
         &self,
+        op: &'static str,
         what: &'static str,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> ServiceResult<T> {
         let permit = self.permit().await?;
+        if let Some(computed) = &self.computed {
+            computed.with_label_values(&[op]).inc();
+        }
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             work()
@@ -70,7 +83,7 @@ impl PasswordHashing {
     }
 
     pub async fn hash(&self, password: String) -> ServiceResult<String> {
-        self.compute("password hashing task", move || {
+        self.compute("hash", "password hashing task", move || {
             hasher()
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
@@ -82,7 +95,7 @@ impl PasswordHashing {
 
     /// `false` for a wrong password or an unreadable hash; only a crashed task is an error.
     pub async fn verify(&self, password: String, hash: String) -> ServiceResult<bool> {
-        self.compute("password verification task", move || {
+        self.compute("verify", "password verification task", move || {
             let Ok(parsed) = PasswordHash::new(&hash) else {
                 return false;
             };

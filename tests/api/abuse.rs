@@ -51,6 +51,42 @@ backend_test!(
     }
 );
 
+backend_test!(
+    a_taken_email_costs_the_same_hash_as_a_new_one_and_counts_against_the_sign_up_limit,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(
+            backend,
+            &[("REGISTRATIONS_PER_HOUR", "3"), ("TRUST_PROXY_HEADERS", "true")],
+        )
+        .await
+        else {
+            return;
+        };
+        let hashes = || async {
+            let text = metrics_text(&app).await;
+            metric(&text, "chat_password_hashes_total", &[("op", "hash")]).unwrap_or(0.0)
+        };
+        let taken = unique_email();
+        let before = hashes().await;
+        let resp = register_from(&app, &taken, "198.51.100.20").await;
+        expect_json(resp, StatusCode::CREATED).await;
+        assert_eq!(hashes().await, before + 1.0, "a new account: one hash");
+        // The taken e-mail is answered 409 only after the same work as a new account.
+        let resp = register_from(&app, &taken.to_uppercase(), "198.51.100.20").await;
+        expect_error(resp, StatusCode::CONFLICT, "CONFLICT").await;
+        assert_eq!(hashes().await, before + 2.0, "a taken e-mail: one hash too");
+        let resp = register_from(&app, &unique_email(), "198.51.100.20").await;
+        expect_json(resp, StatusCode::CREATED).await;
+        // It counted as a sign-up: the address is out of them, for taken and new e-mails
+        // alike, and the refusals cost no hash.
+        let resp = register_from(&app, &taken, "198.51.100.20").await;
+        expect_rate_limited(resp).await;
+        let resp = register_from(&app, &unique_email(), "198.51.100.20").await;
+        expect_rate_limited(resp).await;
+        assert_eq!(hashes().await, before + 3.0);
+    }
+);
+
 /// The peak resident set size of a process, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");

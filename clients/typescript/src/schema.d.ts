@@ -32,7 +32,8 @@ export interface paths {
         put?: never;
         /**
          * Create an account
-         * @description 409 `CONFLICT` if the e-mail is taken; 400 for a bad e-mail or a password under 8
+         * @description 409 `CONFLICT` if the e-mail is taken (after the same password hash a new account
+         *     costs, and counted against the sign-up limit); 400 for a bad e-mail or a password under 8
          *     characters; 403 when registration is closed (`ALLOW_REGISTRATION=false`); 429 past
          *     `REGISTRATIONS_PER_HOUR` from one address; 503 with `Retry-After` when no password
          *     hashing slot frees up within `PASSWORD_HASH_WAIT_MS`. In development the first account
@@ -56,10 +57,11 @@ export interface paths {
         put?: never;
         /**
          * Sign in
-         * @description An unknown e-mail and a wrong password get the same 401. Too many failures for one
-         *     e-mail or from one address (`LOGIN_MAX_FAILURES` per `LOGIN_WINDOW_SECS`, counted
-         *     from before the password check) get 429; an e-mail over 254 bytes is 400; 503 with
-         *     `Retry-After` when no password hashing slot frees up in time.
+         * @description An unknown e-mail and a wrong password get the same 401. Too many failures from one
+         *     address (`LOGIN_MAX_FAILURES` per `LOGIN_WINDOW_SECS`, counted from before the
+         *     password check), or for one account from addresses it was not recently signed in
+         *     from (`LOGIN_ACCOUNT_MAX_FAILURES`), get 429 with `Retry-After`; an e-mail over 254
+         *     bytes is 400; 503 with `Retry-After` when no password hashing slot frees up in time.
          */
         post: operations["login"];
         delete?: never;
