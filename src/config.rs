@@ -91,6 +91,8 @@ pub struct Limits {
     /// User messages longer than this (in characters) are refused with 400.
     pub max_message_chars: usize,
     pub ws_max_connections_per_user: usize,
+    /// Frames a socket may send per second (bursts of twice that).
+    pub ws_frames_per_second: u32,
     pub max_concurrent_streams_per_user: usize,
     /// Messages a user may send per minute (`POST /api/chat` and `stream_chat` together).
     pub chat_per_minute: u32,
@@ -296,6 +298,7 @@ impl Config {
                 max_body_bytes: parse_or(&get, "MAX_BODY_BYTES", 1024 * 1024)?,
                 max_message_chars: parse_or(&get, "MAX_MESSAGE_CHARS", 100_000)?,
                 ws_max_connections_per_user: parse_or(&get, "WS_MAX_CONNECTIONS_PER_USER", 10)?,
+                ws_frames_per_second: parse_or::<u32>(&get, "WS_FRAMES_PER_SECOND", 20)?.max(1),
                 max_concurrent_streams_per_user: parse_or(
                     &get,
                     "MAX_CONCURRENT_STREAMS_PER_USER",
@@ -589,6 +592,7 @@ mod tests {
             "MAX_BODY_BYTES" => cfg.limits.max_body_bytes.to_string(),
             "MAX_MESSAGE_CHARS" => cfg.limits.max_message_chars.to_string(),
             "WS_MAX_CONNECTIONS_PER_USER" => cfg.limits.ws_max_connections_per_user.to_string(),
+            "WS_FRAMES_PER_SECOND" => cfg.limits.ws_frames_per_second.to_string(),
             "MAX_CONCURRENT_STREAMS_PER_USER" => {
                 cfg.limits.max_concurrent_streams_per_user.to_string()
             }

@@ -43,14 +43,18 @@ impl ChatApi {
     /// Send a message and receive the complete answer
     ///
     /// The user message is stored first; if the model provider fails (502/504) it stays
-    /// stored, and the answer is recorded with status `failed`. For token-by-token streaming
-    /// use the WebSocket at `/api/ws`.
+    /// stored, and the answer is recorded with status `failed`. The request counts as one
+    /// of the user's concurrent answers (`MAX_CONCURRENT_STREAMS_PER_USER`, shared with the
+    /// WebSocket): past it, 429 `RATE_LIMIT_EXCEEDED`. For token-by-token streaming use the
+    /// WebSocket at `/api/ws`.
     #[oai(path = "/chat", method = "post", operation_id = "chat")]
     async fn chat(
         &self,
         auth: BearerAuth,
         body: JsonBody<ChatRequest>,
     ) -> Result<Json<ChatResponse>, UpstreamApiError> {
+        // One of the user's concurrent answers, like a streamed one, for the whole request.
+        let _slot = self.state.hub.reserve_answer(auth.user().id)?;
         let body = body.0;
         let request = TurnRequest {
             conversation_id: body.conversation_id,

@@ -31,8 +31,10 @@ use crate::service::ServiceError;
 
 /// How long a socket without `?token=` has to send its `auth` frame.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most events one `resume` replays; a client further behind should reload over REST.
-const MAX_REPLAY: u64 = 10_000;
+/// Events read at a time for a `resume`: a replay of any length holds one page in memory.
+const REPLAY_PAGE: u64 = 500;
+/// How long a replay waits for room in a socket's queue before treating it as too slow.
+const REPLAY_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 pub struct WsParams {
@@ -67,6 +69,51 @@ pub async fn ws_upgrade(
     .into_response()
 }
 
+/// The frames a client may send: `rate` per second, in bursts of up to twice that (a token
+/// bucket). Protects the server's per-frame work (parsing, a database read per join) from
+/// one socket; a client that keeps sending past it is closed rather than answered forever.
+struct FrameBudget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: tokio::time::Instant,
+    refused_in_a_row: u32,
+}
+
+impl FrameBudget {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            burst: 2.0 * rate,
+            tokens: 2.0 * rate,
+            last: tokio::time::Instant::now(),
+            refused_in_a_row: 0,
+        }
+    }
+
+    /// Takes one frame's allowance, if there is one.
+    fn allow(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.refused_in_a_row = 0;
+            true
+        } else {
+            self.refused_in_a_row += 1;
+            false
+        }
+    }
+
+    /// More frames refused in a row than a whole burst: not a client that slows down.
+    fn flooding(&self) -> bool {
+        f64::from(self.refused_in_a_row) > self.burst
+    }
+}
+
 /// Why the server closes a socket.
 #[derive(Clone, Debug)]
 struct CloseReason(CloseCode, &'static str);
@@ -95,6 +142,22 @@ impl Outbox {
     fn send(&self, frame: Arc<OutFrame>) {
         if self.queue.try_send(frame).is_err() && !self.close.is_cancelled() {
             self.close_with(SLOW_CONSUMER);
+        }
+    }
+
+    /// Queues a frame, waiting for room: a replay may be longer than the queue. A socket
+    /// that makes no room within [`REPLAY_WAIT`] is closed as too slow. Whether it was
+    /// queued.
+    async fn send_waiting(&self, frame: Arc<OutFrame>) -> bool {
+        tokio::select! {
+            sent = tokio::time::timeout(REPLAY_WAIT, self.queue.send(frame)) => match sent {
+                Ok(sent) => sent.is_ok(),
+                Err(_) => {
+                    self.close_with(SLOW_CONSUMER);
+                    false
+                }
+            },
+            _ = self.close.cancelled() => false,
         }
     }
 
@@ -169,6 +232,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
     };
     tracing::debug!(user_id = %user.id, "websocket session started");
 
+    let mut budget = FrameBudget::new(limits.ws_frames_per_second);
     // An idle socket is pinged; one that then stays silent is closed.
     let mut last_heard = tokio::time::Instant::now();
     let mut pinged = false;
@@ -205,6 +269,30 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         };
         last_heard = tokio::time::Instant::now();
         pinged = false;
+        if matches!(
+            message,
+            Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_)))
+        ) && !budget.allow()
+        {
+            session
+                .state
+                .metrics
+                .rate_limited
+                .with_label_values(&["ws_frames"])
+                .inc();
+            if budget.flooding() {
+                outbox.close_with(CloseReason(
+                    CloseCode::Policy,
+                    "too many frames: the client kept sending past its limit",
+                ));
+                break;
+            }
+            outbox.reply(&ServerFrame::error(
+                "RATE_LIMIT_EXCEEDED",
+                "too many frames; this one was dropped: slow down",
+            ));
+            continue;
+        }
         match message {
             None | Some(Ok(Message::Close(_))) => break,
             Some(Err(err)) => {
@@ -231,7 +319,20 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
     }
     drop(session);
     outbox.close.cancel();
-    let _ = writer.await;
+    // Read (and drop) what the client still sends until it answers the close: the
+    // connection then ends with the closing handshake, not with a reset that can swallow
+    // the close frame (and its reason) on the client's side. Bounded in time.
+    let drain = async {
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_secs(1), incoming.next()).await
+        {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let drain = tokio::time::timeout(Duration::from_secs(3), drain);
+    let _ = tokio::join!(writer, drain);
 }
 
 async fn authenticate(
@@ -384,43 +485,47 @@ impl Session {
         };
         let receiver = (!self.rooms.contains_key(&conversation_id))
             .then(|| self.state.hub.bus().subscribe(conversation_id));
-        let mut last_seq = conversation.last_seq;
-        let mut replay = Vec::new();
-        if let Some(after) = replay_after {
-            match self
-                .state
-                .store
-                .list_events(conversation_id, after, None, Some(MAX_REPLAY))
-                .await
-            {
-                Ok(events) => {
-                    if let Some(last) = events.last() {
-                        last_seq = last_seq.max(last.seq);
-                    }
-                    replay = events;
-                }
-                Err(err) => return self.outbox.error(err.into()),
-            }
-        }
         self.outbox.reply(&ServerFrame::Joined {
             conversation_id,
-            last_seq,
+            last_seq: conversation.last_seq,
         });
-        for event in replay {
-            let finished = match &event.event {
-                crate::domain::events::ConversationEvent::StreamCompleted(c) => Some(c.message_id),
-                _ => None,
-            };
-            let json = super::models::event_json(&event);
-            self.outbox.send(Arc::new(OutFrame::event(
-                conversation_id,
-                event.seq,
-                finished,
-                json,
-            )));
+        if let Some(mut after) = replay_after {
+            // Page by page, each frame waiting for room in the queue: a replay of any length
+            // reaches a client that reads, in bounded memory.
+            loop {
+                let page = match self
+                    .state
+                    .store
+                    .list_events(conversation_id, after, None, REPLAY_PAGE)
+                    .await
+                {
+                    Ok(page) => page,
+                    Err(err) => return self.outbox.error(err.into()),
+                };
+                let full = page.len() as u64 == REPLAY_PAGE;
+                for event in page {
+                    after = event.seq;
+                    let finished = match &event.event {
+                        crate::domain::events::ConversationEvent::StreamCompleted(c) => {
+                            Some(c.message_id)
+                        }
+                        _ => None,
+                    };
+                    let json = super::models::event_json(&event);
+                    let frame = OutFrame::event(conversation_id, event.seq, finished, json);
+                    if !self.outbox.send_waiting(Arc::new(frame)).await {
+                        return;
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
         }
         for snapshot in self.state.hub.snapshots(conversation_id) {
-            self.outbox.send(Arc::new(snapshot));
+            if !self.outbox.send_waiting(Arc::new(snapshot)).await {
+                return;
+            }
         }
         if let Some(receiver) = receiver {
             self.rooms.insert(

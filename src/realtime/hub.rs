@@ -88,6 +88,11 @@ impl Drop for StreamSlot {
     }
 }
 
+/// A place among a user's concurrent answers (`MAX_CONCURRENT_STREAMS_PER_USER`), for an
+/// answer that does not stream: `POST /api/chat` holds one for its whole request, so
+/// answers over REST and over the WebSocket share one limit. Given back on drop.
+pub struct AnswerSlot(#[allow(dead_code)] StreamSlot);
+
 impl RunningStream {
     fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -188,6 +193,28 @@ impl StreamHub {
         }
     }
 
+    /// Reserves a place for an answer that does not stream (see [`AnswerSlot`]).
+    pub fn reserve_answer(&self, user: Uuid) -> ServiceResult<AnswerSlot> {
+        self.slot(user).map(AnswerSlot)
+    }
+
+    fn slot(&self, user: Uuid) -> ServiceResult<StreamSlot> {
+        self.inner
+            .slots
+            .acquire(user, self.inner.max_streams_per_user)
+            .ok_or_else(|| {
+                self.inner
+                    .metrics
+                    .rate_limited
+                    .with_label_values(&["concurrent_streams"])
+                    .inc();
+                ServiceError::RateLimited {
+                    message: "too many answers at once; wait for one to finish",
+                    retry_after_secs: None,
+                }
+            })
+    }
+
     pub fn bus(&self) -> &Arc<dyn RoomBus> {
         &self.inner.bus
     }
@@ -213,21 +240,7 @@ impl StreamHub {
                 "the server is shutting down; try again shortly",
             ));
         }
-        let Some(slot) = self
-            .inner
-            .slots
-            .acquire(user.id, self.inner.max_streams_per_user)
-        else {
-            self.inner
-                .metrics
-                .rate_limited
-                .with_label_values(&["concurrent_streams"])
-                .inc();
-            return Err(ServiceError::RateLimited {
-                message: "too many answers streaming at once; wait for one to finish",
-                retry_after_secs: None,
-            });
-        };
+        let slot = self.slot(user.id)?;
         match self.inner.chat.start_turn(user, request).await? {
             TurnStart::Started(turn) => {
                 let conversation_id = turn.conversation_id;

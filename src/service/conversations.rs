@@ -11,8 +11,11 @@ use crate::domain::inputs::{
     bounded_prose, bounded_text, MessageText, MAX_MODEL_CHARS, MAX_SYSTEM_PROMPT_CHARS,
     MAX_TITLE_CHARS,
 };
-use crate::domain::projection::{replay, ConversationRecord, MessageRecord};
+use crate::domain::projection::{apply, ConversationRecord, ConversationState, MessageRecord};
 use crate::store::{ConversationPage, Load, Store};
+
+/// Events read at a time when a long log is folded.
+const EVENT_PAGE: u64 = 1_000;
 
 pub const DEFAULT_TITLE: &str = "New conversation";
 pub const MAX_PAGE: u64 = 200;
@@ -130,8 +133,20 @@ impl ConversationService {
                 ),
             });
         }
-        let events = self.store.list_events(id, 0, Some(at_seq), None).await?;
-        let state = replay(&events).map_err(|e| anyhow::anyhow!(e))?;
+        // Folded page by page: memory holds the state, not the whole log.
+        let mut state = ConversationState::default();
+        let mut after = 0;
+        while after < at_seq {
+            let page = self
+                .store
+                .list_events(id, after, Some(at_seq), EVENT_PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for event in &page {
+                apply(&mut state, event).map_err(|e| anyhow::anyhow!(e))?;
+            }
+        }
         let messages = state.ordered_messages().into_iter().cloned().collect();
         let conversation = state
             .conversation
@@ -176,7 +191,7 @@ impl ConversationService {
         limit: u64,
     ) -> ServiceResult<Vec<RecordedEvent>> {
         self.owned(user, id).await?;
-        Ok(self.store.list_events(id, after, None, Some(limit)).await?)
+        Ok(self.store.list_events(id, after, None, limit).await?)
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]

@@ -335,6 +335,7 @@ mod tests {
             max_body_bytes: 1,
             max_message_chars: 1,
             ws_max_connections_per_user: 1,
+            ws_frames_per_second: 1,
             max_concurrent_streams_per_user: 1,
             chat_per_minute: chat,
             login_max_failures: failures,

@@ -62,23 +62,22 @@ impl Store {
         Ok(rows.into_iter().map(message_from_row).collect())
     }
 
-    /// Events with `after < seq <= up_to`, ascending, at most `limit` of them.
+    /// Events with `after < seq <= up_to`, ascending, at most `limit` of them. Always a
+    /// page: a long log is read page by page, never in one unbounded load.
     pub async fn list_events(
         &self,
         conversation_id: Uuid,
         after: i64,
         up_to: Option<i64>,
-        limit: Option<u64>,
+        limit: u64,
     ) -> StoreResult<Vec<RecordedEvent>> {
         let mut query = conversation_events::Entity::find()
             .filter(conversation_events::Column::ConversationId.eq(conversation_id))
             .filter(conversation_events::Column::Seq.gt(after))
-            .order_by_asc(conversation_events::Column::Seq);
+            .order_by_asc(conversation_events::Column::Seq)
+            .limit(limit);
         if let Some(up_to) = up_to {
             query = query.filter(conversation_events::Column::Seq.lte(up_to));
-        }
-        if let Some(limit) = limit {
-            query = query.limit(limit);
         }
         let rows = query.all(&self.db).await.map_err(StoreError::from_db)?;
         rows.into_iter().map(event_from_row).collect()

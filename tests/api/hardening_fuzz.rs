@@ -504,7 +504,11 @@ backend_test!(
     backend | backend: Backend | async move {
         let Some(app) = spawn_app_with(
             backend,
-            &[("DEMO_DELAY_MS", "0"), ("CHAT_RATE_PER_MINUTE", "100000")],
+            &[
+                ("DEMO_DELAY_MS", "0"),
+                ("CHAT_RATE_PER_MINUTE", "100000"),
+                ("WS_FRAMES_PER_SECOND", "100000"),
+            ],
         )
         .await
         else {
@@ -795,7 +799,11 @@ backend_test!(
 
 backend_test!(
     every_string_field_of_every_frame_refuses_nul_surrogates_and_nesting,
-    |app: TestApp| async move {
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(backend, &[("WS_FRAMES_PER_SECOND", "100000")]).await
+        else {
+            return;
+        };
         let user = app.register_user(&unique_email()).await;
         let conversation = app.create_conversation(&user.access, "frames").await;
         let cid = str_field(&conversation, "id");

@@ -9,6 +9,7 @@ mod admin;
 mod asyncapi;
 mod auth;
 mod backpressure;
+mod bounded_work;
 mod concurrency;
 mod conversations;
 mod crash;

@@ -306,8 +306,10 @@ export interface paths {
         /**
          * Send a message and receive the complete answer
          * @description The user message is stored first; if the model provider fails (502/504) it stays
-         *     stored, and the answer is recorded with status `failed`. For token-by-token streaming
-         *     use the WebSocket at `/api/ws`.
+         *     stored, and the answer is recorded with status `failed`. The request counts as one
+         *     of the user's concurrent answers (`MAX_CONCURRENT_STREAMS_PER_USER`, shared with the
+         *     WebSocket): past it, 429 `RATE_LIMIT_EXCEEDED`. For token-by-token streaming use the
+         *     WebSocket at `/api/ws`.
          */
         post: operations["chat"];
         delete?: never;
