@@ -1,4 +1,5 @@
-//! IP networks in CIDR notation (`10.0.0.0/8`, `fd00::/8`), for `TRUSTED_PROXIES`.
+//! Networking: IP networks in CIDR notation (`10.0.0.0/8`, `fd00::/8`) for
+//! `TRUSTED_PROXIES`, and the listener's `TCP_NODELAY`.
 
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -89,5 +90,57 @@ mod tests {
         assert!(!net("::1/128").contains(ip("127.0.0.1")));
         assert!("10.0.0.0/33".parse::<IpNetwork>().is_err());
         assert!("nonsense".parse::<IpNetwork>().is_err());
+    }
+}
+
+/// Accepts TCP connections with `TCP_NODELAY` set. Without it a small frame written while
+/// an earlier one is still unacknowledged waits for the peer's delayed ACK (Nagle's
+/// algorithm, about 40 ms on Linux): that was the whole time to a streamed answer's first
+/// chunk. Every HTTP response and WebSocket frame here is written whole, so nothing is
+/// gained by coalescing in the kernel.
+pub struct NoDelayAcceptor<A>(pub A);
+
+impl<A> poem::listener::Acceptor for NoDelayAcceptor<A>
+where
+    A: poem::listener::Acceptor<Io = tokio::net::TcpStream>,
+{
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<poem::web::LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(
+        Self::Io,
+        poem::web::LocalAddr,
+        poem::web::RemoteAddr,
+        poem::http::uri::Scheme,
+    )> {
+        let (io, local, remote, scheme) = self.0.accept().await?;
+        if let Err(err) = io.set_nodelay(true) {
+            tracing::debug!(error = %err, "could not set TCP_NODELAY");
+        }
+        Ok((io, local, remote, scheme))
+    }
+}
+
+#[cfg(test)]
+mod nodelay_tests {
+    use super::*;
+    use poem::listener::{Acceptor, Listener, TcpListener};
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_set() {
+        let acceptor = TcpListener::bind("127.0.0.1:0")
+            .into_acceptor()
+            .await
+            .unwrap();
+        let address = *acceptor.local_addr()[0].as_socket_addr().unwrap();
+        let mut acceptor = NoDelayAcceptor(acceptor);
+        let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (io, ..) = acceptor.accept().await.unwrap();
+        assert!(io.nodelay().unwrap());
     }
 }

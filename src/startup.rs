@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+
+use crate::net::NoDelayAcceptor;
 use poem::Server;
 
 use crate::api::{self, AppState};
@@ -24,7 +26,7 @@ use crate::store::Store;
 
 pub struct Application {
     port: u16,
-    acceptor: TcpAcceptor,
+    acceptor: NoDelayAcceptor<TcpAcceptor>,
     state: AppState,
     config: Arc<Config>,
 }
@@ -62,7 +64,7 @@ impl Application {
             .context("listener has no socket address")?;
         Ok(Self {
             port,
-            acceptor,
+            acceptor: NoDelayAcceptor(acceptor),
             state,
             config: Arc::new(config),
         })

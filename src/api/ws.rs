@@ -29,6 +29,8 @@ use crate::service::chat::TurnRequest;
 use crate::service::sessions::LiveSession;
 use crate::service::ServiceError;
 
+/// The read buffer a socket starts with; a larger frame grows it while it is read.
+const WS_READ_BUFFER_BYTES: usize = 1024;
 /// How long a socket without `?token=` has to send its `auth` frame.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events read at a time for a `resume`: a replay of any length holds one page in memory.
@@ -63,7 +65,12 @@ pub async fn ws_upgrade(
     ws.config(
         WebSocketConfig::default()
             .max_message_size(Some(max))
-            .max_frame_size(Some(max)),
+            .max_frame_size(Some(max))
+            // tungstenite allocates its read buffer up front (128 KiB by default) and lets
+            // writes gather up to 128 KiB: per idle socket that was most of its memory.
+            // Client frames are small, and every frame is flushed whole as it is sent.
+            .read_buffer_size(WS_READ_BUFFER_BYTES)
+            .write_buffer_size(0),
     )
     .on_upgrade(move |socket| run_session(socket, state, params.token))
     .into_response()
@@ -192,7 +199,8 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
     let ping = Arc::new(Notify::new());
     let writer = tokio::spawn(write_frames(sink, queued, outbox.clone(), ping.clone()));
 
-    let auth = match authenticate(&state, &mut incoming, token).await {
+    // Boxed, like frame handling below: only sockets being authenticated carry its space.
+    let auth = match Box::pin(authenticate(&state, &mut incoming, token)).await {
         Some(auth) => auth,
         None => {
             outbox.reply(&ServerFrame::error(
@@ -305,7 +313,9 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
                 outbox.close_with(CloseReason(CloseCode::Size, "frame too large or malformed"));
                 break;
             }
-            Some(Ok(Message::Text(text))) => session.handle(&text).await,
+            // Boxed: the handling future (database queries, a stream start) is large, and an
+            // idle socket should not carry its space in its own task.
+            Some(Ok(Message::Text(text))) => Box::pin(session.handle(&text)).await,
             Some(Ok(Message::Binary(_))) => outbox.reply(&ServerFrame::error(
                 "VALIDATION_ERROR",
                 "frames must be JSON text",

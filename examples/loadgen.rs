@@ -1,0 +1,697 @@
+//! The load generator: streams answers through the real server binary from many WebSocket
+//! clients, and reads the same mock upstream directly, so every figure stands beside its
+//! no-server ceiling measured in the same run.
+//!
+//! ```text
+//! cargo build --release --bin chat-server --example loadgen
+//! target/release/examples/loadgen first                 # 1 client, 200 tokens, no delay
+//! target/release/examples/loadgen throughput            # 50 clients, 200 tokens, no delay, 10 s
+//! target/release/examples/loadgen realistic             # 200 clients at once, 100 tokens 20 ms apart
+//! target/release/examples/loadgen realistic --clients 1000
+//! ulimit -n 65536 && target/release/examples/loadgen idle --clients 10000
+//! target/release/examples/loadgen mock --port 9100 --tokens 200 --delay-ms 0   # the mock alone
+//! ```
+//!
+//! Options: `--clients N`, `--tokens N`, `--delay-ms D` (between tokens), `--seconds S`
+//! (throughput), `--rounds R` (first), `--server PATH` (default `target/release/chat-server`),
+//! `--database-url URL` (default: a fresh SQLite file; a `postgres://` URL runs the server
+//! on PostgreSQL). Extra server settings pass through the environment.
+//!
+//! The server runs with the per-user limits lifted. The mock upstream runs in this process:
+//! it sends its first token at once and the others `--delay-ms` apart. Figures: time to first
+//! chunk (from sending `stream_chat`, or the HTTP request, to the first delta), per-chunk
+//! lateness over the upstream's schedule (a token due `i × delay` after the first arrives
+//! that much late), tokens per second, failed streams, and from `/proc/PID` the server's CPU
+//! time, resident memory and bytes written (`wchar`: sockets and files), sampled after
+//! set-up.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::{handler, post, Body, Response, Route, Server};
+use serde_json::{json, Value};
+use tokio::sync::Barrier;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Clone, Debug)]
+struct Args {
+    scenario: String,
+    clients: usize,
+    tokens: usize,
+    delay: Duration,
+    seconds: u64,
+    rounds: usize,
+    port: u16,
+    server: PathBuf,
+    database_url: Option<String>,
+}
+
+fn parse_args() -> Args {
+    let mut argv = std::env::args().skip(1);
+    let scenario = argv.next().unwrap_or_else(|| "first".into());
+    let (clients, tokens, delay_ms) = match scenario.as_str() {
+        "first" => (1, 200, 0),
+        "throughput" => (50, 200, 0),
+        "realistic" => (200, 100, 20),
+        "idle" => (1000, 0, 0),
+        _ => (1, 200, 0),
+    };
+    let mut args = Args {
+        scenario,
+        clients,
+        tokens,
+        delay: Duration::from_millis(delay_ms),
+        seconds: 10,
+        rounds: 50,
+        port: 9100,
+        server: PathBuf::from("target/release/chat-server"),
+        database_url: None,
+    };
+    while let Some(flag) = argv.next() {
+        let value = argv
+            .next()
+            .unwrap_or_else(|| panic!("{flag} needs a value"));
+        let number = || {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{flag} {value}"))
+        };
+        match flag.as_str() {
+            "--clients" => args.clients = number() as usize,
+            "--tokens" => args.tokens = number() as usize,
+            "--delay-ms" => args.delay = Duration::from_millis(number()),
+            "--seconds" => args.seconds = number(),
+            "--rounds" => args.rounds = number() as usize,
+            "--port" => args.port = number() as u16,
+            "--server" => args.server = PathBuf::from(&value),
+            "--database-url" => args.database_url = Some(value),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    args
+}
+
+// ---------------------------------------------------------------------------------------
+// The mock upstream: OpenAI's SSE `chat.completion.chunk` format, tokens `t0 `, `t1 `, ...
+
+#[derive(Clone)]
+struct MockConfig {
+    tokens: usize,
+    delay: Duration,
+}
+
+fn sse(choices: Value, usage: Option<Value>) -> String {
+    let mut chunk = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk",
+        "created": 1_700_000_000, "model": "mock-model", "choices": choices});
+    if let Some(usage) = usage {
+        chunk["usage"] = usage;
+    }
+    format!("data: {chunk}\n\n")
+}
+
+#[handler]
+async fn completions(config: poem::web::Data<&MockConfig>, _body: String) -> Response {
+    let MockConfig { tokens, delay } = config.0.clone();
+    let delta = |content: String| json!([{"index": 0, "delta": {"content": content}, "finish_reason": null}]);
+    let mut head = sse(
+        json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+        None,
+    );
+    head.push_str(&sse(delta("t0 ".into()), None));
+    let rest: Vec<String> = (1..tokens)
+        .map(|i| sse(delta(format!("t{i} ")), None))
+        .collect();
+    let mut tail = sse(
+        json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        None,
+    );
+    tail.push_str(&sse(
+        json!([]),
+        Some(json!({"prompt_tokens": 5, "completion_tokens": tokens, "total_tokens": 5 + tokens})),
+    ));
+    tail.push_str("data: [DONE]\n\n");
+    let body = if delay.is_zero() {
+        // A fast upstream: the whole answer in one write.
+        Body::from_string(format!("{head}{}{tail}", rest.concat()))
+    } else {
+        let paced = futures::stream::iter(rest).then(move |chunk| async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, std::io::Error>(chunk.into_bytes())
+        });
+        let stream = futures::stream::once(async move { Ok(head.into_bytes()) })
+            .chain(paced)
+            .chain(futures::stream::once(async move { Ok(tail.into_bytes()) }));
+        Body::from_bytes_stream(stream)
+    };
+    Response::builder()
+        .content_type("text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(body)
+}
+
+/// Starts the mock on `port` (0: any); returns its `/v1` base URL.
+async fn start_mock(port: u16, config: MockConfig) -> String {
+    let acceptor = TcpListener::bind(format!("127.0.0.1:{port}"))
+        .into_acceptor()
+        .await
+        .expect("bind the mock upstream");
+    let port = acceptor.local_addr()[0].as_socket_addr().unwrap().port();
+    let app = poem::EndpointExt::data(
+        Route::new().at("/v1/chat/completions", post(completions)),
+        config,
+    );
+    tokio::spawn(async move { Server::new_with_acceptor(acceptor).run(app).await });
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+// ---------------------------------------------------------------------------------------
+// One streamed answer, as a client sees it.
+
+#[derive(Default)]
+struct Stream {
+    first: Option<Duration>,
+    /// Lateness of each arrival over the upstream's schedule.
+    lateness: Vec<Duration>,
+    tokens: usize,
+    ok: bool,
+}
+
+/// Tokens in a delta: each of the mock's tokens ends in one space.
+fn tokens_in(delta: &str) -> usize {
+    delta.matches(' ').count()
+}
+
+impl Stream {
+    fn arrived(&mut self, sent: Instant, delay: Duration, tokens: usize) {
+        if tokens == 0 {
+            return;
+        }
+        let now = sent.elapsed();
+        let first = *self.first.get_or_insert(now);
+        self.tokens += tokens;
+        // The last token of this arrival was due `index × delay` after the first.
+        let due = first + delay * (self.tokens - 1) as u32;
+        self.lateness.push(now.saturating_sub(due));
+    }
+}
+
+async fn stream_direct(http: &reqwest::Client, base: &str, delay: Duration) -> Stream {
+    let body = json!({"model": "mock-model", "stream": true,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let sent = Instant::now();
+    let mut stream = Stream::default();
+    let Ok(resp) = http
+        .post(format!("{base}/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+    else {
+        return stream;
+    };
+    let mut bytes = resp.bytes_stream();
+    let mut pending = String::new();
+    while let Some(Ok(chunk)) = bytes.next().await {
+        pending.push_str(&String::from_utf8_lossy(&chunk));
+        let mut tokens = 0;
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let Some(data) = event.trim().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                stream.ok = true;
+                continue;
+            }
+            let value: Value = serde_json::from_str(data).unwrap_or_default();
+            if let Some(content) = value["choices"][0]["delta"]["content"].as_str() {
+                tokens += tokens_in(content);
+            }
+        }
+        stream.arrived(sent, delay, tokens);
+    }
+    stream
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(address: &str, token: &str) -> Socket {
+    let url = format!("{}/api/ws?token={token}", address.replacen("http", "ws", 1));
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket");
+    match socket.next().await {
+        Some(Ok(Message::Text(text))) if text.contains("\"ready\"") => socket,
+        other => panic!("no ready frame: {other:?}"),
+    }
+}
+
+async fn stream_through(socket: &mut Socket, delay: Duration) -> Stream {
+    let frame = json!({"type": "stream_chat", "message": "hello"}).to_string();
+    let sent = Instant::now();
+    let mut stream = Stream::default();
+    if socket.send(Message::text(frame)).await.is_err() {
+        return stream;
+    }
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let value: Value = serde_json::from_str(&text).unwrap_or_default();
+        match value["type"].as_str() {
+            Some("stream_chunk") => stream.arrived(
+                sent,
+                delay,
+                tokens_in(value["delta"].as_str().unwrap_or("")),
+            ),
+            Some("stream_complete") => {
+                stream.ok = value["status"] == "complete";
+                break;
+            }
+            Some("error") => break,
+            _ => {}
+        }
+    }
+    stream
+}
+
+// ---------------------------------------------------------------------------------------
+// The server process and what /proc says about it.
+
+struct ServerProcess {
+    child: tokio::process::Child,
+    address: String,
+    _data: TempDir,
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn start_server(args: &Args, upstream: &str) -> ServerProcess {
+    let data = std::env::temp_dir().join(format!("loadgen-{}", std::process::id()));
+    std::fs::create_dir_all(&data).unwrap();
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data.join("bench.db").display()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lifted = "100000000";
+    let mut command = tokio::process::Command::new(&args.server);
+    command
+        .env("DATABASE_URL", &database_url)
+        .env("DATA_DIR", &data)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("APP_ENV", "development")
+        .env(
+            "JWT_SECRET",
+            "a-benchmark-secret-that-is-long-enough-0123456789",
+        )
+        .env("OPENAI_API_KEY", "bench")
+        .env("OPENAI_BASE_URL", upstream)
+        .env("OPENAI_MODEL", "mock-model")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .env("CHAT_RATE_PER_MINUTE", lifted)
+        .env("MAX_CONCURRENT_STREAMS_PER_USER", lifted)
+        .env("WS_MAX_CONNECTIONS_PER_USER", lifted)
+        .env("WS_FRAMES_PER_SECOND", lifted)
+        .env("REGISTRATIONS_PER_HOUR", lifted)
+        .env("UPSTREAM_REQUEST_TIMEOUT_MS", "600000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", args.server.display()));
+    let address = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..400 {
+        if let Ok(resp) = http.get(format!("{address}/api/health")).send().await {
+            if resp.status().is_success() {
+                return ServerProcess {
+                    child,
+                    address,
+                    _data: TempDir(data),
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the server did not become healthy on {address}");
+}
+
+#[derive(Clone, Copy)]
+struct Usage {
+    cpu: Duration,
+    rss_kib: u64,
+    written: u64,
+}
+
+fn usage(pid: u32) -> Usage {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let field = |file: &str, name: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Usage {
+        // Linux counts CPU time in clock ticks of 10 ms (USER_HZ = 100).
+        cpu: Duration::from_millis(ticks * 10),
+        rss_kib: field("status", "VmRSS:"),
+        written: field("io", "wchar:"),
+    }
+}
+
+async fn register(address: &str, count: usize) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let run = std::process::id();
+    let mut tokens = Vec::with_capacity(count);
+    for chunk in (0..count).collect::<Vec<_>>().chunks(8) {
+        let batch = futures::future::join_all(chunk.iter().map(|i| {
+            let http = &http;
+            async move {
+                let body = json!({"email": format!("load-{run}-{i}@example.com"), "password": "benchmark-password"});
+                let resp = http.post(format!("{address}/api/auth/register")).json(&body).send().await.expect("register");
+                let value: Value = resp.json().await.expect("register body");
+                value["accessToken"].as_str().expect("accessToken").to_string()
+            }
+        }))
+        .await;
+        tokens.extend(batch);
+    }
+    tokens
+}
+
+// ---------------------------------------------------------------------------------------
+// Reporting.
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+struct Summary {
+    streams: usize,
+    failed: usize,
+    tokens: usize,
+    elapsed: Duration,
+    first: Vec<Duration>,
+    lateness: Vec<Duration>,
+}
+
+impl Summary {
+    fn of(streams: Vec<Stream>, elapsed: Duration) -> Self {
+        let mut first: Vec<Duration> = streams.iter().filter_map(|s| s.first).collect();
+        let mut lateness: Vec<Duration> = streams
+            .iter()
+            .flat_map(|s| s.lateness.iter().copied())
+            .collect();
+        first.sort();
+        lateness.sort();
+        Self {
+            failed: streams.iter().filter(|s| !s.ok).count(),
+            tokens: streams.iter().map(|s| s.tokens).sum(),
+            streams: streams.len(),
+            elapsed,
+            first,
+            lateness,
+        }
+    }
+
+    fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+fn report(args: &Args, direct: &Summary, server: &Summary, before: Usage, after: Usage) {
+    let backend = match &args.database_url {
+        Some(url) if url.starts_with("postgres") => "postgres",
+        _ => "sqlite",
+    };
+    println!(
+        "scenario {}: {} clients, {} tokens {} ms apart, {backend}",
+        args.scenario,
+        args.clients,
+        args.tokens,
+        args.delay.as_millis()
+    );
+    println!("{:<34}{:>14}{:>14}", "", "direct", "server");
+    let row = |name: &str, d: String, s: String| println!("{name:<34}{d:>14}{s:>14}");
+    row(
+        "streams (failed)",
+        format!("{} ({})", direct.streams, direct.failed),
+        format!("{} ({})", server.streams, server.failed),
+    );
+    row(
+        "tokens per second",
+        format!("{:.0}", direct.tokens_per_second()),
+        format!("{:.0}", server.tokens_per_second()),
+    );
+    for (name, p) in [
+        ("first chunk p50 ms", 0.5),
+        ("first chunk p95 ms", 0.95),
+        ("first chunk p99 ms", 0.99),
+    ] {
+        row(
+            name,
+            ms(percentile(&direct.first, p)),
+            ms(percentile(&server.first, p)),
+        );
+    }
+    row(
+        "first chunk max ms",
+        ms(*direct.first.last().unwrap_or(&Duration::ZERO)),
+        ms(*server.first.last().unwrap_or(&Duration::ZERO)),
+    );
+    for (name, p) in [
+        ("chunk lateness p50 ms", 0.5),
+        ("chunk lateness p99 ms", 0.99),
+    ] {
+        row(
+            name,
+            ms(percentile(&direct.lateness, p)),
+            ms(percentile(&server.lateness, p)),
+        );
+    }
+    row(
+        "chunk lateness max ms",
+        ms(*direct.lateness.last().unwrap_or(&Duration::ZERO)),
+        ms(*server.lateness.last().unwrap_or(&Duration::ZERO)),
+    );
+    let tokens = server.tokens.max(1) as f64;
+    let cpu = after.cpu.saturating_sub(before.cpu);
+    println!(
+        "server CPU: {} ms, {:.2} ms per 1,000 tokens",
+        cpu.as_millis(),
+        cpu.as_secs_f64() * 1e3 / tokens * 1e3
+    );
+    println!(
+        "server bytes written: {}, {:.0} per token",
+        after.written - before.written,
+        (after.written - before.written) as f64 / tokens
+    );
+    println!(
+        "server RSS: {} KiB before, {} KiB after",
+        before.rss_kib, after.rss_kib
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios.
+
+/// `rounds` streams one after another on one socket (and one HTTP client).
+async fn first(args: &Args, base: &str, server: &ServerProcess, token: &str) {
+    let http = reqwest::Client::new();
+    let mut direct = Vec::new();
+    let started = Instant::now();
+    for _ in 0..args.rounds {
+        direct.push(stream_direct(&http, base, args.delay).await);
+    }
+    let direct = Summary::of(direct, started.elapsed());
+    let mut socket = connect(&server.address, token).await;
+    stream_through(&mut socket, args.delay).await; // warm-up
+    let pid = server.child.id().unwrap();
+    let before = usage(pid);
+    let started = Instant::now();
+    let mut through = Vec::new();
+    for _ in 0..args.rounds {
+        through.push(stream_through(&mut socket, args.delay).await);
+    }
+    let through = Summary::of(through, started.elapsed());
+    report(args, &direct, &through, before, usage(pid));
+}
+
+/// Every client streams answers back to back for `seconds`.
+async fn throughput(args: &Args, base: &str, server: &ServerProcess, tokens: &[String]) {
+    let until = |d: Duration| Instant::now() + d;
+    let duration = Duration::from_secs(args.seconds);
+    let direct = {
+        let http = reqwest::Client::new();
+        let end = until(duration);
+        let started = Instant::now();
+        let runs = futures::future::join_all((0..args.clients).map(|_| {
+            let (http, base) = (&http, base);
+            async move {
+                let mut streams = Vec::new();
+                while Instant::now() < end {
+                    streams.push(stream_direct(http, base, args.delay).await);
+                }
+                streams
+            }
+        }))
+        .await;
+        Summary::of(runs.into_iter().flatten().collect(), started.elapsed())
+    };
+    let mut sockets = Vec::new();
+    for i in 0..args.clients {
+        sockets.push(connect(&server.address, &tokens[i % tokens.len()]).await);
+    }
+    let pid = server.child.id().unwrap();
+    let before = usage(pid);
+    let end = until(duration);
+    let started = Instant::now();
+    let runs = futures::future::join_all(sockets.into_iter().map(|mut socket| async move {
+        let mut streams = Vec::new();
+        while Instant::now() < end {
+            streams.push(stream_through(&mut socket, args.delay).await);
+        }
+        streams
+    }))
+    .await;
+    let through = Summary::of(runs.into_iter().flatten().collect(), started.elapsed());
+    report(args, &direct, &through, before, usage(pid));
+}
+
+/// Every client sends one message at the same moment.
+async fn realistic(args: &Args, base: &str, server: &ServerProcess, tokens: &[String]) {
+    let direct = {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(args.clients)
+            .build()
+            .unwrap();
+        let barrier = Arc::new(Barrier::new(args.clients));
+        let started = Instant::now();
+        let streams = futures::future::join_all((0..args.clients).map(|_| {
+            let (http, barrier) = (&http, barrier.clone());
+            async move {
+                barrier.wait().await;
+                stream_direct(http, base, args.delay).await
+            }
+        }))
+        .await;
+        Summary::of(streams, started.elapsed())
+    };
+    let mut sockets = Vec::new();
+    for i in 0..args.clients {
+        sockets.push(connect(&server.address, &tokens[i % tokens.len()]).await);
+    }
+    let pid = server.child.id().unwrap();
+    let before = usage(pid);
+    let barrier = Arc::new(Barrier::new(args.clients));
+    let started = Instant::now();
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|mut socket| {
+            let (barrier, delay) = (barrier.clone(), args.delay);
+            tokio::spawn(async move {
+                barrier.wait().await;
+                stream_through(&mut socket, delay).await
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    for task in tasks {
+        streams.push(task.await.unwrap_or_default());
+    }
+    let through = Summary::of(streams, started.elapsed());
+    report(args, &direct, &through, before, usage(pid));
+}
+
+/// `clients` authenticated sockets that do nothing: the server's memory per socket.
+async fn idle(args: &Args, server: &ServerProcess, tokens: &[String]) {
+    let pid = server.child.id().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = usage(pid);
+    let mut sockets = Vec::with_capacity(args.clients);
+    for chunk in (0..args.clients).collect::<Vec<_>>().chunks(100) {
+        let opened = futures::future::join_all(
+            chunk
+                .iter()
+                .map(|i| connect(&server.address, &tokens[i % tokens.len()])),
+        )
+        .await;
+        sockets.extend(opened);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = usage(pid);
+    let per = (after.rss_kib.saturating_sub(before.rss_kib)) as f64 / args.clients as f64;
+    println!("scenario idle: {} authenticated sockets", sockets.len());
+    println!(
+        "server RSS: {} KiB before, {} KiB after: {per:.1} KiB per socket",
+        before.rss_kib, after.rss_kib
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let args = parse_args();
+    // reqwest is built without a TLS provider of its own (see Cargo.toml); plain HTTP only here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mock = MockConfig {
+        tokens: args.tokens,
+        delay: args.delay,
+    };
+    if args.scenario == "mock" {
+        let base = start_mock(args.port, mock.clone()).await;
+        println!(
+            "mock upstream at {base} ({} tokens, {} ms apart)",
+            args.tokens,
+            args.delay.as_millis()
+        );
+        futures::future::pending::<()>().await;
+    }
+    let base = start_mock(0, mock).await;
+    let server = start_server(&args, &base).await;
+    let users = args.clients.div_ceil(10).max(1);
+    let tokens = register(&server.address, users).await;
+    match args.scenario.as_str() {
+        "first" => first(&args, &base, &server, &tokens[0]).await,
+        "throughput" => throughput(&args, &base, &server, &tokens).await,
+        "realistic" => realistic(&args, &base, &server, &tokens).await,
+        "idle" => idle(&args, &server, &tokens).await,
+        other => panic!("unknown scenario {other}: first, throughput, realistic, idle, mock"),
+    }
+}
