@@ -177,6 +177,8 @@ struct Stream {
     /// Lateness of each arrival over the upstream's schedule.
     lateness: Vec<Duration>,
     tokens: usize,
+    /// Arrivals carrying text: chunk frames through the server, reads directly.
+    frames: usize,
     ok: bool,
 }
 
@@ -193,6 +195,7 @@ impl Stream {
         let now = sent.elapsed();
         let first = *self.first.get_or_insert(now);
         self.tokens += tokens;
+        self.frames += 1;
         // The last token of this arrival was due `index × delay` after the first.
         let due = first + delay * (self.tokens - 1) as u32;
         self.lateness.push(now.saturating_sub(due));
@@ -424,6 +427,7 @@ fn ms(d: Duration) -> String {
 }
 
 struct Summary {
+    frames: usize,
     streams: usize,
     failed: usize,
     tokens: usize,
@@ -444,6 +448,7 @@ impl Summary {
         Self {
             failed: streams.iter().filter(|s| !s.ok).count(),
             tokens: streams.iter().map(|s| s.tokens).sum(),
+            frames: streams.iter().map(|s| s.frames).sum(),
             streams: streams.len(),
             elapsed,
             first,
@@ -474,6 +479,12 @@ fn report(args: &Args, direct: &Summary, server: &Summary, before: Usage, after:
         "streams (failed)",
         format!("{} ({})", direct.streams, direct.failed),
         format!("{} ({})", server.streams, server.failed),
+    );
+    let per_stream = |s: &Summary| format!("{:.1}", s.frames as f64 / s.streams.max(1) as f64);
+    row(
+        "arrivals with text per stream",
+        per_stream(direct),
+        per_stream(server),
     );
     row(
         "tokens per second",

@@ -16,6 +16,9 @@ pub struct Metrics {
     pub streams: IntCounterVec,
     pub streams_running: IntGauge,
     pub time_to_first_token: Histogram,
+    pub first_token_server: Histogram,
+    pub first_token_upstream: Histogram,
+    pub relay_overhead: Histogram,
     pub tokens_relayed: IntCounter,
     pub upstream_errors: IntCounterVec,
     pub upstream_retries: IntCounter,
@@ -46,6 +49,11 @@ impl Metrics {
         }
         let latency_buckets = vec![
             0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ];
+        // The relay's cost is tens of microseconds when all is well, milliseconds when not.
+        let relay_buckets = vec![
+            0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01,
+            0.025, 0.05, 0.1, 0.25, 1.0,
         ];
         Self {
             http_requests: register!(IntCounterVec::new(
@@ -80,11 +88,35 @@ impl Metrics {
                     "chat_time_to_first_token_seconds",
                     "From stream start to the first token relayed"
                 )
+                .buckets(latency_buckets.clone())
+            )),
+            first_token_server: register!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "chat_first_token_server_seconds",
+                    "The server's own part of the time to first token: from the request to \
+                     the upstream request (checks, the turn's commit, the context)"
+                )
+                .buckets(relay_buckets.clone())
+            )),
+            first_token_upstream: register!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "chat_first_token_upstream_seconds",
+                    "The upstream's part of the time to first token: from the upstream \
+                     request to its first delta"
+                )
                 .buckets(latency_buckets)
+            )),
+            relay_overhead: register!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "chat_relay_overhead_seconds",
+                    "From an upstream delta's arrival to its frame's write to a socket, per \
+                     socket: the relay's own cost"
+                )
+                .buckets(relay_buckets)
             )),
             tokens_relayed: register!(IntCounter::new(
                 "chat_tokens_relayed_total",
-                "Stream chunks relayed to rooms (one per upstream delta)"
+                "Upstream deltas relayed to rooms (deltas that arrive together share a chunk)"
             )),
             upstream_errors: register!(IntCounterVec::new(
                 Opts::new(

@@ -197,7 +197,13 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         reason: Arc::new(Mutex::new(None)),
     };
     let ping = Arc::new(Notify::new());
-    let writer = tokio::spawn(write_frames(sink, queued, outbox.clone(), ping.clone()));
+    let writer = tokio::spawn(write_frames(
+        sink,
+        queued,
+        outbox.clone(),
+        ping.clone(),
+        state.metrics.clone(),
+    ));
 
     // Boxed, like frame handling below: only sockets being authenticated carry its space.
     let auth = match Box::pin(authenticate(&state, &mut incoming, token)).await {
@@ -606,6 +612,7 @@ async fn write_frames(
     mut queued: mpsc::Receiver<Arc<OutFrame>>,
     outbox: Outbox,
     ping: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut dedup = Dedup::default();
     loop {
@@ -638,6 +645,11 @@ async fn write_frames(
         };
         if !sent {
             break;
+        }
+        if let Some(arrived) = frame.arrived {
+            metrics
+                .relay_overhead
+                .observe(arrived.elapsed().as_secs_f64());
         }
     }
     let reason = outbox

@@ -241,6 +241,9 @@ pub struct OutFrame {
     /// An answer to this socket's own request: always delivered, even if it repeats what the
     /// socket has seen (a repeated send asks for exactly that).
     pub direct: bool,
+    /// For a chunk: when its upstream delta arrived, so each socket's writer can measure the
+    /// relay's own cost (`chat_relay_overhead_seconds`).
+    pub arrived: Option<std::time::Instant>,
 }
 
 impl OutFrame {
@@ -301,6 +304,15 @@ impl OutFrame {
             key,
             json: frame.to_json(),
             direct: false,
+            arrived: None,
+        }
+    }
+
+    /// This frame carries text that arrived from the upstream at `at`.
+    pub fn arrived_at(self, at: std::time::Instant) -> Self {
+        Self {
+            arrived: Some(at),
+            ..self
         }
     }
 
@@ -324,6 +336,7 @@ impl OutFrame {
             key: FrameKey::Event { seq, finished },
             json: ServerFrame::Event { event }.to_json(),
             direct: false,
+            arrived: None,
         }
     }
 }

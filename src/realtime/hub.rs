@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -32,6 +32,9 @@ use crate::service::auth::CurrentUser;
 use crate::service::chat::{stream_error, ChatService, Turn, TurnOutcome, TurnRequest, TurnStart};
 use crate::service::{ServiceError, ServiceResult};
 
+/// The most text one chunk carries when deltas are joined.
+const MAX_CHUNK_BYTES: usize = 16 * 1024;
+
 struct StreamState {
     content: String,
     next_index: u64,
@@ -46,6 +49,9 @@ struct RunningStream {
     cancel: CancellationToken,
     /// Shutdown past its grace period: end now, as `interrupted`.
     interrupt: CancellationToken,
+    /// When the request to start it came in: the server's share of the time to first token
+    /// runs from here to the upstream request.
+    requested: Instant,
     started: Instant,
     /// The owner's place among their concurrent streams, given back when the stream ends.
     _slot: StreamSlot,
@@ -235,6 +241,7 @@ impl StreamHub {
         request: TurnRequest,
         subscribe: impl FnOnce(Uuid) -> Option<RoomReceiver>,
     ) -> ServiceResult<Started> {
+        let requested = Instant::now();
         if !self.inner.accepting.load(Ordering::SeqCst) {
             return Err(ServiceError::Unavailable(
                 "the server is shutting down; try again shortly",
@@ -253,6 +260,7 @@ impl StreamHub {
                     }),
                     cancel: CancellationToken::new(),
                     interrupt: CancellationToken::new(),
+                    requested,
                     started: Instant::now(),
                     _slot: slot,
                 });
@@ -459,7 +467,8 @@ impl StreamHub {
         // Each attempt has the first-token limit (the resilient provider enforces it, so a
         // timeout counts toward the breaker and may be retried); this outer bound also
         // covers providers without one. After that, the gap between tokens.
-        let opening = tokio::time::Instant::now() + limits.with_retries(limits.first_token_timeout);
+        let asked = Instant::now();
+        let opening = asked + limits.with_retries(limits.first_token_timeout);
         let opened = tokio::select! {
             _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
             _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
@@ -503,29 +512,81 @@ impl StreamHub {
                     Some(Err(err)) => return end(MessageStatus::Failed, Some(&err), usage),
                     Some(Ok(StreamItem::Usage(u))) => usage = Some(u),
                     Some(Ok(StreamItem::Delta(delta))) => {
+                        let arrived = std::time::Instant::now();
                         deadline = Instant::now() + limits.idle_timeout;
-                        let metrics = &self.inner.metrics;
-                        metrics.tokens_relayed.inc();
-                        let mut state = stream.lock();
-                        let index = state.next_index;
-                        if index == 0 {
-                            metrics.time_to_first_token.observe(stream.started.elapsed().as_secs_f64());
+                        // Deltas that are already waiting join this one: what arrived
+                        // together leaves in one frame, and nothing waits for more.
+                        let mut text = delta;
+                        let mut deltas = 1;
+                        let mut ended = None;
+                        while text.len() < MAX_CHUNK_BYTES {
+                            match upstream.next().now_or_never() {
+                                Some(Some(Ok(StreamItem::Delta(more)))) => {
+                                    text.push_str(&more);
+                                    deltas += 1;
+                                }
+                                Some(Some(Ok(StreamItem::Usage(u)))) => usage = Some(u),
+                                Some(None) => {
+                                    ended = Some(None);
+                                    break;
+                                }
+                                Some(Some(Err(err))) => {
+                                    ended = Some(Some(err));
+                                    break;
+                                }
+                                None => break,
+                            }
                         }
-                        state.next_index += 1;
-                        state.content.push_str(&delta);
-                        self.publish(
-                            turn.conversation_id,
-                            &ServerFrame::StreamChunk {
-                                conversation_id: turn.conversation_id,
-                                message_id: turn.assistant_message_id,
-                                index,
-                                delta,
-                            },
-                        );
+                        self.relay(stream, text, deltas, asked, arrived);
+                        match ended {
+                            Some(None) => return end(MessageStatus::Complete, None, usage),
+                            Some(Some(err)) => return end(MessageStatus::Failed, Some(&err), usage),
+                            None => {}
+                        }
                     }
                 },
             }
         }
+    }
+
+    /// Appends `text` (`deltas` upstream deltas) to the stream and publishes it as the next
+    /// chunk.
+    fn relay(
+        &self,
+        stream: &RunningStream,
+        text: String,
+        deltas: u64,
+        asked: Instant,
+        arrived: std::time::Instant,
+    ) {
+        let metrics = &self.inner.metrics;
+        metrics.tokens_relayed.inc_by(deltas);
+        let turn = &stream.turn;
+        let mut state = stream.lock();
+        let index = state.next_index;
+        if index == 0 {
+            metrics
+                .time_to_first_token
+                .observe(stream.started.elapsed().as_secs_f64());
+            metrics
+                .first_token_server
+                .observe(asked.duration_since(stream.requested).as_secs_f64());
+            metrics
+                .first_token_upstream
+                .observe(asked.elapsed().as_secs_f64());
+        }
+        state.next_index += 1;
+        state.content.push_str(&text);
+        let frame = OutFrame::new(&ServerFrame::StreamChunk {
+            conversation_id: turn.conversation_id,
+            message_id: turn.assistant_message_id,
+            index,
+            delta: text,
+        })
+        .arrived_at(arrived);
+        self.inner
+            .bus
+            .publish(turn.conversation_id, Arc::new(frame));
     }
 }
 

@@ -33,7 +33,7 @@ backend_test!(
         .await;
         let frames = fast.collect_stream(None).await;
         assert_eq!(frames.complete["status"], "complete");
-        assert_eq!(frames.chunks.len(), TOKENS);
+        assert!((1..=TOKENS).contains(&frames.chunks.len()), "{} chunks", frames.chunks.len());
         frames.assert_contiguous();
         assert_eq!(frames.complete["content"].as_str().unwrap().len(), TOKENS * TOKEN_BYTES);
 

@@ -17,8 +17,8 @@ backend_test!(
         let text = frames.text();
         assert!(text.starts_with("This is the demo provider"), "{text}");
         assert!(text.contains("Is anyone there?"), "the demo reply quotes the question: {text}");
-        assert!(frames.chunks.len() > 20, "streamed word by word, not in one piece");
-        assert!(frames.chunks.iter().all(|c| c["delta"].as_str().unwrap().trim().split(' ').count() == 1));
+        // Words 1 ms apart: streamed in many pieces (words that arrive together share one).
+        assert!(frames.chunks.len() > 5, "streamed, not in one piece");
         assert_eq!(frames.complete["status"], "complete");
         assert_eq!(frames.complete["content"], text.as_str());
 

@@ -322,6 +322,15 @@ backend_test!(
             Some(1.0),
             "{text}"
         );
+        // The first token's time, split into the server's part and the upstream's.
+        for split in ["chat_first_token_server_seconds", "chat_first_token_upstream_seconds"] {
+            assert_eq!(metric(&text, &format!("{split}_count"), &[]), Some(1.0), "{text}");
+        }
+        // The relay's own cost: one observation per chunk written to the one socket.
+        let written = metric(&text, "chat_relay_overhead_seconds_count", &[]).unwrap_or(0.0);
+        assert_eq!(written, frames.chunks.len() as f64, "{text}");
+        let spent = metric(&text, "chat_relay_overhead_seconds_sum", &[]).unwrap_or(-1.0);
+        assert!((0.0..1.0).contains(&spent), "relay overhead sum {spent}");
     }
 );
 

@@ -11,6 +11,7 @@
 //! - `[[slow:MS]]`: the normal reply with MS milliseconds between tokens;
 //! - `[[stall:N]]`: N tokens, then silence with the connection kept open;
 //! - `[[flood:N:BYTES]]`: N tokens of BYTES characters each, with the default delay;
+//! - `[[burst]]`: the normal reply, every chunk in one write (a fast upstream);
 //! - anything else: the normal reply, `TOKENS` tokens `tok0 `, `tok1 `, ... with the
 //!   server's default delay, then usage.
 
@@ -171,7 +172,10 @@ async fn completions(body: Json<Value>, state: poem::web::Data<&MockState>) -> R
     }
 
     let stall: Option<usize> = marker(&last_user, "stall").and_then(|n| n.parse().ok());
-    let body = if hang {
+    let body = if marker(&last_user, "burst").is_some() {
+        let all: String = frames.into_iter().filter_map(Result::ok).collect();
+        Body::from_string(all)
+    } else if hang {
         Body::from_bytes_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>())
     } else if let Some(n) = stall {
         // The role chunk and N tokens, then silence with the connection open.
