@@ -138,10 +138,15 @@ async fn completions(config: poem::web::Data<&MockConfig>, _body: String) -> Res
         // A fast upstream: the whole answer in one write.
         Body::from_string(format!("{head}{}{tail}", rest.concat()))
     } else {
-        let paced = futures::stream::iter(rest).then(move |chunk| async move {
-            tokio::time::sleep(delay).await;
-            Ok::<_, std::io::Error>(chunk.into_bytes())
-        });
+        // Token i leaves at `i × delay` after the first, by the clock rather than by
+        // sleeping `delay` after each (which would drift by the timer's slack every time).
+        let start = tokio::time::Instant::now();
+        let paced = futures::stream::iter(rest.into_iter().enumerate()).then(
+            move |(i, chunk)| async move {
+                tokio::time::sleep_until(start + delay * (i as u32 + 1)).await;
+                Ok::<_, std::io::Error>(chunk.into_bytes())
+            },
+        );
         let stream = futures::stream::once(async move { Ok(head.into_bytes()) })
             .chain(paced)
             .chain(futures::stream::once(async move { Ok(tail.into_bytes()) }));

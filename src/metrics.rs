@@ -28,6 +28,9 @@ pub struct Metrics {
     pub db_pool_idle: IntGauge,
     pub limiter_keys: IntGauge,
     pub password_hashes: IntCounterVec,
+    pub event_appends: IntCounter,
+    pub event_commits: IntCounter,
+    pub stream_checkpoints: IntCounter,
 }
 
 /// Circuit breaker states as the `chat_upstream_circuit_state` gauge reports them.
@@ -132,6 +135,19 @@ impl Metrics {
             circuit_state: register!(IntGauge::new(
                 "chat_upstream_circuit_state",
                 "Upstream circuit breaker: 0 closed, 1 half-open, 2 open"
+            )),
+            event_appends: register!(IntCounter::new(
+                "chat_event_appends_total",
+                "Commands that appended events to a conversation's log"
+            )),
+            event_commits: register!(IntCounter::new(
+                "chat_event_commits_total",
+                "Transactions that committed appended events (fewer than the appends when \
+                 commits are grouped, as on SQLite)"
+            )),
+            stream_checkpoints: register!(IntCounter::new(
+                "chat_stream_checkpoints_total",
+                "Running answers' text saved to their message row"
             )),
             password_hashes: register!(IntCounterVec::new(
                 Opts::new(

@@ -11,7 +11,7 @@ use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
 use crate::service::limits::RateLimits;
 use crate::service::sessions::LiveSessions;
-use crate::store::Store;
+use crate::store::{Store, WriteCounts};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -38,5 +38,15 @@ impl AppState {
         self.metrics.db_pool_connections.set(size as i64);
         self.metrics.db_pool_idle.set(idle as i64);
         self.limits.forget_idle_keys();
+        // The store counts its writes itself; the counters catch up when scraped.
+        let writes = self.store.writes();
+        for (counter, value) in [
+            (&self.metrics.event_appends, &writes.appends),
+            (&self.metrics.event_commits, &writes.commits),
+            (&self.metrics.stream_checkpoints, &writes.checkpoints),
+        ] {
+            let value = WriteCounts::get(value);
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
     }
 }

@@ -140,8 +140,9 @@ impl ChatService {
         };
         let committed = self
             .store
-            .execute(conversation_id, Some(user.id), &load, |state| {
-                commands::start_turn(state, user.id, &turn)
+            .execute(conversation_id, Some(user.id), &load, {
+                let turn = turn.clone();
+                move |state| commands::start_turn(state, user.id, &turn)
             })
             .await?;
 
@@ -220,7 +221,7 @@ impl ChatService {
                 turn.conversation_id,
                 actor,
                 &Load::messages(&[turn.assistant_message_id]),
-                |state| commands::finish_stream(state, completed.clone()),
+                move |state| commands::finish_stream(state, completed.clone()),
             )
             .await?;
         committed.events.last().map(|e| e.seq).ok_or_else(|| {

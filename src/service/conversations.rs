@@ -95,7 +95,7 @@ impl ConversationService {
         let id = Uuid::now_v7();
         let committed = self
             .store
-            .execute(id, Some(user.id), &Load::default(), |state| {
+            .execute(id, Some(user.id), &Load::default(), move |state| {
                 commands::create_conversation(state, created.clone())
             })
             .await?;
@@ -166,7 +166,7 @@ impl ConversationService {
     ) -> ServiceResult<ConversationView> {
         let patch = fields.validate()?;
         self.store
-            .execute(id, Some(user.id), &Load::default(), |state| {
+            .execute(id, Some(user.id), &Load::default(), move |state| {
                 commands::update_conversation(state, user.id, patch.clone())
             })
             .await?;
@@ -176,7 +176,7 @@ impl ConversationService {
     #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]
     pub async fn delete(&self, user: CurrentUser, id: Uuid) -> ServiceResult<()> {
         self.store
-            .execute(id, Some(user.id), &Load::default(), |state| {
+            .execute(id, Some(user.id), &Load::default(), move |state| {
                 commands::delete_conversation(state, user.id)
             })
             .await?;
@@ -205,9 +205,12 @@ impl ConversationService {
         let content = MessageText::parse("content", content, self.max_message_chars)?.into_inner();
         let committed = self
             .store
-            .execute(id, Some(user.id), &Load::messages(&[message_id]), |state| {
-                commands::edit_message(state, user.id, message_id, content.clone())
-            })
+            .execute(
+                id,
+                Some(user.id),
+                &Load::messages(&[message_id]),
+                move |state| commands::edit_message(state, user.id, message_id, content.clone()),
+            )
             .await?;
         committed
             .state
@@ -225,9 +228,12 @@ impl ConversationService {
         message_id: Uuid,
     ) -> ServiceResult<()> {
         self.store
-            .execute(id, Some(user.id), &Load::messages(&[message_id]), |state| {
-                commands::delete_message(state, user.id, message_id)
-            })
+            .execute(
+                id,
+                Some(user.id),
+                &Load::messages(&[message_id]),
+                move |state| commands::delete_message(state, user.id, message_id),
+            )
             .await?;
         Ok(())
     }

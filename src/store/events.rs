@@ -2,10 +2,15 @@
 //! transaction: it loads the current state, lets the pure command decide the events, appends
 //! them at the next `seq`s, applies them with the same `apply` that replays use, and writes
 //! the touched projection rows. Concurrent writers are serialised (a row lock on PostgreSQL,
-//! the single-writer turn on SQLite); the unique index on (conversation, seq) is the last
-//! line of defence, and losing that race is retried, never surfaced as a 500.
+//! the single-writer turn on SQLite, where commands waiting together share one commit: see
+//! [`GroupWriter`]); the unique index on (conversation, seq) is the last line of defence,
+//! and losing that race is retried, never surfaced as a 500.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot};
 
 use entity::{conversation_events, conversations, messages};
 use sea_orm::sea_query::OnConflict;
@@ -18,7 +23,7 @@ use uuid::Uuid;
 use super::records::{
     conversation_from_row, conversation_to_row, message_from_row, message_to_row,
 };
-use super::{is_retryable, Store, StoreError, StoreResult};
+use super::{is_retryable, Store, StoreError, StoreResult, WriteCounts};
 use crate::domain::events::{ConversationEvent, RecordedEvent};
 use crate::domain::projection::{apply, ConversationState};
 
@@ -64,23 +69,43 @@ impl Store {
     /// `load` names the messages `decide` needs to see; messages named by the events are
     /// loaded too before applying. `decide` may run more than once if a concurrent writer
     /// wins a race, so it must be pure.
-    pub async fn execute<E>(
+    pub async fn execute<E, D>(
         &self,
         conversation_id: Uuid,
         actor_id: Option<Uuid>,
         load: &Load,
-        decide: impl Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
-    ) -> Result<Committed, ExecuteError<E>> {
+        decide: D,
+    ) -> Result<Committed, ExecuteError<E>>
+    where
+        D: Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E> + Send + Sync + 'static,
+        E: Send + 'static,
+    {
+        let decide = Arc::new(decide);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let _turn = self.write_turn().await;
-            match self
-                .execute_once(conversation_id, actor_id, load, &decide)
-                .await
-            {
+            let outcome = match &self.group {
+                Some(group) => {
+                    let job = Command {
+                        conversation_id,
+                        actor_id,
+                        load: load.clone(),
+                        decide: decide.clone(),
+                    };
+                    let writer = Writer {
+                        db: self.db.clone(),
+                        turn: self.sqlite_writer.clone(),
+                        writes: self.writes.clone(),
+                    };
+                    group.run(writer, job).await
+                }
+                None => {
+                    self.execute_once(conversation_id, actor_id, load, &*decide)
+                        .await
+                }
+            };
+            match outcome {
                 Err(ExecuteError::Store(err)) if is_retryable(&err) && attempt < MAX_ATTEMPTS => {
-                    drop(_turn);
                     tracing::debug!(%conversation_id, attempt, error = %err, "append lost a race; retrying");
                     tokio::time::sleep(backoff(attempt)).await;
                 }
@@ -102,13 +127,13 @@ impl Store {
         load: &Load,
         decide: &impl Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
     ) -> Result<Committed, ExecuteError<E>> {
+        let _turn = self.write_turn().await;
         let txn = self.db.begin().await.map_err(StoreError::from_db)?;
-        match self
-            .execute_in(&txn, conversation_id, actor_id, load, decide)
-            .await
-        {
+        match execute_in(&txn, conversation_id, actor_id, load, decide).await {
             Ok(committed) if !committed.events.is_empty() => {
                 txn.commit().await.map_err(StoreError::from_db)?;
+                WriteCounts::count(&self.writes.appends, 1);
+                WriteCounts::count(&self.writes.commits, 1);
                 Ok(committed)
             }
             other => {
@@ -117,79 +142,232 @@ impl Store {
             }
         }
     }
+}
 
-    async fn execute_in<E>(
+/// What the group writer needs: the connection, the single-writer turn it shares with the
+/// store's other writes, and the counters.
+struct Writer {
+    db: DatabaseConnection,
+    turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    writes: Arc<WriteCounts>,
+}
+
+/// One command for the group writer.
+struct Command<D> {
+    conversation_id: Uuid,
+    actor_id: Option<Uuid>,
+    load: Load,
+    decide: Arc<D>,
+}
+
+/// What the group writer tells a command once the batch's commit is done (or failed).
+type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A command, type-erased: runs in the batch's transaction (in a savepoint of its own) and
+/// returns whether it appended anything and how to deliver its result after the commit.
+type Job =
+    Box<dyn for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, (bool, Deliver)> + Send>;
+
+/// The most commands one group commit takes.
+const MAX_GROUP: usize = 128;
+
+/// Group commit for SQLite, which has one writer at a time. Commands queue for a writer
+/// task that runs whatever is waiting in one transaction, each in a savepoint of its own (a
+/// refused or failed command rolls back only itself), and commits once: a thousand answers
+/// that start together share a few commits instead of waiting for a thousand. Nothing
+/// waits to fill a batch: a command that finds the writer idle is committed alone. A caller
+/// that goes away leaves its command to finish; the writer owns the transaction, so nothing
+/// is left half done.
+#[derive(Default)]
+pub(super) struct GroupWriter {
+    jobs: std::sync::OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+impl GroupWriter {
+    async fn run<E, D>(
         &self,
-        txn: &DatabaseTransaction,
-        conversation_id: Uuid,
-        actor_id: Option<Uuid>,
-        load: &Load,
-        decide: &impl Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
-    ) -> Result<Committed, ExecuteError<E>> {
-        let mut select = conversations::Entity::find_by_id(conversation_id);
-        if txn.get_database_backend() == DbBackend::Postgres {
-            // Writers to one conversation queue here instead of racing for the same seq.
-            select = select.lock_exclusive();
+        writer: Writer,
+        command: Command<D>,
+    ) -> Result<Committed, ExecuteError<E>>
+    where
+        D: Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E> + Send + Sync + 'static,
+        E: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            Box::pin(async move {
+                let result = in_savepoint(txn, &command).await;
+                let appended = result.as_ref().is_ok_and(|c| !c.events.is_empty());
+                let deliver = Box::new(move |committed: Result<(), String>| {
+                    let result = match (committed, result) {
+                        (Err(err), Ok(c)) if !c.events.is_empty() => Err(StoreError::Db(
+                            sea_orm::DbErr::Custom(format!("group commit failed: {err}")),
+                        )
+                        .into()),
+                        (_, result) => result,
+                    };
+                    let _ = reply.send(result);
+                }) as Deliver;
+                (appended, deliver)
+            })
+        });
+        let jobs = self.jobs.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(write_groups(writer, receiver));
+            sender
+        });
+        if jobs.send(job).is_err() {
+            return Err(writer_gone().into());
         }
-        let conversation = select.one(txn).await.map_err(StoreError::from_db)?;
-        let mut state = ConversationState {
-            conversation: conversation.map(conversation_from_row),
-            ..Default::default()
+        answer.await.unwrap_or_else(|_| Err(writer_gone().into()))
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Db(sea_orm::DbErr::Custom(
+        "the database writer stopped before committing".into(),
+    ))
+}
+
+async fn in_savepoint<E, D>(
+    txn: &DatabaseTransaction,
+    command: &Command<D>,
+) -> Result<Committed, ExecuteError<E>>
+where
+    D: Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
+{
+    let savepoint = txn.begin().await.map_err(StoreError::from_db)?;
+    let result = execute_in(
+        &savepoint,
+        command.conversation_id,
+        command.actor_id,
+        &command.load,
+        &*command.decide,
+    )
+    .await;
+    match result {
+        Ok(committed) if !committed.events.is_empty() => {
+            savepoint.commit().await.map_err(StoreError::from_db)?;
+            Ok(committed)
+        }
+        other => {
+            let _ = savepoint.rollback().await;
+            other
+        }
+    }
+}
+
+/// The group writer's loop: take what is waiting (at most [`MAX_GROUP`]), run it in one
+/// transaction under the single-writer turn, commit, tell everyone.
+async fn write_groups(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let Writer { db, turn, writes } = writer;
+    let mut batch = Vec::with_capacity(MAX_GROUP);
+    while jobs.recv_many(&mut batch, MAX_GROUP).await > 0 {
+        let _turn = match &turn {
+            Some(turn) => Some(turn.lock().await),
+            None => None,
         };
-        load_messages(txn, conversation_id, &load.messages, &mut state).await?;
-        if let Some(client_id) = &load.client_message_id {
-            let rows = messages::Entity::find()
-                .filter(messages::Column::ConversationId.eq(conversation_id))
-                .filter(messages::Column::ClientMessageId.eq(client_id.as_str()))
-                .all(txn)
-                .await
-                .map_err(StoreError::from_db)?;
-            for row in rows {
-                state.messages.insert(row.id, message_from_row(row));
+        let txn = match db.begin().await {
+            Ok(txn) => txn,
+            Err(err) => {
+                tracing::error!(error = %err, "could not begin a group commit");
+                batch.clear(); // each command's caller hears that the writer dropped it
+                continue;
+            }
+        };
+        let mut delivers = Vec::with_capacity(batch.len());
+        let mut appended = 0;
+        for job in batch.drain(..) {
+            let (appends, deliver) = job(&txn).await;
+            appended += u64::from(appends);
+            delivers.push(deliver);
+        }
+        let committed = txn.commit().await.map_err(|e| e.to_string());
+        match &committed {
+            Ok(()) if appended > 0 => {
+                WriteCounts::count(&writes.appends, appended);
+                WriteCounts::count(&writes.commits, 1);
+            }
+            Ok(()) => {}
+            Err(err) => {
+                tracing::error!(error = %err, commands = delivers.len(), "a group commit failed")
             }
         }
-
-        let events = decide(&state).map_err(ExecuteError::Refused)?;
-        if events.is_empty() {
-            return Ok(Committed {
-                state,
-                events: vec![],
-            });
+        for deliver in delivers {
+            deliver(committed.clone());
         }
+    }
+}
 
-        // The expected seq: whatever the log says, not the projection, in case they differ.
-        let expected_seq = current_seq(txn, conversation_id).await?;
-        let referenced: Vec<Uuid> = events
-            .iter()
-            .filter_map(ConversationEvent::message_id)
-            .filter(|id| !state.messages.contains_key(id))
-            .collect();
-        load_messages(txn, conversation_id, &referenced, &mut state).await?;
-
-        let now = super::now();
-        let mut recorded = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let event = RecordedEvent {
-                conversation_id,
-                seq: expected_seq + 1 + i as i64,
-                actor_id,
-                created_at: now,
-                event,
-            };
-            apply(&mut state, &event).map_err(StoreError::from)?;
-            recorded.push(event);
-        }
-
-        conversation_events::Entity::insert_many(recorded.iter().map(event_to_row))
-            .exec(txn)
+async fn execute_in<E>(
+    txn: &DatabaseTransaction,
+    conversation_id: Uuid,
+    actor_id: Option<Uuid>,
+    load: &Load,
+    decide: &impl Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E>,
+) -> Result<Committed, ExecuteError<E>> {
+    let mut select = conversations::Entity::find_by_id(conversation_id);
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // Writers to one conversation queue here instead of racing for the same seq.
+        select = select.lock_exclusive();
+    }
+    let conversation = select.one(txn).await.map_err(StoreError::from_db)?;
+    let mut state = ConversationState {
+        conversation: conversation.map(conversation_from_row),
+        ..Default::default()
+    };
+    load_messages(txn, conversation_id, &load.messages, &mut state).await?;
+    if let Some(client_id) = &load.client_message_id {
+        let rows = messages::Entity::find()
+            .filter(messages::Column::ConversationId.eq(conversation_id))
+            .filter(messages::Column::ClientMessageId.eq(client_id.as_str()))
+            .all(txn)
             .await
             .map_err(StoreError::from_db)?;
-        write_projection(txn, &state).await?;
-        Ok(Committed {
-            state,
-            events: recorded,
-        })
+        for row in rows {
+            state.messages.insert(row.id, message_from_row(row));
+        }
     }
+
+    let events = decide(&state).map_err(ExecuteError::Refused)?;
+    if events.is_empty() {
+        return Ok(Committed {
+            state,
+            events: vec![],
+        });
+    }
+
+    // The expected seq: whatever the log says, not the projection, in case they differ.
+    let expected_seq = current_seq(txn, conversation_id).await?;
+    let referenced: Vec<Uuid> = events
+        .iter()
+        .filter_map(ConversationEvent::message_id)
+        .filter(|id| !state.messages.contains_key(id))
+        .collect();
+    load_messages(txn, conversation_id, &referenced, &mut state).await?;
+
+    let now = super::now();
+    let mut recorded = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        let event = RecordedEvent {
+            conversation_id,
+            seq: expected_seq + 1 + i as i64,
+            actor_id,
+            created_at: now,
+            event,
+        };
+        apply(&mut state, &event).map_err(StoreError::from)?;
+        recorded.push(event);
+    }
+
+    conversation_events::Entity::insert_many(recorded.iter().map(event_to_row))
+        .exec(txn)
+        .await
+        .map_err(StoreError::from_db)?;
+    write_projection(txn, &state).await?;
+    Ok(Committed {
+        state,
+        events: recorded,
+    })
 }
 
 fn backoff(attempt: u32) -> Duration {

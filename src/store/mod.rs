@@ -56,6 +56,29 @@ pub struct Store {
     /// SQLite has one writer at a time; taking turns in-process avoids `SQLITE_BUSY`
     /// failures when a read transaction tries to upgrade. PostgreSQL locks rows instead.
     sqlite_writer: Option<Arc<Mutex<()>>>,
+    /// SQLite only: event appends go through one group-committing writer.
+    group: Option<Arc<events::GroupWriter>>,
+    writes: Arc<WriteCounts>,
+}
+
+/// What the store has written since it started, for `/metrics`: commands that appended
+/// events, the transactions that committed them (fewer, when commits are grouped), and
+/// stream checkpoints.
+#[derive(Debug, Default)]
+pub struct WriteCounts {
+    pub appends: std::sync::atomic::AtomicU64,
+    pub commits: std::sync::atomic::AtomicU64,
+    pub checkpoints: std::sync::atomic::AtomicU64,
+}
+
+impl WriteCounts {
+    fn count(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &std::sync::atomic::AtomicU64) -> u64 {
+        counter.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Store {
@@ -65,9 +88,19 @@ impl Store {
     }
 
     pub fn from_connection(db: DatabaseConnection) -> Self {
-        let sqlite_writer =
-            (db.get_database_backend() == DbBackend::Sqlite).then(|| Arc::new(Mutex::new(())));
-        Self { db, sqlite_writer }
+        let sqlite = db.get_database_backend() == DbBackend::Sqlite;
+        let sqlite_writer = sqlite.then(|| Arc::new(Mutex::new(())));
+        let group = sqlite.then(|| Arc::new(events::GroupWriter::default()));
+        Self {
+            db,
+            sqlite_writer,
+            group,
+            writes: Arc::default(),
+        }
+    }
+
+    pub fn writes(&self) -> &WriteCounts {
+        &self.writes
     }
 
     pub fn connection(&self) -> &DatabaseConnection {

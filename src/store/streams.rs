@@ -34,6 +34,7 @@ impl Store {
             .exec(&self.db)
             .await
             .map_err(StoreError::from_db)?;
+        super::WriteCounts::count(&self.writes.checkpoints, 1);
         Ok(())
     }
 

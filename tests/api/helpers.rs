@@ -347,13 +347,18 @@ impl TestApp {
         ];
         let store = chat_server::store::Store::from_connection(self.db().await);
         store
-            .execute(conversation, Some(owner), &Default::default(), |state| {
-                assert!(
-                    state.visible_to(owner).is_some(),
-                    "conversation must be the owner's"
-                );
-                Ok::<_, std::convert::Infallible>(events.clone())
-            })
+            .execute(
+                conversation,
+                Some(owner),
+                &Default::default(),
+                move |state| {
+                    assert!(
+                        state.visible_to(owner).is_some(),
+                        "conversation must be the owner's"
+                    );
+                    Ok::<_, std::convert::Infallible>(events.clone())
+                },
+            )
             .await
             .expect("append an exchange");
         let _ = store.connection().clone().close().await;
@@ -380,7 +385,7 @@ impl TestApp {
             .collect();
         let store = chat_server::store::Store::from_connection(self.db().await);
         store
-            .execute(conversation, Some(owner), &Default::default(), |_| {
+            .execute(conversation, Some(owner), &Default::default(), move |_| {
                 Ok::<_, std::convert::Infallible>(events.clone())
             })
             .await

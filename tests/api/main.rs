@@ -13,6 +13,7 @@ mod bounded_work;
 mod concurrency;
 mod conversations;
 mod crash;
+mod db_writes;
 mod demo;
 mod errors;
 mod events;

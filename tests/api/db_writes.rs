@@ -1,0 +1,106 @@
+//! What an answer costs the database: a bounded number of writes whatever its length (the
+//! turn, the end, a checkpoint per interval), and on SQLite answers that start together
+//! share commits instead of queueing for one each.
+
+use std::time::Instant;
+
+use futures::future::join_all;
+use serde_json::json;
+
+use crate::hardening_support::{metric, metrics_text};
+use crate::helpers::*;
+use crate::ws_client::WsClient;
+
+/// (appends, commits, checkpoints) so far.
+async fn writes(app: &TestApp) -> (f64, f64, f64) {
+    let text = metrics_text(app).await;
+    let get = |name| metric(&text, name, &[]).unwrap_or(0.0);
+    (
+        get("chat_event_appends_total"),
+        get("chat_event_commits_total"),
+        get("chat_stream_checkpoints_total"),
+    )
+}
+
+backend_test!(
+    an_answer_costs_two_appends_and_a_checkpoint_per_interval_whatever_its_length,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(
+            backend,
+            &[("DEMO_DELAY_MS", "5"), ("STREAM_CHECKPOINT_MS", "50")],
+        )
+        .await
+        else {
+            return;
+        };
+        let user = app.register_user(&unique_email()).await;
+        let mut ws = WsClient::authed(&app.address, &user.access).await;
+        for question in ["short", &"a much longer question, repeated ".repeat(20)] {
+            let (appends, commits, checkpoints) = writes(&app).await;
+            let started = Instant::now();
+            let frames = ws.chat(None, question).await;
+            let took = started.elapsed();
+            assert_eq!(frames.complete["status"], "complete");
+            let words = frames.complete["content"].as_str().unwrap().split(' ').count();
+            let (appends_after, commits_after, checkpoints_after) = writes(&app).await;
+            // The turn (a new conversation, the user message, the answer started) and the end.
+            assert_eq!(appends_after - appends, 2.0, "{words} words");
+            assert!(commits_after - commits <= 2.0);
+            let bound = (took.as_millis() / 50 + 1) as f64;
+            assert!(
+                checkpoints_after - checkpoints <= bound,
+                "{} checkpoints for a {took:?} answer of {words} words, every 50 ms",
+                checkpoints_after - checkpoints
+            );
+        }
+    }
+);
+
+backend_test!(
+    answers_that_start_together_share_commits_on_sqlite,
+    backend | backend: Backend | async move {
+        let Some(app) = spawn_app_with(
+            backend,
+            &[
+                ("DEMO_DELAY_MS", "20"),
+                ("STREAM_CHECKPOINT_MS", "60000"),
+                ("WS_MAX_CONNECTIONS_PER_USER", "1000"),
+                ("MAX_CONCURRENT_STREAMS_PER_USER", "1000"),
+                ("CHAT_RATE_PER_MINUTE", "100000"),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        const ANSWERS: usize = 100;
+        let user = app.register_user(&unique_email()).await;
+        let mut sockets = Vec::new();
+        for _ in 0..ANSWERS {
+            sockets.push(WsClient::authed(&app.address, &user.access).await);
+        }
+        let (appends, commits, _) = writes(&app).await;
+        // Every socket sends at once; each answer takes about a second, so all overlap.
+        join_all(sockets.iter_mut().map(|ws| {
+            ws.send(json!({"type": "stream_chat", "message": "together"}))
+        }))
+        .await;
+        let results = join_all(sockets.iter_mut().map(|ws| ws.collect_stream(None))).await;
+        for frames in &results {
+            assert_eq!(frames.complete["status"], "complete", "{}", frames.complete);
+        }
+        let (appends_after, commits_after, _) = writes(&app).await;
+        let (appended, committed) = (appends_after - appends, commits_after - commits);
+        eprintln!("{backend:?}: {committed} commits for {appended} appends");
+        assert_eq!(appended, 2.0 * ANSWERS as f64, "a start and an end per answer");
+        match backend {
+            // One writer: the starts that queued together were committed together.
+            Backend::Sqlite => assert!(
+                committed <= appended / 2.0,
+                "{committed} commits for {appended} appends: no grouping"
+            ),
+            // Concurrent writers: each command commits on its own, none waits for another's.
+            Backend::Postgres => assert_eq!(committed, appended),
+        }
+    }
+);
