@@ -9,6 +9,8 @@
 //! target/release/examples/loadgen realistic             # 200 clients at once, 100 tokens 20 ms apart
 //! target/release/examples/loadgen realistic --clients 1000
 //! ulimit -n 65536 && target/release/examples/loadgen idle --clients 10000
+//! target/release/examples/loadgen history               # a 10,000-message conversation, 1,000 listed
+//! target/release/examples/loadgen appends               # 16 writers: own conversations, then one shared
 //! target/release/examples/loadgen mock --port 9100 --tokens 200 --delay-ms 0   # the mock alone
 //! ```
 //!
@@ -22,8 +24,9 @@
 //! chunk (from sending `stream_chat`, or the HTTP request, to the first delta), per-chunk
 //! lateness over the upstream's schedule (a token due `i × delay` after the first arrives
 //! that much late), tokens per second, failed streams, and from `/proc/PID` the server's CPU
-//! time, resident memory and bytes written (`wchar`: sockets and files), sampled after
-//! set-up.
+//! time, resident memory and file bytes written (`wchar`, which does not count socket
+//! sends), sampled after set-up; and the WebSocket bytes the clients received (payloads plus
+//! frame headers), which is what the server sent them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -36,6 +39,10 @@ use poem::{handler, post, Body, Response, Route, Server};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
+
+use chat_server::domain::events::{ConversationEvent, ConversationUpdated, MessageAdded};
+use chat_server::domain::types::MessageRole;
+use chat_server::store::{ConversationPage, Load, Store};
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -184,6 +191,8 @@ struct Stream {
     tokens: usize,
     /// Arrivals carrying text: chunk frames through the server, reads directly.
     frames: usize,
+    /// Bytes received: WebSocket payloads plus their frame headers (through the server).
+    bytes: usize,
     ok: bool,
 }
 
@@ -269,6 +278,13 @@ async fn stream_through(socket: &mut Socket, delay: Duration) -> Stream {
         let Message::Text(text) = message else {
             continue;
         };
+        // A server frame's header: 2 bytes, plus 2 more from 126 bytes, 8 more from 64 KiB.
+        stream.bytes += text.len()
+            + match text.len() {
+                0..=125 => 2,
+                126..=65535 => 4,
+                _ => 10,
+            };
         let value: Value = serde_json::from_str(&text).unwrap_or_default();
         match value["type"].as_str() {
             Some("stream_chunk") => stream.arrived(
@@ -293,6 +309,7 @@ async fn stream_through(socket: &mut Socket, delay: Duration) -> Stream {
 struct ServerProcess {
     child: tokio::process::Child,
     address: String,
+    database_url: String,
     _data: TempDir,
 }
 
@@ -355,6 +372,7 @@ async fn start_server(args: &Args, upstream: &str) -> ServerProcess {
                 return ServerProcess {
                     child,
                     address,
+                    database_url,
                     _data: TempDir(data),
                 };
             }
@@ -433,6 +451,7 @@ fn ms(d: Duration) -> String {
 
 struct Summary {
     frames: usize,
+    bytes: usize,
     streams: usize,
     failed: usize,
     tokens: usize,
@@ -454,6 +473,7 @@ impl Summary {
             failed: streams.iter().filter(|s| !s.ok).count(),
             tokens: streams.iter().map(|s| s.tokens).sum(),
             frames: streams.iter().map(|s| s.frames).sum(),
+            bytes: streams.iter().map(|s| s.bytes).sum(),
             streams: streams.len(),
             elapsed,
             first,
@@ -535,7 +555,12 @@ fn report(args: &Args, direct: &Summary, server: &Summary, before: Usage, after:
         cpu.as_secs_f64() * 1e3 / tokens * 1e3
     );
     println!(
-        "server bytes written: {}, {:.0} per token",
+        "WebSocket bytes the clients received: {}, {:.0} per token",
+        server.bytes,
+        server.bytes as f64 / tokens
+    );
+    println!(
+        "server file bytes written (wchar): {}, {:.0} per token",
         after.written - before.written,
         (after.written - before.written) as f64 / tokens
     );
@@ -681,6 +706,237 @@ async fn idle(args: &Args, server: &ServerProcess, tokens: &[String]) {
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// The event log: reading long histories, appending fast. The ceiling here is the store
+// itself, called from this process on the same database (no HTTP, no auth, no JSON).
+
+async fn me(server: &ServerProcess, token: &str) -> uuid::Uuid {
+    let me: Value = reqwest::Client::new()
+        .get(format!("{}/api/auth/me", server.address))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("me")
+        .json()
+        .await
+        .expect("me body");
+    me["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn new_conversation(
+    http: &reqwest::Client,
+    server: &ServerProcess,
+    token: &str,
+) -> uuid::Uuid {
+    let body: Value = http
+        .post(format!("{}/api/conversations", server.address))
+        .bearer_auth(token)
+        .json(&json!({"title": "bench"}))
+        .send()
+        .await
+        .expect("create")
+        .json()
+        .await
+        .expect("create body");
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Appends `events` to a conversation through the store, a thousand per transaction.
+async fn seed(
+    store: &Store,
+    conversation: uuid::Uuid,
+    owner: uuid::Uuid,
+    events: Vec<ConversationEvent>,
+) {
+    for chunk in events.chunks(1000) {
+        let chunk = chunk.to_vec();
+        store
+            .execute(conversation, Some(owner), &Load::default(), move |_| {
+                Ok::<_, std::convert::Infallible>(chunk.clone())
+            })
+            .await
+            .expect("seed");
+    }
+}
+
+async fn timed<F: std::future::Future>(rounds: usize, mut run: impl FnMut() -> F) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        run().await;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    times
+}
+
+async fn history(server: &ServerProcess, token: &str) {
+    let http = reqwest::Client::new();
+    let store = Store::connect(&server.database_url).await.expect("store");
+    let owner = me(server, token).await;
+    let long = new_conversation(&http, server, token).await;
+    let messages = (0..10_000)
+        .map(|i| {
+            ConversationEvent::MessageAdded(MessageAdded {
+                message_id: uuid::Uuid::now_v7(),
+                role: if i % 2 == 0 {
+                    MessageRole::User
+                } else {
+                    MessageRole::Assistant
+                },
+                content: format!("message {i}: {}", "lorem ipsum dolor sit amet ".repeat(4)),
+                client_message_id: None,
+            })
+        })
+        .collect();
+    seed(&store, long, owner, messages).await;
+    for _ in 1..1_000 {
+        new_conversation(&http, server, token).await;
+    }
+    let url = format!("{}/api/conversations/{long}", server.address);
+    let direct = timed(20, || async {
+        store.list_messages(long).await.expect("messages");
+    })
+    .await;
+    let body_bytes = std::sync::atomic::AtomicUsize::new(0);
+    let through = timed(20, || async {
+        let resp = http.get(&url).bearer_auth(token).send().await.expect("get");
+        let body = resp.bytes().await.expect("body");
+        body_bytes.store(body.len(), std::sync::atomic::Ordering::Relaxed);
+    })
+    .await;
+    let body_bytes = body_bytes.into_inner();
+    println!("scenario history: one 10,000-message conversation; 1,000 conversations listed");
+    println!("{:<44}{:>12}{:>12}", "", "direct", "server");
+    let row = |name: &str, d: &[Duration], s: &[Duration]| {
+        println!(
+            "{name:<44}{:>12}{:>12}",
+            ms(percentile(d, 0.5)),
+            ms(percentile(s, 0.5))
+        )
+    };
+    row("read 10,000 messages p50 ms", &direct, &through);
+    println!("  (the response: {body_bytes} bytes)");
+    let offsets = [0u64, 200, 400, 600, 800];
+    let direct = timed(20, || async {
+        for offset in offsets {
+            let page = ConversationPage { limit: 200, offset };
+            store.list_conversations(owner, page).await.expect("list");
+        }
+    })
+    .await;
+    let through = timed(20, || async {
+        for offset in offsets {
+            let url = format!(
+                "{}/api/conversations?limit=200&offset={offset}",
+                server.address
+            );
+            let resp = http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("list");
+            resp.bytes().await.expect("list body");
+        }
+    })
+    .await;
+    row(
+        "list 1,000 conversations (5 pages) p50 ms",
+        &direct,
+        &through,
+    );
+}
+
+/// 16 writers for `seconds` (at most 10), on their own conversations and then on one
+/// shared conversation.
+async fn appends(args: &Args, server: &ServerProcess, token: &str) {
+    const WRITERS: usize = 16;
+    let http = reqwest::Client::new();
+    let store = Store::connect(&server.database_url).await.expect("store");
+    let owner = me(server, token).await;
+    let mut own = Vec::new();
+    for _ in 0..WRITERS {
+        own.push(new_conversation(&http, server, token).await);
+    }
+    let shared = new_conversation(&http, server, token).await;
+    let duration = Duration::from_secs(args.seconds.min(10));
+    let pid = server.child.id().unwrap();
+    println!(
+        "scenario appends: {WRITERS} writers, {} s each",
+        duration.as_secs()
+    );
+    println!(
+        "{:<44}{:>12}{:>12}",
+        "events per second", "direct", "server"
+    );
+    for (name, targets) in [
+        ("16 distinct conversations", own.clone()),
+        ("one shared conversation", vec![shared; WRITERS]),
+    ] {
+        let direct = run_writers(duration, &targets, |conversation, n| {
+            let store = store.clone();
+            async move {
+                let patch = ConversationUpdated {
+                    title: Some(format!("direct {n}")),
+                    ..Default::default()
+                };
+                store
+                    .execute(conversation, Some(owner), &Load::default(), move |_| {
+                        Ok::<_, std::convert::Infallible>(vec![
+                            ConversationEvent::ConversationUpdated(patch.clone()),
+                        ])
+                    })
+                    .await
+                    .is_ok()
+            }
+        })
+        .await;
+        let before = usage(pid);
+        let through = run_writers(duration, &targets, |conversation, n| {
+            let (http, address) = (http.clone(), server.address.clone());
+            async move {
+                http.patch(format!("{address}/api/conversations/{conversation}"))
+                    .bearer_auth(token)
+                    .json(&json!({"title": format!("server {n}")}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        let cpu = usage(pid).cpu.saturating_sub(before.cpu);
+        println!(
+            "{name:<44}{direct:>12.0}{through:>12.0}   (server CPU {:.0} µs per event)",
+            cpu.as_secs_f64() * 1e6 / (through * duration.as_secs_f64()).max(1.0)
+        );
+    }
+}
+
+/// Each target gets a writer that appends as fast as it can; returns appends per second.
+async fn run_writers<F, Fut>(duration: Duration, targets: &[uuid::Uuid], write: F) -> f64
+where
+    F: Fn(uuid::Uuid, usize) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + duration;
+    let started = Instant::now();
+    let counts = futures::future::join_all(targets.iter().map(|conversation| {
+        let write = &write;
+        async move {
+            let mut n = 0;
+            while Instant::now() < end {
+                if write(*conversation, n).await {
+                    n += 1;
+                }
+            }
+            n
+        }
+    }))
+    .await;
+    counts.iter().sum::<usize>() as f64 / started.elapsed().as_secs_f64()
+}
+
 #[tokio::main]
 async fn main() {
     let args = parse_args();
@@ -708,6 +964,8 @@ async fn main() {
         "throughput" => throughput(&args, &base, &server, &tokens).await,
         "realistic" => realistic(&args, &base, &server, &tokens).await,
         "idle" => idle(&args, &server, &tokens).await,
+        "history" => history(&server, &tokens[0]).await,
+        "appends" => appends(&args, &server, &tokens[0]).await,
         other => panic!("unknown scenario {other}: first, throughput, realistic, idle, mock"),
     }
 }
