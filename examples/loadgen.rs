@@ -486,7 +486,20 @@ impl Summary {
     }
 }
 
+/// Prints the figures; a failed stream (through the server or directly) makes the run exit
+/// with status 2 after printing, so a smoke run in CI fails on it.
 fn report(args: &Args, direct: &Summary, server: &Summary, before: Usage, after: Usage) {
+    print_report(args, direct, server, before, after);
+    if direct.failed + server.failed > 0 || server.streams == 0 {
+        eprintln!(
+            "failed streams: {} direct, {} through the server",
+            direct.failed, server.failed
+        );
+        std::process::exit(2);
+    }
+}
+
+fn print_report(args: &Args, direct: &Summary, server: &Summary, before: Usage, after: Usage) {
     let backend = match &args.database_url {
         Some(url) if url.starts_with("postgres") => "postgres",
         _ => "sqlite",

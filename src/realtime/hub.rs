@@ -487,6 +487,7 @@ impl StreamHub {
         );
         checkpoint.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut saved_len = 0;
+        let mut saving: Option<tokio::task::JoinHandle<Option<usize>>> = None;
         loop {
             tokio::select! {
                 biased;
@@ -496,15 +497,32 @@ impl StreamHub {
                     return end(MessageStatus::Failed, Some(&ProviderError::Timeout), usage);
                 }
                 _ = checkpoint.tick() => {
+                    // The relay never waits for the database mid-stream: the write runs on
+                    // its own, and a tick while the last one is still running is skipped.
+                    // A checkpoint that lands after the end changes nothing (it only
+                    // touches a message still `streaming`).
+                    if saving.as_ref().is_some_and(|s| !s.is_finished()) {
+                        continue;
+                    }
+                    if let Some(Ok(Some(len))) = saving.take().and_then(FutureExt::now_or_never) {
+                        saved_len = len;
+                    }
                     let pending = {
                         let state = stream.lock();
                         (state.content.len() != saved_len).then(|| state.content.clone())
                     };
                     if let Some(content) = pending {
-                        match chat.store().checkpoint_message(turn.assistant_message_id, &content).await {
-                            Ok(()) => saved_len = content.len(),
-                            Err(err) => tracing::warn!(error = %err, "checkpoint failed"),
-                        }
+                        let store = chat.store().clone();
+                        let message_id = turn.assistant_message_id;
+                        saving = Some(tokio::spawn(async move {
+                            match store.checkpoint_message(message_id, &content).await {
+                                Ok(()) => Some(content.len()),
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "checkpoint failed");
+                                    None
+                                }
+                            }
+                        }));
                     }
                 }
                 item = upstream.next() => match item {

@@ -92,12 +92,7 @@ impl Store {
                         load: load.clone(),
                         decide: decide.clone(),
                     };
-                    let writer = Writer {
-                        db: self.db.clone(),
-                        turn: self.sqlite_writer.clone(),
-                        writes: self.writes.clone(),
-                    };
-                    group.run(writer, job).await
+                    group.run(self.group_writer(), job).await
                 }
                 None => {
                     self.execute_once(conversation_id, actor_id, load, &*decide)
@@ -146,10 +141,20 @@ impl Store {
 
 /// What the group writer needs: the connection, the single-writer turn it shares with the
 /// store's other writes, and the counters.
-struct Writer {
+pub(super) struct Writer {
     db: DatabaseConnection,
     turn: Option<Arc<tokio::sync::Mutex<()>>>,
     writes: Arc<WriteCounts>,
+}
+
+impl Store {
+    pub(super) fn group_writer(&self) -> Writer {
+        Writer {
+            db: self.db.clone(),
+            turn: self.sqlite_writer.clone(),
+            writes: self.writes.clone(),
+        }
+    }
 }
 
 /// One command for the group writer.
@@ -210,15 +215,45 @@ impl GroupWriter {
                 (appended, deliver)
             })
         });
+        self.submit(writer, job)?;
+        answer.await.unwrap_or_else(|_| Err(writer_gone().into()))
+    }
+
+    /// Queues a job for the writer, starting the writer on first use.
+    fn submit(&self, writer: Writer, job: Job) -> StoreResult<()> {
         let jobs = self.jobs.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
             tokio::spawn(write_groups(writer, receiver));
             sender
         });
-        if jobs.send(job).is_err() {
-            return Err(writer_gone().into());
-        }
-        answer.await.unwrap_or_else(|_| Err(writer_gone().into()))
+        jobs.send(job).map_err(|_| writer_gone())
+    }
+
+    /// A running answer's checkpoint, committed with whatever else is waiting: a thousand
+    /// streams checkpointing every second share commits too.
+    pub(super) async fn checkpoint(
+        &self,
+        writer: Writer,
+        message_id: Uuid,
+        content: String,
+    ) -> StoreResult<()> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            Box::pin(async move {
+                let result = super::streams::checkpoint_in(txn, message_id, &content).await;
+                let deliver = Box::new(move |committed: Result<(), String>| {
+                    let result = result.and(committed.map_err(|err| {
+                        StoreError::Db(sea_orm::DbErr::Custom(format!(
+                            "group commit failed: {err}"
+                        )))
+                    }));
+                    let _ = reply.send(result);
+                }) as Deliver;
+                (false, deliver)
+            })
+        });
+        self.submit(writer, job)?;
+        answer.await.unwrap_or_else(|_| Err(writer_gone()))
     }
 }
 

@@ -3,7 +3,9 @@
 //! answers left `streaming` by a crash.
 
 use entity::{conversation_events, messages};
-use sea_orm::{sea_query::Expr, ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{
+    sea_query::Expr, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+};
 use uuid::Uuid;
 
 use super::events::event_from_row;
@@ -12,6 +14,21 @@ use super::{Store, StoreError, StoreResult};
 use crate::domain::events::{ConversationEvent, StreamCompleted};
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageStatus;
+
+pub(super) async fn checkpoint_in(
+    db: &impl ConnectionTrait,
+    message_id: Uuid,
+    content: &str,
+) -> StoreResult<()> {
+    messages::Entity::update_many()
+        .col_expr(messages::Column::Content, Expr::value(content))
+        .filter(messages::Column::Id.eq(message_id))
+        .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
+        .exec(db)
+        .await
+        .map_err(StoreError::from_db)?;
+    Ok(())
+}
 
 /// The stored trace of one answer: its start and, once finished, its completion.
 #[derive(Debug, Clone)]
@@ -25,15 +42,16 @@ pub struct StoredTurn {
 impl Store {
     /// Saves a running answer's text so far. Only touches a message that is still
     /// streaming, so a late checkpoint can never overwrite a committed answer.
+    /// On SQLite it is committed by the group writer, with whatever else is waiting.
     pub async fn checkpoint_message(&self, message_id: Uuid, content: &str) -> StoreResult<()> {
-        let _turn = self.write_turn().await;
-        messages::Entity::update_many()
-            .col_expr(messages::Column::Content, Expr::value(content))
-            .filter(messages::Column::Id.eq(message_id))
-            .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
-            .exec(&self.db)
-            .await
-            .map_err(StoreError::from_db)?;
+        match &self.group {
+            Some(group) => {
+                group
+                    .checkpoint(self.group_writer(), message_id, content.to_string())
+                    .await?
+            }
+            None => checkpoint_in(&self.db, message_id, content).await?,
+        }
         super::WriteCounts::count(&self.writes.checkpoints, 1);
         Ok(())
     }
