@@ -6,10 +6,12 @@
 //! [`GroupWriter`]); the unique index on (conversation, seq) is the last line of defence,
 //! and losing that race is retried, never surfaced as a 500.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use entity::{conversation_events, conversations, messages};
@@ -311,12 +313,34 @@ async fn write_groups(writer: Writer, mut jobs: mpsc::UnboundedReceiver<Job>) {
         };
         let mut delivers = Vec::with_capacity(batch.len());
         let mut appended = 0;
+        let mut panicked = false;
         for job in batch.drain(..) {
-            let (appends, deliver) = job(&txn).await;
-            appended += u64::from(appends);
-            delivers.push(deliver);
+            // A command that panics (a bug) must not take the writer down with it, and
+            // whatever it half wrote must not be committed: the batch is rolled back and
+            // every command in it told so; the commands not yet run are dropped, and their
+            // callers hear that too.
+            if panicked {
+                continue;
+            }
+            match AssertUnwindSafe(job(&txn)).catch_unwind().await {
+                Ok((appends, deliver)) => {
+                    appended += u64::from(appends);
+                    delivers.push(deliver);
+                }
+                Err(_) => {
+                    tracing::error!(
+                        "a command panicked in the group writer; rolling its batch back"
+                    );
+                    panicked = true;
+                }
+            }
         }
-        let committed = txn.commit().await.map_err(|e| e.to_string());
+        let committed = if panicked {
+            let _ = txn.rollback().await;
+            Err("a command in the same batch failed; nothing was committed".to_string())
+        } else {
+            txn.commit().await.map_err(|e| e.to_string())
+        };
         match &committed {
             Ok(()) if appended > 0 => {
                 WriteCounts::count(&writes.appends, appended);

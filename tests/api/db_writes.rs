@@ -104,3 +104,59 @@ backend_test!(
         }
     }
 );
+
+backend_test!(
+    a_command_that_panics_fails_alone_and_the_log_keeps_taking_appends,
+    |app: TestApp| async move {
+        use chat_server::domain::events::{ConversationEvent, ConversationUpdated};
+        use chat_server::store::{Load, Store};
+        use std::convert::Infallible;
+
+        let user = app.register_user(&unique_email()).await;
+        let conversation = app.create_conversation(&user.access, "before").await;
+        let cid: uuid::Uuid = str_field(&conversation, "id").parse().unwrap();
+        let owner: uuid::Uuid = user.id.parse().unwrap();
+        let store = Store::from_connection(app.db().await);
+
+        // A bug in a command: it panics while deciding.
+        let buggy = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .execute(cid, Some(owner), &Load::default(), |_| {
+                        if true {
+                            panic!("a bug in a command");
+                        }
+                        Ok::<Vec<ConversationEvent>, Infallible>(vec![])
+                    })
+                    .await
+                    .is_err()
+            }
+        });
+        match buggy.await {
+            Ok(failed) => assert!(failed, "a panicking command cannot succeed"),
+            // Where the command runs in the caller's task (PostgreSQL), the panic is the
+            // caller's; the group writer (SQLite) turns it into an error instead.
+            Err(join) => assert!(join.is_panic()),
+        }
+        // The same store still appends, promptly.
+        let rename = ConversationUpdated {
+            title: Some("after".into()),
+            ..Default::default()
+        };
+        let appended = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            store.execute(cid, Some(owner), &Load::default(), move |_| {
+                Ok::<_, Infallible>(vec![ConversationEvent::ConversationUpdated(rename.clone())])
+            }),
+        )
+        .await
+        .expect("the writer still answers")
+        .expect("an append after the panic");
+        assert_eq!(appended.events.len(), 1);
+        assert_eq!(
+            app.get_conversation(&user.access, &cid.to_string()).await["title"],
+            "after"
+        );
+    }
+);
