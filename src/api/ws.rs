@@ -1,8 +1,9 @@
 //! `GET /api/ws`: the WebSocket endpoint. The upgrade checks `Origin`; the session
 //! authenticates (by `?token=` or a first `auth` frame), then serves the frames of
 //! `realtime::frames` until its access token expires (a later `auth` frame extends it) or
-//! the server ends the session (close 4401). Each socket has a bounded send queue drained by its own writer task;
-//! a socket that cannot keep up is closed with a reason instead of slowing anyone else.
+//! the server ends the session (close 4401). Each socket has a bounded send queue drained
+//! by its own writer task; a socket that cannot keep up is closed with a reason instead of
+//! slowing anyone else.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
