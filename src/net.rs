@@ -64,35 +64,6 @@ impl FromStr for IpNetwork {
 pub const DEFAULT_TRUSTED_PROXIES: &str =
     "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7";
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn net(s: &str) -> IpNetwork {
-        s.parse().unwrap()
-    }
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn networks_contain_their_addresses_only() {
-        assert!(net("10.0.0.0/8").contains(ip("10.255.1.2")));
-        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
-        assert!(net("172.16.0.0/12").contains(ip("172.31.255.255")));
-        assert!(!net("172.16.0.0/12").contains(ip("172.32.0.0")));
-        assert!(net("192.0.2.7").contains(ip("192.0.2.7")));
-        assert!(!net("192.0.2.7").contains(ip("192.0.2.8")));
-        assert!(net("0.0.0.0/0").contains(ip("8.8.8.8")));
-        assert!(net("fc00::/7").contains(ip("fd12::1")));
-        assert!(!net("fc00::/7").contains(ip("2001:db8::1")));
-        assert!(net("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
-        assert!(!net("::1/128").contains(ip("127.0.0.1")));
-        assert!("10.0.0.0/33".parse::<IpNetwork>().is_err());
-        assert!("nonsense".parse::<IpNetwork>().is_err());
-    }
-}
-
 /// Accepts TCP connections with `TCP_NODELAY` set. Without it a small frame written while
 /// an earlier one is still unacknowledged waits for the peer's delayed ACK (Nagle's
 /// algorithm, about 40 ms on Linux): that was the whole time to a streamed answer's first
@@ -127,12 +98,36 @@ where
 }
 
 #[cfg(test)]
-mod nodelay_tests {
+mod tests {
     use super::*;
-    use poem::listener::{Acceptor, Listener, TcpListener};
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_contain_their_addresses_only() {
+        assert!(net("10.0.0.0/8").contains(ip("10.255.1.2")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("172.16.0.0/12").contains(ip("172.31.255.255")));
+        assert!(!net("172.16.0.0/12").contains(ip("172.32.0.0")));
+        assert!(net("192.0.2.7").contains(ip("192.0.2.7")));
+        assert!(!net("192.0.2.7").contains(ip("192.0.2.8")));
+        assert!(net("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(net("fc00::/7").contains(ip("fd12::1")));
+        assert!(!net("fc00::/7").contains(ip("2001:db8::1")));
+        assert!(net("127.0.0.0/8").contains(ip("::ffff:127.0.0.1")));
+        assert!(!net("::1/128").contains(ip("127.0.0.1")));
+        assert!("10.0.0.0/33".parse::<IpNetwork>().is_err());
+        assert!("nonsense".parse::<IpNetwork>().is_err());
+    }
 
     #[tokio::test]
     async fn accepted_sockets_have_nodelay_set() {
+        use poem::listener::{Acceptor, Listener, TcpListener};
         let acceptor = TcpListener::bind("127.0.0.1:0")
             .into_acceptor()
             .await

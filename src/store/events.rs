@@ -94,7 +94,7 @@ impl Store {
                         load: load.clone(),
                         decide: decide.clone(),
                     };
-                    group.run(self.group_writer(), job).await
+                    group.run(job).await
                 }
                 None => {
                     self.execute_once(conversation_id, actor_id, load, &*decide)
@@ -143,20 +143,11 @@ impl Store {
 
 /// What the group writer needs: the connection, the single-writer turn it shares with the
 /// store's other writes, and the counters.
+#[derive(Clone)]
 pub(super) struct Writer {
     db: DatabaseConnection,
     turn: Option<Arc<tokio::sync::Mutex<()>>>,
     writes: Arc<WriteCounts>,
-}
-
-impl Store {
-    pub(super) fn group_writer(&self) -> Writer {
-        Writer {
-            db: self.db.clone(),
-            turn: self.sqlite_writer.clone(),
-            writes: self.writes.clone(),
-        }
-    }
 }
 
 /// One command for the group writer.
@@ -184,17 +175,25 @@ const MAX_GROUP: usize = 128;
 /// waits to fill a batch: a command that finds the writer idle is committed alone. A caller
 /// that goes away leaves its command to finish; the writer owns the transaction, so nothing
 /// is left half done.
-#[derive(Default)]
 pub(super) struct GroupWriter {
     jobs: std::sync::OnceLock<mpsc::UnboundedSender<Job>>,
+    /// What the writer task gets when the first job starts it.
+    writer: Writer,
 }
 
 impl GroupWriter {
-    async fn run<E, D>(
-        &self,
-        writer: Writer,
-        command: Command<D>,
-    ) -> Result<Committed, ExecuteError<E>>
+    pub(super) fn new(
+        db: DatabaseConnection,
+        turn: Option<Arc<tokio::sync::Mutex<()>>>,
+        writes: Arc<WriteCounts>,
+    ) -> Self {
+        Self {
+            jobs: std::sync::OnceLock::new(),
+            writer: Writer { db, turn, writes },
+        }
+    }
+
+    async fn run<E, D>(&self, command: Command<D>) -> Result<Committed, ExecuteError<E>>
     where
         D: Fn(&ConversationState) -> Result<Vec<ConversationEvent>, E> + Send + Sync + 'static,
         E: Send + 'static,
@@ -206,10 +205,9 @@ impl GroupWriter {
                 let appended = result.as_ref().is_ok_and(|c| !c.events.is_empty());
                 let deliver = Box::new(move |committed: Result<(), String>| {
                     let result = match (committed, result) {
-                        (Err(err), Ok(c)) if !c.events.is_empty() => Err(StoreError::Db(
-                            sea_orm::DbErr::Custom(format!("group commit failed: {err}")),
-                        )
-                        .into()),
+                        (Err(err), Ok(c)) if !c.events.is_empty() => {
+                            Err(group_commit_failed(err).into())
+                        }
                         (_, result) => result,
                     };
                     let _ = reply.send(result);
@@ -217,15 +215,15 @@ impl GroupWriter {
                 (appended, deliver)
             })
         });
-        self.submit(writer, job)?;
+        self.submit(job)?;
         answer.await.unwrap_or_else(|_| Err(writer_gone().into()))
     }
 
     /// Queues a job for the writer, starting the writer on first use.
-    fn submit(&self, writer: Writer, job: Job) -> StoreResult<()> {
+    fn submit(&self, job: Job) -> StoreResult<()> {
         let jobs = self.jobs.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            tokio::spawn(write_groups(writer, receiver));
+            tokio::spawn(write_groups(self.writer.clone(), receiver));
             sender
         });
         jobs.send(job).map_err(|_| writer_gone())
@@ -233,30 +231,27 @@ impl GroupWriter {
 
     /// A running answer's checkpoint, committed with whatever else is waiting: a thousand
     /// streams checkpointing every second share commits too.
-    pub(super) async fn checkpoint(
-        &self,
-        writer: Writer,
-        message_id: Uuid,
-        content: String,
-    ) -> StoreResult<()> {
+    pub(super) async fn checkpoint(&self, message_id: Uuid, content: String) -> StoreResult<()> {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |txn| {
             Box::pin(async move {
                 let result = super::streams::checkpoint_in(txn, message_id, &content).await;
                 let deliver = Box::new(move |committed: Result<(), String>| {
-                    let result = result.and(committed.map_err(|err| {
-                        StoreError::Db(sea_orm::DbErr::Custom(format!(
-                            "group commit failed: {err}"
-                        )))
-                    }));
+                    let result = result.and(committed.map_err(group_commit_failed));
                     let _ = reply.send(result);
                 }) as Deliver;
                 (false, deliver)
             })
         });
-        self.submit(writer, job)?;
+        self.submit(job)?;
         answer.await.unwrap_or_else(|_| Err(writer_gone()))
     }
+}
+
+fn group_commit_failed(err: String) -> StoreError {
+    StoreError::Db(sea_orm::DbErr::Custom(format!(
+        "group commit failed: {err}"
+    )))
 }
 
 fn writer_gone() -> StoreError {

@@ -90,12 +90,19 @@ impl Store {
     pub fn from_connection(db: DatabaseConnection) -> Self {
         let sqlite = db.get_database_backend() == DbBackend::Sqlite;
         let sqlite_writer = sqlite.then(|| Arc::new(Mutex::new(())));
-        let group = sqlite.then(|| Arc::new(events::GroupWriter::default()));
+        let writes = Arc::<WriteCounts>::default();
+        let group = sqlite.then(|| {
+            Arc::new(events::GroupWriter::new(
+                db.clone(),
+                sqlite_writer.clone(),
+                writes.clone(),
+            ))
+        });
         Self {
             db,
             sqlite_writer,
             group,
-            writes: Arc::default(),
+            writes,
         }
     }
 

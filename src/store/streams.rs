@@ -45,11 +45,7 @@ impl Store {
     /// On SQLite it is committed by the group writer, with whatever else is waiting.
     pub async fn checkpoint_message(&self, message_id: Uuid, content: &str) -> StoreResult<()> {
         match &self.group {
-            Some(group) => {
-                group
-                    .checkpoint(self.group_writer(), message_id, content.to_string())
-                    .await?
-            }
+            Some(group) => group.checkpoint(message_id, content.to_string()).await?,
             None => checkpoint_in(&self.db, message_id, content).await?,
         }
         super::WriteCounts::count(&self.writes.checkpoints, 1);
