@@ -258,7 +258,11 @@ type Socket =
 
 async fn connect(address: &str, token: &str) -> Socket {
     let url = format!("{}/api/ws?token={token}", address.replacen("http", "ws", 1));
-    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+    // tungstenite zeroes its whole read buffer (128 KiB by default) on every read: with
+    // 1,000 clients that was a fifth of the machine's CPU, taken from the server under test.
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096);
+    let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
         .await
         .expect("websocket");
     match socket.next().await {
@@ -488,14 +492,46 @@ impl Summary {
 
 /// Prints the figures; a failed stream (through the server or directly) makes the run exit
 /// with status 2 after printing, so a smoke run in CI fails on it.
-fn report(args: &Args, direct: &Summary, server: &Summary, before: Usage, after: Usage) {
+async fn report(
+    args: &Args,
+    process: &ServerProcess,
+    direct: &Summary,
+    server: &Summary,
+    before: Usage,
+    after: Usage,
+) {
     print_report(args, direct, server, before, after);
+    let metrics = reqwest::get(format!("{}/metrics", process.address)).await;
+    if let Ok(response) = metrics {
+        print_first_token_split(&response.text().await.unwrap_or_default());
+    }
     if direct.failed + server.failed > 0 || server.streams == 0 {
         eprintln!(
             "failed streams: {} direct, {} through the server",
             direct.failed, server.failed
         );
         std::process::exit(2);
+    }
+}
+
+/// The server's own histograms of its time to first token: the server's work before the
+/// upstream request, and the wait for the upstream's first delta after it (means).
+fn print_first_token_split(text: &str) {
+    let mean = |name: &str| {
+        let value = |suffix: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}_{suffix} ")))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        value("sum") * 1e3 / value("count").max(1.0)
+    };
+    if !text.is_empty() {
+        println!(
+            "first token inside the server (means): {:.2} ms of server work, {:.2} ms waiting upstream",
+            mean("chat_first_token_server_seconds"),
+            mean("chat_first_token_upstream_seconds")
+        );
     }
 }
 
@@ -605,7 +641,7 @@ async fn first(args: &Args, base: &str, server: &ServerProcess, token: &str) {
         through.push(stream_through(&mut socket, args.delay).await);
     }
     let through = Summary::of(through, started.elapsed());
-    report(args, &direct, &through, before, usage(pid));
+    report(args, server, &direct, &through, before, usage(pid)).await;
 }
 
 /// Every client streams answers back to back for `seconds`.
@@ -646,7 +682,7 @@ async fn throughput(args: &Args, base: &str, server: &ServerProcess, tokens: &[S
     }))
     .await;
     let through = Summary::of(runs.into_iter().flatten().collect(), started.elapsed());
-    report(args, &direct, &through, before, usage(pid));
+    report(args, server, &direct, &through, before, usage(pid)).await;
 }
 
 /// Every client sends one message at the same moment.
@@ -691,7 +727,7 @@ async fn realistic(args: &Args, base: &str, server: &ServerProcess, tokens: &[St
         streams.push(task.await.unwrap_or_default());
     }
     let through = Summary::of(streams, started.elapsed());
-    report(args, &direct, &through, before, usage(pid));
+    report(args, server, &direct, &through, before, usage(pid)).await;
 }
 
 /// `clients` authenticated sockets that do nothing: the server's memory per socket.

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub password_hashes: IntCounterVec,
     pub event_appends: IntCounter,
     pub event_commits: IntCounter,
+    pub event_append_retries: IntCounter,
     pub stream_checkpoints: IntCounter,
 }
 
@@ -144,6 +145,10 @@ impl Metrics {
                 "chat_event_commits_total",
                 "Transactions that committed appended events (fewer than the appends when \
                  commits are grouped, as on SQLite)"
+            )),
+            event_append_retries: register!(IntCounter::new(
+                "chat_event_append_retries_total",
+                "Appends tried again after losing a race for a conversation's next seq"
             )),
             stream_checkpoints: register!(IntCounter::new(
                 "chat_stream_checkpoints_total",

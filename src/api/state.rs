@@ -43,6 +43,7 @@ impl AppState {
         for (counter, value) in [
             (&self.metrics.event_appends, &writes.appends),
             (&self.metrics.event_commits, &writes.commits),
+            (&self.metrics.event_append_retries, &writes.retries),
             (&self.metrics.stream_checkpoints, &writes.checkpoints),
         ] {
             let value = WriteCounts::get(value);

@@ -151,6 +151,12 @@ impl ConversationEvent {
     }
 
     /// The message this event is about, if any: the store loads it before applying.
+    /// Whether the event brings its message into being (its id is new), rather than
+    /// changing one that exists.
+    pub fn creates_message(&self) -> bool {
+        matches!(self, Self::MessageAdded(_) | Self::StreamStarted(_))
+    }
+
     pub fn message_id(&self) -> Option<Uuid> {
         match self {
             Self::MessageAdded(e) => Some(e.message_id),

@@ -1,8 +1,10 @@
 //! Storage: SeaORM over SQLite or PostgreSQL. This layer knows tables and transactions,
 //! nothing about HTTP.
 
+mod batch;
 mod conversations;
 mod events;
+mod group_commit;
 mod records;
 mod refresh_tokens;
 mod streams;
@@ -57,17 +59,19 @@ pub struct Store {
     /// failures when a read transaction tries to upgrade. PostgreSQL locks rows instead.
     sqlite_writer: Option<Arc<Mutex<()>>>,
     /// SQLite only: event appends go through one group-committing writer.
-    group: Option<Arc<events::GroupWriter>>,
+    group: Option<Arc<group_commit::GroupWriter>>,
     writes: Arc<WriteCounts>,
 }
 
 /// What the store has written since it started, for `/metrics`: commands that appended
-/// events, the transactions that committed them (fewer, when commits are grouped), and
-/// stream checkpoints.
+/// events, the transactions that committed them (fewer, when commits are grouped), the
+/// appends retried after a lost race, and stream checkpoints.
 #[derive(Debug, Default)]
 pub struct WriteCounts {
     pub appends: std::sync::atomic::AtomicU64,
     pub commits: std::sync::atomic::AtomicU64,
+    /// Appends tried again after losing a race for the next `seq`.
+    pub retries: std::sync::atomic::AtomicU64,
     pub checkpoints: std::sync::atomic::AtomicU64,
 }
 
@@ -92,7 +96,7 @@ impl Store {
         let sqlite_writer = sqlite.then(|| Arc::new(Mutex::new(())));
         let writes = Arc::<WriteCounts>::default();
         let group = sqlite.then(|| {
-            Arc::new(events::GroupWriter::new(
+            Arc::new(group_commit::GroupWriter::new(
                 db.clone(),
                 sqlite_writer.clone(),
                 writes.clone(),

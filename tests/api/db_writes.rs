@@ -160,3 +160,78 @@ backend_test!(
         );
     }
 );
+
+backend_test!(
+    commands_on_one_conversation_that_wait_together_see_each_other_and_never_collide,
+    |app: TestApp| async move {
+        use chat_server::domain::events::{ConversationEvent, ConversationUpdated};
+        use chat_server::store::{ExecuteError, Load, Store, WriteCounts};
+
+        let user = app.register_user(&unique_email()).await;
+        let conversation = app.create_conversation(&user.access, "t").await;
+        let cid: uuid::Uuid = str_field(&conversation, "id").parse().unwrap();
+        let owner: uuid::Uuid = user.id.parse().unwrap();
+        let store = Store::from_connection(app.db().await);
+
+        // 64 commands at once on one conversation (on SQLite they share batches). Each
+        // appends its number to the title it sees; every fourth refuses.
+        let outcomes = join_all((0..64).map(|i| {
+            let store = store.clone();
+            async move {
+                let load = Load::default();
+                let decided = store.execute(cid, Some(owner), &load, move |state| {
+                    if i % 4 == 3 {
+                        return Err(format!("refused {i}"));
+                    }
+                    let seen = &state.conversation.as_ref().expect("the conversation").title;
+                    Ok(vec![ConversationEvent::ConversationUpdated(
+                        ConversationUpdated {
+                            title: Some(format!("{seen}+{i}")),
+                            ..Default::default()
+                        },
+                    )])
+                });
+                (i, decided.await)
+            }
+        }))
+        .await;
+
+        let mut seqs = Vec::new();
+        for (i, outcome) in outcomes {
+            match outcome {
+                Ok(committed) if i % 4 != 3 => {
+                    assert_eq!(committed.events.len(), 1);
+                    seqs.push(committed.events[0].seq);
+                }
+                Err(ExecuteError::Refused(why)) if i % 4 == 3 => {
+                    assert_eq!(why, format!("refused {i}"))
+                }
+                other => panic!("command {i}: {other:?}"),
+            }
+        }
+        // Each at its own seq, right after the conversation's creation, with no lost race.
+        seqs.sort();
+        assert_eq!(seqs, (2..2 + 48).collect::<Vec<i64>>());
+        assert_eq!(
+            WriteCounts::get(&store.writes().retries),
+            0,
+            "no append lost a race"
+        );
+        // Each saw the title its predecessor wrote: no update lost.
+        let title = app.get_conversation(&user.access, &cid.to_string()).await["title"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut numbers: Vec<u32> = title
+            .split('+')
+            .skip(1)
+            .map(|n| n.parse().unwrap())
+            .collect();
+        numbers.sort();
+        assert_eq!(
+            numbers,
+            (0..64).filter(|i| i % 4 != 3).collect::<Vec<u32>>(),
+            "{title}"
+        );
+    }
+);
