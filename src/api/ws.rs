@@ -2,8 +2,9 @@
 //! authenticates (by `?token=` or a first `auth` frame), then serves the frames of
 //! `realtime::frames` until its access token expires (a later `auth` frame extends it) or
 //! the server ends the session (close 4401). Each socket has a bounded send queue drained
-//! by its own writer task; a socket that cannot keep up is closed with a reason instead of
-//! slowing anyone else.
+//! by its own writer task, which also reads the joined rooms' live frames straight from
+//! their subscriptions; a socket that cannot keep up with either is closed with a reason
+//! instead of slowing anyone else.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,8 @@ use poem::web::{Data, Query};
 use poem::{handler, IntoResponse, Request, Response};
 use serde::Deserialize;
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+use tokio_stream::StreamMap;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -135,10 +137,20 @@ const SLOW_CONSUMER: CloseReason = CloseReason(
     "send queue overflow: the client is not reading fast enough",
 );
 
+/// What a socket's writer is asked to do, in order.
+enum Outgoing {
+    Frame(Arc<OutFrame>),
+    /// From here on, also relay the room's live frames: straight from the room's
+    /// subscription to the socket, with no task in between (a wake-up less per chunk).
+    /// Queued after the join's replay and snapshot, so the live frames follow them.
+    Join(Uuid, RoomReceiver),
+    Leave(Uuid),
+}
+
 /// The send side of a socket: a bounded queue and the means to close.
 #[derive(Clone)]
 struct Outbox {
-    queue: mpsc::Sender<Arc<OutFrame>>,
+    queue: mpsc::Sender<Outgoing>,
     /// Asks the session to end; the writer still sends what was queued before it.
     close: CancellationToken,
     /// Set only for a client too slow to read: the writer drops even the frame in flight.
@@ -148,7 +160,11 @@ struct Outbox {
 
 impl Outbox {
     fn send(&self, frame: Arc<OutFrame>) {
-        if self.queue.try_send(frame).is_err() && !self.close.is_cancelled() {
+        self.push(Outgoing::Frame(frame));
+    }
+
+    fn push(&self, outgoing: Outgoing) {
+        if self.queue.try_send(outgoing).is_err() && !self.close.is_cancelled() {
             self.close_with(SLOW_CONSUMER);
         }
     }
@@ -157,8 +173,12 @@ impl Outbox {
     /// that makes no room within [`REPLAY_WAIT`] is closed as too slow. Whether it was
     /// queued.
     async fn send_waiting(&self, frame: Arc<OutFrame>) -> bool {
+        self.push_waiting(Outgoing::Frame(frame)).await
+    }
+
+    async fn push_waiting(&self, outgoing: Outgoing) -> bool {
         tokio::select! {
-            sent = tokio::time::timeout(REPLAY_WAIT, self.queue.send(frame)) => match sent {
+            sent = tokio::time::timeout(REPLAY_WAIT, self.queue.send(outgoing)) => match sent {
                 Ok(sent) => sent.is_ok(),
                 Err(_) => {
                     self.close_with(SLOW_CONSUMER);
@@ -241,7 +261,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         state,
         user,
         outbox: outbox.clone(),
-        rooms: HashMap::new(),
+        rooms: HashSet::new(),
         live,
         token_expires: deadline(auth.expires_at),
     };
@@ -331,9 +351,6 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         }
     }
     // The socket goes; its streams do not (the hub owns them).
-    for (_, forwarder) in session.rooms.drain() {
-        forwarder.abort();
-    }
     drop(session);
     outbox.close.cancel();
     // Read (and drop) what the client still sends until it answers the close: the
@@ -396,7 +413,8 @@ struct Session {
     user: CurrentUser,
     outbox: Outbox,
     /// Joined conversations and the task forwarding each one's frames into the outbox.
-    rooms: HashMap<Uuid, JoinHandle<()>>,
+    /// The rooms this socket has joined (the writer relays their frames).
+    rooms: HashSet<Uuid>,
     /// The socket's registration: resolves when the server ends the session.
     live: LiveSession,
     /// When the access token the socket last authenticated with expires.
@@ -465,8 +483,8 @@ impl Session {
                 after_seq,
             } => self.join(conversation_id, Some(after_seq.max(0))).await,
             ClientFrame::LeaveConversation { conversation_id } => {
-                if let Some(forwarder) = self.rooms.remove(&conversation_id) {
-                    forwarder.abort();
+                if self.rooms.remove(&conversation_id) {
+                    self.outbox.push(Outgoing::Leave(conversation_id));
                 }
                 self.outbox.reply(&ServerFrame::Left { conversation_id });
             }
@@ -500,7 +518,7 @@ impl Session {
             Ok(None) => return self.outbox.error(ServiceError::ConversationNotFound),
             Err(err) => return self.outbox.error(err.into()),
         };
-        let receiver = (!self.rooms.contains_key(&conversation_id))
+        let receiver = (!self.rooms.contains(&conversation_id))
             .then(|| self.state.hub.bus().subscribe(conversation_id));
         self.outbox.reply(&ServerFrame::Joined {
             conversation_id,
@@ -545,10 +563,13 @@ impl Session {
             }
         }
         if let Some(receiver) = receiver {
-            self.rooms.insert(
-                conversation_id,
-                spawn_forwarder(receiver, self.outbox.clone()),
-            );
+            if self
+                .outbox
+                .push_waiting(Outgoing::Join(conversation_id, receiver))
+                .await
+            {
+                self.rooms.insert(conversation_id);
+            }
         }
     }
 
@@ -571,7 +592,7 @@ impl Session {
             .state
             .hub
             .start(self.user, request, |id| {
-                (!rooms.contains_key(&id)).then(|| bus.subscribe(id))
+                (!rooms.contains(&id)).then(|| bus.subscribe(id))
             })
             .await;
         match started {
@@ -580,10 +601,9 @@ impl Session {
                     self.outbox.send(Arc::new(frame));
                 }
                 if let Some(receiver) = started.receiver {
-                    self.rooms.insert(
-                        started.conversation_id,
-                        spawn_forwarder(receiver, self.outbox.clone()),
-                    );
+                    self.rooms.insert(started.conversation_id);
+                    self.outbox
+                        .push(Outgoing::Join(started.conversation_id, receiver));
                 }
             }
             Err(err) => self.outbox.error(err),
@@ -591,37 +611,39 @@ impl Session {
     }
 }
 
-fn spawn_forwarder(mut receiver: RoomReceiver, outbox: Outbox) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match receiver.recv().await {
-                Ok(frame) => outbox.send(frame),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    outbox.close_with(SLOW_CONSUMER);
-                    break;
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            }
-        }
-    })
-}
-
-/// Drains the queue into the socket, dropping frames this socket has already had in another
-/// form (see [`Dedup`]), until the session ends or asks to close.
+/// Drains the queue and the joined rooms into the socket, dropping frames this socket has
+/// already had in another form (see [`Dedup`]), until the session ends or asks to close.
 async fn write_frames(
     mut sink: futures::stream::SplitSink<WebSocketStream, Message>,
-    mut queued: mpsc::Receiver<Arc<OutFrame>>,
+    mut queued: mpsc::Receiver<Outgoing>,
     outbox: Outbox,
     ping: Arc<Notify>,
     metrics: Arc<crate::metrics::Metrics>,
 ) {
     let mut dedup = Dedup::default();
+    let mut rooms: StreamMap<Uuid, BroadcastStream<Arc<OutFrame>>> = StreamMap::new();
     loop {
         let frame = tokio::select! {
             biased;
-            frame = queued.recv() => match frame {
-                Some(frame) => frame,
+            outgoing = queued.recv() => match outgoing {
+                Some(Outgoing::Frame(frame)) => frame,
+                Some(Outgoing::Join(id, receiver)) => {
+                    rooms.insert(id, BroadcastStream::new(receiver));
+                    continue;
+                }
+                Some(Outgoing::Leave(id)) => {
+                    rooms.remove(&id);
+                    continue;
+                }
                 None => break,
+            },
+            Some((_, live)) = rooms.next(), if !rooms.is_empty() => match live {
+                Ok(frame) => frame,
+                // Fallen a whole room's buffer behind: frames are lost, so the socket goes.
+                Err(BroadcastStreamRecvError::Lagged(_)) => {
+                    outbox.close_with(SLOW_CONSUMER);
+                    continue;
+                }
             },
             _ = ping.notified() => {
                 if sink.send(Message::Ping(Vec::new())).await.is_err() {
@@ -661,7 +683,10 @@ async fn write_frames(
     let slow = matches!(&reason, Some(CloseReason(CloseCode::Again, _)));
     // Flush what was queued before a requested close (an error frame, say), briefly; a
     // client too slow to read gets no more frames, only the close.
-    while let (false, Ok(frame)) = (slow, queued.try_recv()) {
+    while let (false, Ok(outgoing)) = (slow, queued.try_recv()) {
+        let Outgoing::Frame(frame) = outgoing else {
+            continue;
+        };
         let sent = !dedup.pass(&frame)
             || tokio::time::timeout(
                 Duration::from_millis(200),
