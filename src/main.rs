@@ -21,6 +21,9 @@ const USAGE: &str =
 
 Configuration comes from the environment and a .env file; see README.md.";
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     chat_server::allocator::release_large_blocks();

@@ -75,7 +75,9 @@ impl PasswordHashing {
         }
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            work()
+            let result = work();
+            crate::allocator::return_freed_memory();
+            result
         })
         .await
         .context(what)?;
