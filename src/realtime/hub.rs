@@ -632,6 +632,7 @@ pub async fn recover_interrupted(chat: &ChatService) -> anyhow::Result<usize> {
             assistant_message_id: message.id,
             started_seq: 0,
             model: message.model.clone().unwrap_or_default(),
+            prepared: None,
         };
         let outcome = TurnOutcome {
             content: message.content.clone(),

@@ -33,6 +33,9 @@ pub struct Turn {
     /// The `seq` of its `stream_started` event.
     pub started_seq: i64,
     pub model: String,
+    /// The upstream request, when the turn already held everything it needs: the turn that
+    /// created its conversation knows the whole history (its one message) without a read.
+    pub prepared: Option<ChatRequest>,
 }
 
 pub enum TurnStart {
@@ -168,6 +171,33 @@ impl ChatService {
                 previous,
             });
         };
+        let created = committed.events.iter().any(|e| {
+            matches!(
+                e.event,
+                crate::domain::events::ConversationEvent::ConversationCreated(_)
+            )
+        });
+        let prepared = match (created, &committed.state.conversation) {
+            (true, Some(conversation)) => {
+                let mut history: Vec<MessageRecord> = committed
+                    .state
+                    .messages
+                    .values()
+                    .filter(|m| m.id != turn.assistant_message_id)
+                    .cloned()
+                    .collect();
+                history.sort_by_key(|m| m.position);
+                Some(ChatRequest {
+                    model: started.1.clone(),
+                    messages: build_context(
+                        conversation.system_prompt.as_deref(),
+                        &history,
+                        self.context_budget_tokens,
+                    ),
+                })
+            }
+            _ => None,
+        };
         Ok(TurnStart::Started(Turn {
             owner_id: user.id,
             conversation_id,
@@ -175,11 +205,15 @@ impl ChatService {
             assistant_message_id: turn.assistant_message_id,
             started_seq: started.0,
             model: started.1,
+            prepared,
         }))
     }
 
     /// The upstream request for a turn: system prompt, then the complete history in order.
     pub async fn context_for(&self, turn: &Turn) -> ServiceResult<ChatRequest> {
+        if let Some(prepared) = &turn.prepared {
+            return Ok(prepared.clone());
+        }
         let conversation = self
             .store
             .find_conversation(turn.conversation_id, turn.owner_id)
