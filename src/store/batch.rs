@@ -2,8 +2,8 @@
 //! grow with the number of commands in it.
 //!
 //! A batch is one or more commands in one transaction, run in three steps:
-//! 1. **load**: the conversation rows, the messages the commands name, and each
-//!    conversation's last `seq`, one statement each for the whole batch;
+//! 1. **load**: the conversation rows (which carry each conversation's last `seq`) and the
+//!    messages the commands name, one statement each for the whole batch;
 //! 2. **decide**: each command, in order, decides against its conversation's state in
 //!    memory; its events are applied to a copy of that state, which becomes the state the
 //!    next command on the same conversation sees (what savepoints gave, without a
@@ -44,6 +44,9 @@ pub(super) trait Pending: Send {
     fn conversation_id(&self) -> Uuid;
     fn actor_id(&self) -> Option<Uuid>;
     fn load(&self) -> &Load;
+    /// Whether the expected seq must come from the log itself: after a lost race, the
+    /// conversation row's `last_seq` is not trusted.
+    fn seq_from_log(&self) -> bool;
     /// The command's events, or `Err(())` when it refused (the refusal is kept for
     /// [`Pending::deliver`]).
     fn decide(&mut self, state: &ConversationState) -> Result<Vec<ConversationEvent>, ()>;
@@ -95,6 +98,8 @@ pub(super) async fn run(
 /// What a batch's commands need to see.
 struct Needs {
     conversations: Vec<Uuid>,
+    /// Conversations whose last seq is read from the log (see [`Pending::seq_from_log`]).
+    seqs_from_log: Vec<Uuid>,
     messages: BTreeSet<Uuid>,
     client_message_ids: BTreeSet<String>,
 }
@@ -102,8 +107,14 @@ struct Needs {
 impl Needs {
     fn of(commands: &[Box<dyn Pending>]) -> Self {
         let conversations: BTreeSet<Uuid> = commands.iter().map(|c| c.conversation_id()).collect();
+        let seqs_from_log: BTreeSet<Uuid> = commands
+            .iter()
+            .filter(|c| c.seq_from_log())
+            .map(|c| c.conversation_id())
+            .collect();
         Self {
             conversations: conversations.into_iter().collect(),
+            seqs_from_log: seqs_from_log.into_iter().collect(),
             messages: commands
                 .iter()
                 .flat_map(|c| c.load().messages.iter().copied())
@@ -120,6 +131,7 @@ impl Needs {
 async fn load(txn: &DatabaseTransaction, needs: Needs) -> StoreResult<HashMap<Uuid, Slot>> {
     let Needs {
         conversations: ids,
+        seqs_from_log,
         messages: message_ids,
         client_message_ids: client_ids,
     } = needs;
@@ -133,6 +145,10 @@ async fn load(txn: &DatabaseTransaction, needs: Needs) -> StoreResult<HashMap<Uu
     }
     for row in select.all(txn).await.map_err(StoreError::from_db)? {
         if let Some(slot) = slots.get_mut(&row.id) {
+            // The projection is written with the log, in the same transaction, so its
+            // last seq is the log's; a lost race (a unique violation on the seq) retries
+            // with the log's own figure.
+            slot.last_seq = row.last_seq;
             slot.state.conversation = Some(conversation_from_row(row));
         }
     }
@@ -164,12 +180,14 @@ async fn load(txn: &DatabaseTransaction, needs: Needs) -> StoreResult<HashMap<Uu
         }
     }
 
-    // The expected seq: whatever the log says, not the projection, in case they differ.
+    if seqs_from_log.is_empty() {
+        return Ok(slots);
+    }
     let last: Vec<(Uuid, i64)> = conversation_events::Entity::find()
         .select_only()
         .column(conversation_events::Column::ConversationId)
         .column_as(conversation_events::Column::Seq.max(), "last_seq")
-        .filter(conversation_events::Column::ConversationId.is_in(ids))
+        .filter(conversation_events::Column::ConversationId.is_in(seqs_from_log))
         .group_by(conversation_events::Column::ConversationId)
         .into_tuple()
         .all(txn)

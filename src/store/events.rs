@@ -86,6 +86,7 @@ impl Store {
                 actor_id,
                 load: load.clone(),
                 decide: decide.clone(),
+                seq_from_log: attempt > 1,
                 refusal: None,
                 reply,
             });
@@ -151,6 +152,7 @@ struct Typed<D, E> {
     actor_id: Option<Uuid>,
     load: Load,
     decide: Arc<D>,
+    seq_from_log: bool,
     /// Why `decide` refused, kept until the outcome is delivered.
     refusal: Option<E>,
     reply: oneshot::Sender<Result<Committed, ExecuteError<E>>>,
@@ -171,6 +173,10 @@ where
 
     fn load(&self) -> &Load {
         &self.load
+    }
+
+    fn seq_from_log(&self) -> bool {
+        self.seq_from_log
     }
 
     fn decide(&mut self, state: &ConversationState) -> Result<Vec<ConversationEvent>, ()> {
