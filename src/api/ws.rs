@@ -412,7 +412,6 @@ struct Session {
     state: AppState,
     user: CurrentUser,
     outbox: Outbox,
-    /// Joined conversations and the task forwarding each one's frames into the outbox.
     /// The rooms this socket has joined (the writer relays their frames).
     rooms: HashSet<Uuid>,
     /// The socket's registration: resolves when the server ends the session.

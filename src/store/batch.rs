@@ -1,9 +1,10 @@
 //! Running commands against conversations in bulk: the statements a batch costs do not
-//! grow with the number of commands in it.
+//! grow with the number of commands in it (up to 1,000 rows per statement).
 //!
 //! A batch is one or more commands in one transaction, run in three steps:
 //! 1. **load**: the conversation rows (which carry each conversation's last `seq`) and the
-//!    messages the commands name, one statement each for the whole batch;
+//!    messages the commands name, one statement each for the whole batch (and the log's
+//!    last seq for the conversations of commands retrying after a lost race);
 //! 2. **decide**: each command, in order, decides against its conversation's state in
 //!    memory; its events are applied to a copy of that state, which becomes the state the
 //!    next command on the same conversation sees (what savepoints gave, without a

@@ -1,10 +1,11 @@
 //! The one append path. [`Store::execute`] runs a command against a conversation inside one
 //! transaction: it loads the current state, lets the pure command decide the events, appends
 //! them at the next `seq`s, applies them with the same `apply` that replays use, and writes
-//! the touched projection rows. Concurrent writers are serialised (a row lock on PostgreSQL,
-//! the single-writer turn on SQLite, where commands waiting together share one commit: see
-//! [`super::group_commit`]); the unique index on (conversation, seq) is the last line of defence,
-//! and losing that race is retried, never surfaced as a 500.
+//! the touched projection rows ([`super::batch`] does the work, for one command or many).
+//! Concurrent writers are serialised (a row lock on PostgreSQL, the single-writer turn on
+//! SQLite, where commands waiting together share one commit: see [`super::group_commit`]);
+//! the unique index on (conversation, seq) is the last line of defence, and losing that
+//! race is retried (reading the seq from the log itself), never surfaced as a 500.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +124,11 @@ impl Store {
         };
         let mut commands = vec![command];
         let outcome = match batch::run(&txn, &mut commands).await {
-            Ok(mut outcomes) => outcomes.pop().unwrap_or(Outcome::Refused),
+            Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
+                Outcome::Failed(StoreError::Db(sea_orm::DbErr::Custom(
+                    "a batch of one gave no outcome".into(),
+                )))
+            }),
             Err(err) => Outcome::Failed(err),
         };
         let outcome = match outcome {
