@@ -179,22 +179,15 @@ impl ChatService {
         });
         let prepared = match (created, &committed.state.conversation) {
             (true, Some(conversation)) => {
-                let mut history: Vec<MessageRecord> = committed
-                    .state
-                    .messages
-                    .values()
-                    .filter(|m| m.id != turn.assistant_message_id)
-                    .cloned()
-                    .collect();
+                let mut history: Vec<MessageRecord> =
+                    committed.state.messages.values().cloned().collect();
                 history.sort_by_key(|m| m.position);
-                Some(ChatRequest {
-                    model: started.1.clone(),
-                    messages: build_context(
-                        conversation.system_prompt.as_deref(),
-                        &history,
-                        self.context_budget_tokens,
-                    ),
-                })
+                Some(self.request(
+                    started.1.clone(),
+                    conversation.system_prompt.as_deref(),
+                    history,
+                    turn.assistant_message_id,
+                ))
             }
             _ => None,
         };
@@ -220,18 +213,27 @@ impl ChatService {
             .await?
             .ok_or(ServiceError::ConversationNotFound)?;
         let messages = self.store.list_messages(turn.conversation_id).await?;
-        let messages: Vec<_> = messages
-            .into_iter()
-            .filter(|m| m.id != turn.assistant_message_id)
-            .collect();
-        Ok(ChatRequest {
-            model: turn.model.clone(),
-            messages: build_context(
-                conversation.system_prompt.as_deref(),
-                &messages,
-                self.context_budget_tokens,
-            ),
-        })
+        Ok(self.request(
+            turn.model.clone(),
+            conversation.system_prompt.as_deref(),
+            messages,
+            turn.assistant_message_id,
+        ))
+    }
+
+    /// The upstream request from the history in order, without the answer being asked for.
+    fn request(
+        &self,
+        model: String,
+        system_prompt: Option<&str>,
+        history: Vec<MessageRecord>,
+        answer_id: Uuid,
+    ) -> ChatRequest {
+        let history: Vec<_> = history.into_iter().filter(|m| m.id != answer_id).collect();
+        ChatRequest {
+            model,
+            messages: build_context(system_prompt, &history, self.context_budget_tokens),
+        }
     }
 
     /// Commits how an answer ended; returns the `seq` of its `stream_completed` event.
