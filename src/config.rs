@@ -70,6 +70,9 @@ pub struct Config {
     pub http: HttpConfig,
     /// How long running streams may take to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// PostgreSQL with several instances: at most this long after an instance dies, a
+    /// survivor has ended its streaming answers as `interrupted`.
+    pub instance_lease: Duration,
 }
 
 /// How the first admin comes to be. In production the first sign-up does not silently
@@ -344,6 +347,10 @@ impl Config {
                 metrics_enabled: parse_bool(get("METRICS_ENABLED"), "METRICS_ENABLED", true)?,
             },
             shutdown_grace: millis("SHUTDOWN_GRACE_MS", 10_000)?,
+            instance_lease: match millis("INSTANCE_LEASE_MS", 15_000)? {
+                lease if lease >= Duration::from_millis(500) => lease,
+                _ => anyhow::bail!("INSTANCE_LEASE_MS must be at least 500"),
+            },
         })
     }
 
@@ -623,6 +630,7 @@ mod tests {
             }
             "METRICS_ENABLED" => cfg.http.metrics_enabled.to_string(),
             "SHUTDOWN_GRACE_MS" => ms(cfg.shutdown_grace),
+            "INSTANCE_LEASE_MS" => ms(cfg.instance_lease),
             "LOG_FORMAT" => format!("{:?}", cfg.log_format).to_lowercase(),
             // The filter's first directive is the server's own level.
             "RUST_LOG" => crate::telemetry::DEFAULT_LOG_FILTER

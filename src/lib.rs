@@ -1,10 +1,12 @@
 //! A persistent, multi-user AI chat backend.
 //!
-//! Layers, each a folder, depending downwards only: `api` (HTTP) → `service` (use cases) →
-//! `domain` (pure rules and the event log's vocabulary) and `store` (SeaORM).
+//! Layers, each a folder, depending downwards only: `api` (HTTP) → `cluster` (this process
+//! among the deployment's instances) → `realtime` (running streams, rooms) → `service` (use
+//! cases) → `domain` (pure rules and the event log's vocabulary) and `store` (SeaORM).
 
 pub mod allocator;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod llm;

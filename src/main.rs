@@ -73,7 +73,7 @@ async fn run(command: &str) -> anyhow::Result<()> {
                 .context("set ADMIN_PASSWORD to the new admin's password")?;
             let store = Store::connect(&config.database_url).await?;
             store.migrate().await?;
-            let state = build_state(&config, store)?;
+            let state = build_state(&config, store, uuid::Uuid::now_v7())?;
             let user = state
                 .auth
                 .create_admin(&email, password)
@@ -85,7 +85,10 @@ async fn run(command: &str) -> anyhow::Result<()> {
         "openapi" => {
             // The spec does not depend on the database: an in-memory SQLite stands in.
             let store = Store::connect("sqlite::memory:").await?;
-            println!("{}", api::spec_json(build_state(&config, store)?));
+            println!(
+                "{}",
+                api::spec_json(build_state(&config, store, uuid::Uuid::now_v7())?)
+            );
             Ok(())
         }
         other => anyhow::bail!("unknown command `{other}`\n\n{USAGE}"),

@@ -9,13 +9,15 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::net::NoDelayAcceptor;
 use poem::Server;
+use uuid::Uuid;
 
 use crate::api::{self, AppState};
+use crate::cluster::Instance;
 use crate::config::Config;
 use crate::llm::{self, demo::DEMO_MODEL};
 use crate::metrics::Metrics;
 use crate::realtime::bus::{LocalRoomBus, RoomBus};
-use crate::realtime::hub::{recover_interrupted, StreamHub};
+use crate::realtime::hub::StreamHub;
 use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
@@ -29,6 +31,7 @@ pub struct Application {
     acceptor: NoDelayAcceptor<TcpAcceptor>,
     state: AppState,
     config: Arc<Config>,
+    instance: Instance,
 }
 
 impl Application {
@@ -42,14 +45,16 @@ impl Application {
                 "JWT_SECRET is not set: using a development secret generated into the data folder; set JWT_SECRET in production"
             );
         }
+        let instance = Instance::join(&config)?;
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
-        let state = build_state(&config, store)?;
-        let interrupted = recover_interrupted(&state.chat).await?;
+        instance.register(&store).await?;
+        let state = build_state(&config, store, instance.id)?;
+        let interrupted = instance.recover(&state.store, &state.hub).await?;
         if interrupted > 0 {
             tracing::warn!(
                 interrupted,
-                "marked answers cut off by the last stop as interrupted"
+                "marked answers cut off by a stop as interrupted"
             );
         }
         let address = format!("{}:{}", config.host, config.port);
@@ -67,6 +72,7 @@ impl Application {
             acceptor: NoDelayAcceptor(acceptor),
             state,
             config: Arc::new(config),
+            instance,
         })
     }
 
@@ -83,6 +89,8 @@ impl Application {
         let state = self.state.clone();
         let grace = self.config.shutdown_grace;
         let stop = tokio_util::sync::CancellationToken::new();
+        let instance = self.instance;
+        instance.keep_alive(state.store.clone(), state.hub.clone());
         // On SIGTERM/SIGINT the listener stops at once; running streams get the grace period
         // to finish, the rest are committed as `interrupted`, and then every socket is closed.
         let drained = tokio::spawn({
@@ -91,6 +99,7 @@ impl Application {
             async move {
                 stop.cancelled().await;
                 state.hub.shutdown(grace).await;
+                instance.leave(&state.store).await;
                 // The streams' last frames are on their way through the rooms' in-memory
                 // queues; let them reach the sockets before the sockets close.
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -124,7 +133,8 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
+/// The services of one server instance (`instance_id` is recorded in the answers it runs).
+pub fn build_state(config: &Config, store: Store, instance_id: Uuid) -> anyhow::Result<AppState> {
     let keys = TokenKeys::new(&config.jwt);
     let metrics = Arc::new(Metrics::new());
     let provider = llm::from_config(config, metrics.clone())?;
@@ -143,7 +153,8 @@ pub fn build_state(config: &Config, store: Store) -> anyhow::Result<AppState> {
         config.upstream.clone(),
         limits.clone(),
         config.limits.max_message_chars,
-    );
+    )
+    .run_by(instance_id);
     let sessions = LiveSessions::new(config.limits.ws_max_connections_per_user, metrics.clone());
     let bus: Arc<dyn RoomBus> = Arc::new(LocalRoomBus::new(config.ws_send_queue_frames));
     Ok(AppState {

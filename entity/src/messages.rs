@@ -17,6 +17,8 @@ pub struct Model {
     pub completion_tokens: Option<i64>,
     /// The sender's idempotency key for user messages (`clientMessageId`).
     pub client_message_id: Option<String>,
+    /// The server instance that runs (or ran) this answer; `None` for other messages.
+    pub instance_id: Option<Uuid>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -100,6 +100,11 @@ impl From<ServiceError> for ApiError {
             ),
             E::UserNotFound => Self::new(StatusCode::NOT_FOUND, "USER_NOT_FOUND", "user not found"),
             E::Conflict(message) => Self::new(StatusCode::CONFLICT, "CONFLICT", message),
+            E::AlreadyFinished => Self::new(
+                StatusCode::CONFLICT,
+                "CONFLICT",
+                "the answer has already finished",
+            ),
             E::RateLimited {
                 message,
                 retry_after_secs,

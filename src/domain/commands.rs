@@ -116,6 +116,8 @@ pub struct NewTurn {
     /// The model for this answer: the request's, else the conversation's, else this default.
     pub model_override: Option<String>,
     pub default_model: String,
+    /// The server instance that will run the answer (recorded in `stream_started`).
+    pub instance_id: Option<Uuid>,
 }
 
 /// Titles of conversations started by a message are its first 50 characters.
@@ -176,6 +178,7 @@ pub fn start_turn(state: &ConversationState, actor: Uuid, turn: &NewTurn) -> Dec
         message_id: turn.assistant_message_id,
         user_message_id: Some(turn.user_message_id),
         model,
+        instance_id: turn.instance_id,
     }));
     Ok(events)
 }
@@ -187,9 +190,7 @@ pub fn finish_stream(state: &ConversationState, completed: StreamCompleted) -> D
         .get(&completed.message_id)
         .ok_or(DomainError::MessageNotFound)?;
     if message.status != MessageStatus::Streaming {
-        return Err(DomainError::Conflict(
-            "the answer has already finished".into(),
-        ));
+        return Err(DomainError::AlreadyFinished);
     }
     Ok(vec![ConversationEvent::StreamCompleted(completed)])
 }
@@ -203,6 +204,7 @@ mod tests {
 
     const OWNER: Uuid = Uuid::from_u128(1);
     const STRANGER: Uuid = Uuid::from_u128(2);
+    const INSTANCE: Uuid = Uuid::from_u128(3);
 
     fn given(events: Vec<ConversationEvent>) -> ConversationState {
         let mut state = ConversationState::default();
@@ -273,6 +275,7 @@ mod tests {
             create_if_missing,
             model_override: None,
             default_model: "default-model".into(),
+            instance_id: Some(INSTANCE),
         }
     }
 
@@ -288,6 +291,11 @@ mod tests {
             panic!("{events:?}")
         };
         assert_eq!(started.model, "default-model");
+        assert_eq!(
+            started.instance_id,
+            Some(INSTANCE),
+            "the answer records its runner"
+        );
         assert_eq!(
             start_turn(&ConversationState::default(), OWNER, &turn(None, false)),
             Err(DomainError::ConversationNotFound)
@@ -337,10 +345,10 @@ mod tests {
             };
             apply(&mut finished, &recorded).unwrap();
         }
-        assert!(matches!(
+        assert_eq!(
             finish_stream(&finished, completed),
-            Err(DomainError::Conflict(_))
-        ));
+            Err(DomainError::AlreadyFinished)
+        );
     }
 
     #[test]
@@ -352,6 +360,7 @@ mod tests {
                 message_id: m,
                 user_message_id: None,
                 model: "x".into(),
+                instance_id: None,
             }),
         ]);
         assert!(matches!(

@@ -78,6 +78,11 @@ pub struct StreamStarted {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_message_id: Option<Uuid>,
     pub model: String,
+    /// The server instance that runs the answer: only that instance relays it, and only
+    /// its death (an expired lease) ends it as `interrupted`. Absent in events written
+    /// before several instances were possible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,6 +18,9 @@ pub enum DomainError {
     /// The request is well-formed but the conversation's current state forbids it.
     #[error("{0}")]
     Conflict(String),
+    /// A stream ends once: another end (a survivor's recovery, say) was committed first.
+    #[error("the answer has already finished")]
+    AlreadyFinished,
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,

@@ -37,6 +37,8 @@ pub struct MessageRecord {
     pub model: Option<String>,
     pub usage: Option<Usage>,
     pub client_message_id: Option<String>,
+    /// The instance that runs (or ran) a streamed answer.
+    pub instance_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -153,6 +155,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                     model: None,
                     usage: None,
                     client_message_id: e.client_message_id.clone(),
+                    instance_id: None,
                     created_at: at,
                     updated_at: at,
                 },
@@ -173,6 +176,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                     model: Some(e.model.clone()),
                     usage: None,
                     client_message_id: None,
+                    instance_id: e.instance_id,
                     created_at: at,
                     updated_at: at,
                 },
@@ -268,6 +272,7 @@ mod tests {
                     message_id: m2,
                     user_message_id: Some(m1),
                     model: "m".into(),
+                    instance_id: None,
                 }),
             ),
             at(

@@ -71,6 +71,7 @@ mod tests {
             model: None,
             usage: None,
             client_message_id: None,
+            instance_id: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

@@ -375,6 +375,13 @@ impl StreamHub {
             state.finished = true;
             let (status, error) = match seq {
                 Ok(_) => (outcome.status, outcome.error.clone()),
+                // Another instance ended it first (it took this instance for dead): that
+                // end is the one committed, and its `stream_complete` the one published.
+                Err(ServiceError::AlreadyFinished) => {
+                    tracing::warn!(message_id = %turn.assistant_message_id, "the answer was already ended by another instance");
+                    drop(state);
+                    return self.forget(&stream, &outcome);
+                }
                 Err(_) => (
                     MessageStatus::Failed,
                     Some(StreamError {
@@ -396,6 +403,13 @@ impl StreamHub {
                 },
             );
         }
+        self.forget(&stream, &outcome);
+    }
+
+    /// The stream is over: off the registry, counted, and shutdown told.
+    fn forget(&self, stream: &RunningStream, outcome: &TurnOutcome) {
+        let turn = &stream.turn;
+        let metrics = &self.inner.metrics;
         self.streams().remove(&turn.assistant_message_id);
         metrics.streams_running.dec();
         metrics
@@ -410,6 +424,66 @@ impl StreamHub {
             chars = outcome.content.len(),
             "stream finished"
         );
+    }
+
+    /// Ends every running stream now, as `interrupted` (this instance lost its lease).
+    pub fn interrupt_all(&self) {
+        for stream in self.streams().values() {
+            stream.interrupt.cancel();
+        }
+    }
+
+    /// Ends the answers left `streaming` by instances that are gone (see
+    /// [`crate::cluster`]) as `interrupted`, with the text their last checkpoint saved,
+    /// through a `stream_completed` event, and tells their rooms with `stream_complete`.
+    /// An answer another sweeper ended first is skipped: each ends once. Returns how many
+    /// this call ended.
+    pub async fn recover_orphans(&self) -> anyhow::Result<usize> {
+        let chat = &self.inner.chat;
+        let stranded: Vec<MessageRecord> = chat.store().orphaned_streams().await?;
+        let mut ended = 0;
+        for message in stranded {
+            let turn = Turn {
+                owner_id: Uuid::nil(),
+                conversation_id: message.conversation_id,
+                user_message_id: Uuid::nil(),
+                assistant_message_id: message.id,
+                started_seq: 0,
+                model: message.model.clone().unwrap_or_default(),
+                prepared: None,
+            };
+            let outcome = TurnOutcome {
+                content: message.content.clone(),
+                status: MessageStatus::Interrupted,
+                usage: None,
+                error: None,
+            };
+            let seq = match chat.finish_turn(&turn, None, outcome.clone()).await {
+                Ok(seq) => seq,
+                Err(ServiceError::AlreadyFinished) => continue,
+                Err(err) => {
+                    return Err(anyhow::anyhow!(
+                        "marking message {} interrupted: {err}",
+                        message.id
+                    ))
+                }
+            };
+            ended += 1;
+            self.publish(
+                message.conversation_id,
+                &ServerFrame::StreamComplete {
+                    conversation_id: message.conversation_id,
+                    message_id: message.id,
+                    status: MessageStatus::Interrupted,
+                    content: outcome.content,
+                    usage: None,
+                    error: None,
+                    seq,
+                },
+            );
+            tracing::warn!(conversation_id = %message.conversation_id, message_id = %message.id, "answer interrupted by the stop of its instance; kept its checkpointed text");
+        }
+        Ok(ended)
     }
 
     /// Commits the end of a stream, retrying a few times: the answer is the user's, and a
@@ -618,38 +692,4 @@ fn snapshot(stream: &RunningStream) -> Option<OutFrame> {
             next_index: state.next_index,
         })
     })
-}
-
-/// At start-up: every answer still `streaming` was cut off by a stop. It becomes
-/// `interrupted` with the text its last checkpoint saved, through a `stream_completed` event.
-pub async fn recover_interrupted(chat: &ChatService) -> anyhow::Result<usize> {
-    let stranded: Vec<MessageRecord> = chat.store().streaming_messages().await?;
-    for message in &stranded {
-        let turn = Turn {
-            owner_id: Uuid::nil(),
-            conversation_id: message.conversation_id,
-            user_message_id: Uuid::nil(),
-            assistant_message_id: message.id,
-            started_seq: 0,
-            model: message.model.clone().unwrap_or_default(),
-            prepared: None,
-        };
-        let outcome = TurnOutcome {
-            content: message.content.clone(),
-            status: MessageStatus::Interrupted,
-            usage: None,
-            error: None,
-        };
-        match chat.finish_turn(&turn, None, outcome).await {
-            Ok(_) | Err(ServiceError::Conflict(_)) => {}
-            Err(err) => {
-                return Err(anyhow::anyhow!(
-                    "marking message {} interrupted: {err}",
-                    message.id
-                ))
-            }
-        }
-        tracing::warn!(conversation_id = %message.conversation_id, message_id = %message.id, "answer interrupted by a stop; kept its checkpointed text");
-    }
-    Ok(stranded.len())
 }

@@ -75,6 +75,8 @@ pub struct ChatService {
     default_model: String,
     context_budget_tokens: usize,
     upstream: UpstreamConfig,
+    /// This server instance: recorded in every answer it starts, as the one that runs it.
+    instance_id: Option<Uuid>,
 }
 
 impl ChatService {
@@ -95,7 +97,14 @@ impl ChatService {
             default_model,
             context_budget_tokens,
             upstream,
+            instance_id: None,
         }
+    }
+
+    /// Records `instance_id` as the runner of every answer this service starts.
+    pub fn run_by(mut self, instance_id: Uuid) -> Self {
+        self.instance_id = Some(instance_id);
+        self
     }
 
     pub fn provider(&self) -> &Arc<dyn ChatProvider> {
@@ -136,6 +145,7 @@ impl ChatService {
             create_if_missing: request.create_if_missing || request.conversation_id.is_none(),
             model_override,
             default_model: self.default_model.clone(),
+            instance_id: self.instance_id,
         };
         let load = Load {
             messages: vec![],

@@ -32,6 +32,9 @@ pub enum ServiceError {
     UserNotFound,
     #[error("{0}")]
     Conflict(String),
+    /// The answer already has its end (see [`DomainError::AlreadyFinished`]).
+    #[error("the answer has already finished")]
+    AlreadyFinished,
     #[error(transparent)]
     Upstream(#[from] crate::llm::ProviderError),
     /// A per-user or per-client limit was hit; `retry_after_secs` when the wait is known.
@@ -55,6 +58,7 @@ impl From<DomainError> for ServiceError {
             DomainError::ConversationNotFound => Self::ConversationNotFound,
             DomainError::MessageNotFound => Self::MessageNotFound,
             DomainError::Conflict(message) => Self::Conflict(message),
+            DomainError::AlreadyFinished => Self::AlreadyFinished,
             DomainError::Invalid { field, message } => Self::Validation { field, message },
         }
     }

@@ -5,6 +5,7 @@ mod batch;
 mod conversations;
 mod events;
 mod group_commit;
+mod instances;
 mod records;
 mod refresh_tokens;
 mod streams;
@@ -185,6 +186,14 @@ pub async fn connect(database_url: &str) -> anyhow::Result<DatabaseConnection> {
 }
 
 fn sqlite_file_dir(url: &str) -> Option<std::path::PathBuf> {
+    sqlite_file(url)?
+        .parent()
+        .map(|p| p.to_path_buf())
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The database file of a `sqlite:` URL; `None` for other URLs and in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     let path = url
         .strip_prefix("sqlite:")?
         .trim_start_matches("//")
@@ -193,10 +202,7 @@ fn sqlite_file_dir(url: &str) -> Option<std::path::PathBuf> {
     if path.is_empty() || path.contains(":memory:") {
         return None;
     }
-    std::path::Path::new(path)
-        .parent()
-        .map(|p| p.to_path_buf())
-        .filter(|p| !p.as_os_str().is_empty())
+    Some(std::path::PathBuf::from(path))
 }
 
 /// Whether a failed write is worth trying again: a lost race for a `seq` (unique violation),

@@ -57,6 +57,7 @@ pub fn message_from_row(row: messages::Model) -> MessageRecord {
             _ => None,
         },
         client_message_id: row.client_message_id,
+        instance_id: row.instance_id,
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -74,6 +75,7 @@ pub fn message_to_row(m: &MessageRecord) -> messages::ActiveModel {
         prompt_tokens: Set(m.usage.map(|u| u.prompt_tokens)),
         completion_tokens: Set(m.usage.map(|u| u.completion_tokens)),
         client_message_id: Set(m.client_message_id.clone()),
+        instance_id: Set(m.instance_id),
         created_at: Set(m.created_at),
         updated_at: Set(m.updated_at),
     }

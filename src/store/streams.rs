@@ -9,10 +9,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::events::event_from_row;
-use super::records::message_from_row;
 use super::{Store, StoreError, StoreResult};
 use crate::domain::events::{ConversationEvent, StreamCompleted};
-use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageStatus;
 
 pub(super) async fn checkpoint_in(
@@ -50,17 +48,6 @@ impl Store {
         }
         super::WriteCounts::count(&self.writes.checkpoints, 1);
         Ok(())
-    }
-
-    /// Every message still marked `streaming`.
-    pub async fn streaming_messages(&self) -> StoreResult<Vec<MessageRecord>> {
-        let rows = messages::Entity::find()
-            .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
-            .order_by_asc(messages::Column::CreatedAt)
-            .all(&self.db)
-            .await
-            .map_err(StoreError::from_db)?;
-        Ok(rows.into_iter().map(message_from_row).collect())
     }
 
     /// The answer started for a user message, from the log (used for repeated sends).

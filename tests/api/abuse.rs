@@ -101,7 +101,7 @@ backend_test!(
     a_burst_of_sign_ups_hashes_a_bounded_number_at_once_and_health_still_answers,
     backend | backend: Backend | async move {
         // The binary in a process of its own, so its memory is its own.
-        let Some(scratch) = spawn_app(backend).await else { return };
+        let Some(scratch) = scratch(backend).await else { return };
         let vars = test_env(
             &scratch.database_url,
             &scratch.data_dir,

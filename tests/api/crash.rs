@@ -54,10 +54,13 @@ backend_test!(
     backend | backend: Backend | async move {
         // An in-process app only provides a fresh database and data dir; the server under
         // test is the binary, in a process of its own that can be killed.
-        let Some(scratch) = spawn_app(backend).await else { return };
+        let Some(scratch) = scratch(backend).await else { return };
         let mock = MockLlm::start(Duration::from_millis(5)).await;
         let mut overrides: Vec<(&str, String)> = mock.env();
         overrides.push(("STREAM_CHECKPOINT_MS", "100".into()));
+        // On PostgreSQL the restarted server is a new instance: it ends the killed one's
+        // answers once that one's lease has run out.
+        overrides.push(("INSTANCE_LEASE_MS", "1000".into()));
         let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let vars = test_env(&scratch.database_url, &scratch.data_dir, &overrides);
 
@@ -98,8 +101,15 @@ backend_test!(
         let (_server, address) = start_server(&vars, &app.data_dir).await;
         let mut app = app;
         app.address = address;
-        let c = app.get_conversation(&user.access, &conversation_id).await;
-        let answer = c["messages"].as_array().unwrap().iter().find(|m| m["id"] == message_id.as_str()).unwrap().clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let (c, answer) = loop {
+            let c = app.get_conversation(&user.access, &conversation_id).await;
+            let answer = c["messages"].as_array().unwrap().iter().find(|m| m["id"] == message_id.as_str()).unwrap().clone();
+            if answer["status"] != "streaming" || std::time::Instant::now() > deadline {
+                break (c, answer);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(answer["status"], "interrupted", "{answer}");
         let saved = answer["content"].as_str().unwrap();
         assert!(saved.starts_with(&received), "saved {saved:?} lacks what was streamed before the kill: {received:?}");

@@ -65,13 +65,17 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     pub backend: Backend,
-    /// The app's `DATA_DIR` (and, for SQLite, where the database file lives). Removed on drop.
+    /// The app's `DATA_DIR` (and, for SQLite, where the database file lives). Removed on drop
+    /// of the handle that created it.
     pub data_dir: PathBuf,
+    owns_data_dir: bool,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if self.owns_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -83,6 +87,14 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 
 /// Like [`spawn_app`], with some configuration variables overridden.
 pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Option<TestApp> {
+    let mut app = scratch(backend).await?;
+    app.start_instance(overrides).await;
+    Some(app)
+}
+
+/// A fresh data dir and an empty database, with no server yet: for tests that run the
+/// binary on it (SQLite admits one server process per file) or start instances themselves.
+pub async fn scratch(backend: Backend) -> Option<TestApp> {
     let data_dir = std::env::temp_dir().join(format!(
         "chat-server-test-{}",
         uuid::Uuid::new_v4().simple()
@@ -100,27 +112,20 @@ pub async fn spawn_app_with(backend: Backend, overrides: &[(&str, &str)]) -> Opt
             }
         },
     };
-
-    let vars = test_env(&database_url, &data_dir, overrides);
-    let config = Config::from_lookup(|key: &str| vars.get(key).cloned()).expect("test config");
-    let app = Application::build(config)
-        .await
-        .expect("build the application");
-    let port = app.port();
-    tokio::spawn(app.run_until_stopped());
-
+    chat_server::startup::install_tls_provider();
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .build()
         .expect("reqwest client");
     Some(TestApp {
-        address: format!("http://127.0.0.1:{port}"),
-        port,
+        address: String::new(),
+        port: 0,
         client,
         database_url,
         backend,
         data_dir,
+        owns_data_dir: true,
     })
 }
 
@@ -159,6 +164,32 @@ pub struct TestUser {
 }
 
 impl TestApp {
+    /// Builds and runs one more server instance, in this process, on this app's database
+    /// and data dir, and points `address` at it.
+    pub async fn start_instance(&mut self, overrides: &[(&str, &str)]) {
+        let vars = test_env(&self.database_url, &self.data_dir, overrides);
+        let config = Config::from_lookup(|key: &str| vars.get(key).cloned()).expect("test config");
+        let app = Application::build(config)
+            .await
+            .expect("build the application");
+        self.port = app.port();
+        self.address = format!("http://127.0.0.1:{}", self.port);
+        tokio::spawn(app.run_until_stopped());
+    }
+
+    /// Another handle on the same database and data dir (for a second instance), which does
+    /// not remove the data dir when dropped.
+    pub fn sibling(&self) -> TestApp {
+        TestApp {
+            address: self.address.clone(),
+            port: self.port,
+            client: self.client.clone(),
+            database_url: self.database_url.clone(),
+            backend: self.backend,
+            data_dir: self.data_dir.clone(),
+            owns_data_dir: false,
+        }
+    }
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -333,6 +364,7 @@ impl TestApp {
                 message_id: assistant_msg,
                 user_message_id: Some(user_msg),
                 model: "test-model".into(),
+                instance_id: None,
             }),
             ConversationEvent::StreamCompleted(StreamCompleted {
                 message_id: assistant_msg,

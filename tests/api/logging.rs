@@ -17,7 +17,7 @@ const SECRET_MESSAGE: &str = "my-private-question-about-xylophones";
 backend_test!(
     info_logs_hold_no_passwords_tokens_or_message_text,
     backend | backend: Backend | async move {
-        let Some(scratch) = spawn_app(backend).await else { return };
+        let Some(scratch) = scratch(backend).await else { return };
         let log_path = scratch.data_dir.join("server.log");
         let log_file = std::fs::File::create(&log_path).unwrap();
         let vars = test_env(&scratch.database_url, &scratch.data_dir, &[("DEMO_DELAY_MS", "1")]);

@@ -23,6 +23,7 @@ mod hardening_limits;
 mod hardening_resilience;
 mod hardening_support;
 mod health;
+mod instances;
 mod isolation;
 mod logging;
 mod messages;

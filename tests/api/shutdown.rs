@@ -31,7 +31,7 @@ async fn exited(server: &mut tokio::process::Child) -> std::process::ExitStatus 
 backend_test!(
     sigterm_lets_running_streams_finish_and_stops_accepting,
     backend | backend: Backend | async move {
-        let Some(scratch) = spawn_app(backend).await else { return };
+        let Some(scratch) = scratch(backend).await else { return };
         let mock = MockLlm::start(Duration::from_millis(5)).await;
         let mut env: Vec<(&str, String)> = mock.env();
         env.push(("SHUTDOWN_GRACE_MS", "10000".into()));
@@ -79,7 +79,7 @@ backend_test!(
 backend_test!(
     streams_still_running_after_the_grace_period_are_committed_as_interrupted,
     backend | backend: Backend | async move {
-        let Some(scratch) = spawn_app(backend).await else { return };
+        let Some(scratch) = scratch(backend).await else { return };
         let mock = MockLlm::start(Duration::from_millis(5)).await;
         let mut env: Vec<(&str, String)> = mock.env();
         env.push(("SHUTDOWN_GRACE_MS", "300".into()));

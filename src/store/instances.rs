@@ -1,0 +1,103 @@
+//! Server instances and their leases (PostgreSQL), and the streaming answers whose runner
+//! is gone.
+//!
+//! Leases are measured on the database's clock (`now()`), never on the instances' own: two
+//! hosts whose clocks disagree still agree on whose lease has expired.
+
+use std::time::Duration;
+
+use entity::{instances, messages};
+use sea_orm::sea_query::{Query, SimpleExpr};
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder,
+    Statement,
+};
+use uuid::Uuid;
+
+use super::records::message_from_row;
+use super::{Store, StoreError, StoreResult};
+use crate::domain::projection::MessageRecord;
+use crate::domain::types::MessageStatus;
+
+impl Store {
+    /// Records this process as a live instance whose lease runs `lease` from now.
+    pub async fn register_instance(&self, id: Uuid, lease: Duration) -> StoreResult<()> {
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO instances (id, started_at, lease_expires_at) \
+                 VALUES ($1, now(), now() + make_interval(secs => $2))",
+                [id.into(), lease.as_secs_f64().into()],
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(())
+    }
+
+    /// Extends the lease to `lease` from now. `false` when the row is gone: a survivor
+    /// found the lease expired and has ended this instance's streams.
+    pub async fn renew_instance(&self, id: Uuid, lease: Duration) -> StoreResult<bool> {
+        let result = self
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE instances SET lease_expires_at = now() + make_interval(secs => $2) \
+                 WHERE id = $1",
+                [id.into(), lease.as_secs_f64().into()],
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Removes this instance's row at a clean stop: its streams have all been committed.
+    pub async fn release_instance(&self, id: Uuid) -> StoreResult<()> {
+        instances::Entity::delete_by_id(id)
+            .exec(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(())
+    }
+
+    /// Deletes the rows of instances whose lease has expired and returns their ids. The
+    /// delete is the claim: of several survivors sweeping at once, each dead row goes to
+    /// exactly one.
+    pub async fn claim_expired_instances(&self) -> StoreResult<Vec<Uuid>> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "DELETE FROM instances WHERE lease_expires_at < now() RETURNING id",
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        rows.iter()
+            .map(|row| row.try_get::<Uuid>("", "id"))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from_db)
+    }
+
+    /// Answers still `streaming` whose runner is no longer a live instance: written before
+    /// instances were recorded, or run by an instance whose row is gone (a clean stop
+    /// commits its answers first, so only a dead instance leaves any).
+    pub async fn orphaned_streams(&self) -> StoreResult<Vec<MessageRecord>> {
+        let live = Query::select()
+            .column(instances::Column::Id)
+            .from(instances::Entity)
+            .to_owned();
+        let rows = messages::Entity::find()
+            .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
+            .filter(
+                Condition::any()
+                    .add(messages::Column::InstanceId.is_null())
+                    .add(SimpleExpr::from(
+                        messages::Column::InstanceId.not_in_subquery(live),
+                    )),
+            )
+            .order_by_asc(messages::Column::CreatedAt)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(rows.into_iter().map(message_from_row).collect())
+    }
+}
