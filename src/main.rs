@@ -73,7 +73,7 @@ async fn run(command: &str) -> anyhow::Result<()> {
                 .context("set ADMIN_PASSWORD to the new admin's password")?;
             let store = Store::connect(&config.database_url).await?;
             store.migrate().await?;
-            let state = build_state(&config, store, uuid::Uuid::now_v7())?;
+            let state = build_state(&config, store, None).await?;
             let user = state
                 .auth
                 .create_admin(&email, password)
@@ -87,7 +87,7 @@ async fn run(command: &str) -> anyhow::Result<()> {
             let store = Store::connect("sqlite::memory:").await?;
             println!(
                 "{}",
-                api::spec_json(build_state(&config, store, uuid::Uuid::now_v7())?)
+                api::spec_json(build_state(&config, store, None).await?)
             );
             Ok(())
         }

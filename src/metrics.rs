@@ -32,6 +32,9 @@ pub struct Metrics {
     pub event_commits: IntCounter,
     pub event_append_retries: IntCounter,
     pub stream_checkpoints: IntCounter,
+    pub bus_notifications: IntCounter,
+    pub bus_received: IntCounter,
+    pub bus_reconnects: IntCounter,
 }
 
 /// Circuit breaker states as the `chat_upstream_circuit_state` gauge reports them.
@@ -153,6 +156,20 @@ impl Metrics {
             stream_checkpoints: register!(IntCounter::new(
                 "chat_stream_checkpoints_total",
                 "Running answers' text saved to their message row"
+            )),
+            bus_notifications: register!(IntCounter::new(
+                "chat_bus_notifications_total",
+                "PostgreSQL notifications this instance sent to the others (each carries \
+                 every frame that was waiting, up to 8,000 bytes)"
+            )),
+            bus_received: register!(IntCounter::new(
+                "chat_bus_received_total",
+                "PostgreSQL notifications this instance received from the others"
+            )),
+            bus_reconnects: register!(IntCounter::new(
+                "chat_bus_reconnects_total",
+                "Times the bus listener lost its connection and listened again (each is \
+                 followed by a resync)"
             )),
             password_hashes: register!(IntCounterVec::new(
                 Opts::new(

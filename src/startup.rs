@@ -12,6 +12,7 @@ use poem::Server;
 use uuid::Uuid;
 
 use crate::api::{self, AppState};
+use crate::cluster::pg_bus::PgRoomBus;
 use crate::cluster::Instance;
 use crate::config::Config;
 use crate::llm::{self, demo::DEMO_MODEL};
@@ -49,7 +50,7 @@ impl Application {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         instance.register(&store).await?;
-        let state = build_state(&config, store, instance.id)?;
+        let state = build_state(&config, store, Some(instance.id)).await?;
         let interrupted = instance.recover(&state.store, &state.hub).await?;
         if interrupted > 0 {
             tracing::warn!(
@@ -133,8 +134,14 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The services of one server instance (`instance_id` is recorded in the answers it runs).
-pub fn build_state(config: &Config, store: Store, instance_id: Uuid) -> anyhow::Result<AppState> {
+/// The services of one server instance. A serving instance (`instance_id`, recorded in the
+/// answers it runs) on PostgreSQL shares its rooms with the other instances through the
+/// bus; commands that serve nothing (`openapi`, `create-admin`) pass `None`.
+pub async fn build_state(
+    config: &Config,
+    store: Store,
+    instance_id: Option<Uuid>,
+) -> anyhow::Result<AppState> {
     let keys = TokenKeys::new(&config.jwt);
     let metrics = Arc::new(Metrics::new());
     let provider = llm::from_config(config, metrics.clone())?;
@@ -153,11 +160,26 @@ pub fn build_state(config: &Config, store: Store, instance_id: Uuid) -> anyhow::
         config.upstream.clone(),
         limits.clone(),
         config.limits.max_message_chars,
-    )
-    .run_by(instance_id);
+    );
+    let chat = match instance_id {
+        Some(id) => chat.run_by(id),
+        None => chat,
+    };
     let sessions = LiveSessions::new(config.limits.ws_max_connections_per_user, metrics.clone());
-    let bus: Arc<dyn RoomBus> = Arc::new(LocalRoomBus::new(config.ws_send_queue_frames));
-    Ok(AppState {
+    let bus: Arc<dyn RoomBus> = match instance_id {
+        Some(id) if !config.is_sqlite() => {
+            PgRoomBus::start(
+                id,
+                store.clone(),
+                config.ws_send_queue_frames,
+                metrics.clone(),
+            )
+            .await?
+        }
+        _ => Arc::new(LocalRoomBus::new(config.ws_send_queue_frames)),
+    };
+    let commands = bus.take_commands();
+    let state = AppState {
         config: Arc::new(config.clone()),
         metrics: metrics.clone(),
         shutdown: tokio_util::sync::CancellationToken::new(),
@@ -187,7 +209,16 @@ pub fn build_state(config: &Config, store: Store, instance_id: Uuid) -> anyhow::
         chat,
         store,
         started_at: Instant::now(),
-    })
+    };
+    if let Some(mut commands) = commands {
+        let hub = state.hub.clone();
+        tokio::spawn(async move {
+            while let Some(command) = commands.recv().await {
+                hub.apply(command);
+            }
+        });
+    }
+    Ok(state)
 }
 
 /// Every minute, the limiters drop keys that no longer count against anything, so a flood

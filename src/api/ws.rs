@@ -488,7 +488,7 @@ impl Session {
                 self.outbox.reply(&ServerFrame::Left { conversation_id });
             }
             ClientFrame::CancelStream { message_id } => {
-                if let Err(err) = self.state.hub.cancel(self.user, message_id) {
+                if let Err(err) = self.state.hub.cancel(self.user, message_id).await {
                     self.outbox.error(err);
                 }
             }

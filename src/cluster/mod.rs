@@ -12,6 +12,7 @@
 //! SQLite serves one process: the file is locked (see [`sqlite_lock`]) and every answer
 //! still `streaming` at start-up was cut off by the last stop.
 
+pub mod pg_bus;
 pub mod sqlite_lock;
 
 use std::time::Duration;

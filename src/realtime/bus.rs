@@ -1,7 +1,8 @@
 //! The room broadcast interface. Every live frame for a conversation goes through
 //! [`RoomBus`]; the in-process implementation fans out with one tokio broadcast channel per
-//! conversation. A multi-instance deployment can implement the same trait on PostgreSQL
-//! LISTEN/NOTIFY without touching the hub or the sockets.
+//! conversation. Several instances on PostgreSQL use `cluster::pg_bus`, which fans out the
+//! same way locally and carries frames and [`ClusterCommand`]s to the other instances over
+//! LISTEN/NOTIFY; the hub and the sockets do not know which one they have.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,11 +14,49 @@ use super::frames::OutFrame;
 
 pub type RoomReceiver = broadcast::Receiver<Arc<OutFrame>>;
 
+/// What one instance asks of the others.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    tag = "command",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum ClusterCommand {
+    /// Stop this stream (its owner was checked by the instance that asks).
+    Cancel { message_id: Uuid },
+    /// Share the state of every running stream (see [`RoomBus::share_state`]): an instance
+    /// that has just (re)connected learns the text of streams it has not seen start.
+    Sync,
+}
+
 pub trait RoomBus: Send + Sync + 'static {
-    /// Sends a frame to every current subscriber of the room. Never blocks: a subscriber
-    /// that has fallen `capacity` frames behind loses frames and is told so (`Lagged`).
+    /// Sends a frame to every current subscriber of the room, on every instance. Never
+    /// blocks: a subscriber that has fallen `capacity` frames behind loses frames and is
+    /// told so (`Lagged`).
     fn publish(&self, conversation_id: Uuid, frame: Arc<OutFrame>);
     fn subscribe(&self, conversation_id: Uuid) -> RoomReceiver;
+
+    /// `stream_snapshot` frames of the conversation's streams that other instances run.
+    fn remote_snapshots(&self, _conversation_id: Uuid) -> Vec<OutFrame> {
+        Vec::new()
+    }
+
+    /// The `stream_snapshot` of one stream another instance runs, if it is running.
+    fn remote_snapshot(&self, _message_id: Uuid) -> Option<OutFrame> {
+        None
+    }
+
+    /// Gives the other instances the state of a stream this one runs (a `stream_snapshot`),
+    /// in order with its chunks: call under the stream's lock.
+    fn share_state(&self, _conversation_id: Uuid, _snapshot: Arc<OutFrame>) {}
+
+    /// Sends a command to every other instance.
+    fn command(&self, _command: ClusterCommand) {}
+
+    /// The commands other instances send to this one; `Some` once.
+    fn take_commands(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<ClusterCommand>> {
+        None
+    }
 }
 
 pub struct LocalRoomBus {

@@ -101,7 +101,8 @@ impl ClientFrame {
 }
 
 /// Frames the server sends.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `Deserialize` is for frames that cross instances (see `cluster::pg_bus`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
     rename_all = "snake_case",
@@ -248,57 +249,7 @@ pub struct OutFrame {
 
 impl OutFrame {
     pub fn new(frame: &ServerFrame) -> Self {
-        let (conversation_id, key) = match frame {
-            ServerFrame::StreamStart {
-                conversation_id,
-                message_id,
-                seq,
-                ..
-            } => (
-                Some(*conversation_id),
-                FrameKey::Start {
-                    message_id: *message_id,
-                    seq: *seq,
-                },
-            ),
-            ServerFrame::StreamChunk {
-                conversation_id,
-                message_id,
-                index,
-                ..
-            } => (
-                Some(*conversation_id),
-                FrameKey::Chunk {
-                    message_id: *message_id,
-                    index: *index,
-                },
-            ),
-            ServerFrame::StreamSnapshot {
-                conversation_id,
-                message_id,
-                next_index,
-                ..
-            } => (
-                Some(*conversation_id),
-                FrameKey::Snapshot {
-                    message_id: *message_id,
-                    next_index: *next_index,
-                },
-            ),
-            ServerFrame::StreamComplete {
-                conversation_id,
-                message_id,
-                seq,
-                ..
-            } => (
-                Some(*conversation_id),
-                FrameKey::Complete {
-                    message_id: *message_id,
-                    seq: *seq,
-                },
-            ),
-            _ => (None, FrameKey::Other),
-        };
+        let (conversation_id, key) = key_of(frame);
         Self {
             conversation_id,
             key,
@@ -306,6 +257,22 @@ impl OutFrame {
             direct: false,
             arrived: None,
         }
+    }
+
+    /// A frame another instance serialised: its JSON is kept as it came.
+    pub fn received(json: String) -> Result<(Self, ServerFrame), serde_json::Error> {
+        let frame: ServerFrame = serde_json::from_str(&json)?;
+        let (conversation_id, key) = key_of(&frame);
+        Ok((
+            Self {
+                conversation_id,
+                key,
+                json,
+                direct: false,
+                arrived: None,
+            },
+            frame,
+        ))
     }
 
     /// This frame carries text that arrived from the upstream at `at`.
@@ -338,6 +305,61 @@ impl OutFrame {
             direct: false,
             arrived: None,
         }
+    }
+}
+
+/// What a socket's writer needs to know of a frame to keep its view free of repeats.
+fn key_of(frame: &ServerFrame) -> (Option<Uuid>, FrameKey) {
+    match frame {
+        ServerFrame::StreamStart {
+            conversation_id,
+            message_id,
+            seq,
+            ..
+        } => (
+            Some(*conversation_id),
+            FrameKey::Start {
+                message_id: *message_id,
+                seq: *seq,
+            },
+        ),
+        ServerFrame::StreamChunk {
+            conversation_id,
+            message_id,
+            index,
+            ..
+        } => (
+            Some(*conversation_id),
+            FrameKey::Chunk {
+                message_id: *message_id,
+                index: *index,
+            },
+        ),
+        ServerFrame::StreamSnapshot {
+            conversation_id,
+            message_id,
+            next_index,
+            ..
+        } => (
+            Some(*conversation_id),
+            FrameKey::Snapshot {
+                message_id: *message_id,
+                next_index: *next_index,
+            },
+        ),
+        ServerFrame::StreamComplete {
+            conversation_id,
+            message_id,
+            seq,
+            ..
+        } => (
+            Some(*conversation_id),
+            FrameKey::Complete {
+                message_id: *message_id,
+                seq: *seq,
+            },
+        ),
+        _ => (None, FrameKey::Other),
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 
-use super::bus::{RoomBus, RoomReceiver};
+use super::bus::{ClusterCommand, RoomBus, RoomReceiver};
 use super::frames::{OutFrame, ServerFrame};
 use crate::domain::events::StreamError;
 use crate::domain::projection::MessageRecord;
@@ -317,6 +317,13 @@ impl StreamHub {
                         self.streams().get(&previous.assistant_message_id).cloned()
                     {
                         direct.extend(snapshot(&stream));
+                    } else {
+                        // Started through another instance: its snapshot from the bus.
+                        direct.extend(
+                            self.inner
+                                .bus
+                                .remote_snapshot(previous.assistant_message_id),
+                        );
                     }
                 }
                 let direct = direct.into_iter().map(OutFrame::into_direct).collect();
@@ -329,8 +336,9 @@ impl StreamHub {
         }
     }
 
-    /// `stream_snapshot` frames for the conversation's running streams. Call after
-    /// subscribing to the room: chunks that arrive twice are dropped by index.
+    /// `stream_snapshot` frames for the conversation's running streams, on this instance
+    /// and (through the bus) on the others. Call after subscribing to the room: chunks that
+    /// arrive twice are dropped by index.
     pub fn snapshots(&self, conversation_id: Uuid) -> Vec<OutFrame> {
         let streams: Vec<_> = self
             .streams()
@@ -338,11 +346,14 @@ impl StreamHub {
             .filter(|s| s.turn.conversation_id == conversation_id)
             .cloned()
             .collect();
-        streams.iter().filter_map(|s| snapshot(s)).collect()
+        let mut frames: Vec<OutFrame> = streams.iter().filter_map(|s| snapshot(s)).collect();
+        frames.extend(self.inner.bus.remote_snapshots(conversation_id));
+        frames
     }
 
     /// Stops a stream; it completes as `cancelled` with the text so far. Only its owner may.
-    pub fn cancel(&self, user: CurrentUser, message_id: Uuid) -> ServiceResult<()> {
+    /// A stream another instance runs is found in the database and stopped by its instance.
+    pub async fn cancel(&self, user: CurrentUser, message_id: Uuid) -> ServiceResult<()> {
         let stream = self.streams().get(&message_id).cloned();
         match stream {
             Some(stream) if stream.turn.owner_id == user.id => {
@@ -350,7 +361,51 @@ impl StreamHub {
                 Ok(())
             }
             // Someone else's stream is indistinguishable from no stream.
-            _ => Err(ServiceError::MessageNotFound),
+            Some(_) => Err(ServiceError::MessageNotFound),
+            None => {
+                let store = self.inner.chat.store();
+                match store.streaming_answer_of(message_id, user.id).await? {
+                    Some(_) => {
+                        self.inner
+                            .bus
+                            .command(ClusterCommand::Cancel { message_id });
+                        Ok(())
+                    }
+                    None => Err(ServiceError::MessageNotFound),
+                }
+            }
+        }
+    }
+
+    /// Carries out what another instance asks of this one.
+    pub fn apply(&self, command: ClusterCommand) {
+        match command {
+            // The asking instance checked that its user owns the stream.
+            ClusterCommand::Cancel { message_id } => {
+                if let Some(stream) = self.streams().get(&message_id) {
+                    stream.cancel.cancel();
+                }
+            }
+            ClusterCommand::Sync => {
+                let streams: Vec<_> = self.streams().values().cloned().collect();
+                for stream in streams {
+                    // Under the stream's lock, so the state goes out in order with its
+                    // chunks: what follows it starts at its `nextIndex`.
+                    let state = stream.lock();
+                    if state.finished {
+                        continue;
+                    }
+                    let frame = OutFrame::new(&ServerFrame::StreamSnapshot {
+                        conversation_id: stream.turn.conversation_id,
+                        message_id: stream.turn.assistant_message_id,
+                        content: state.content.clone(),
+                        next_index: state.next_index,
+                    });
+                    self.inner
+                        .bus
+                        .share_state(stream.turn.conversation_id, Arc::new(frame));
+                }
+            }
         }
     }
 

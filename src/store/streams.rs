@@ -93,4 +93,49 @@ impl Store {
         }
         Ok(turn)
     }
+
+    /// The conversation of `message_id` when it is a streaming answer in a conversation of
+    /// `owner_id` (on whichever instance it runs): what a cancel from another instance needs.
+    pub async fn streaming_answer_of(
+        &self,
+        message_id: Uuid,
+        owner_id: Uuid,
+    ) -> StoreResult<Option<Uuid>> {
+        let Some(message) = messages::Entity::find_by_id(message_id)
+            .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)?
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .find_conversation(message.conversation_id, owner_id)
+            .await?
+            .map(|c| c.id))
+    }
+
+    /// How an answer ended, from the log: its `stream_completed` event's seq and data.
+    pub async fn find_completion(
+        &self,
+        conversation_id: Uuid,
+        message_id: Uuid,
+    ) -> StoreResult<Option<(i64, StreamCompleted)>> {
+        let rows = conversation_events::Entity::find()
+            .filter(conversation_events::Column::ConversationId.eq(conversation_id))
+            .filter(conversation_events::Column::EventType.eq("stream_completed"))
+            .order_by_asc(conversation_events::Column::Seq)
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        for row in rows {
+            let recorded = event_from_row(row)?;
+            if let ConversationEvent::StreamCompleted(c) = recorded.event {
+                if c.message_id == message_id {
+                    return Ok(Some((recorded.seq, c)));
+                }
+            }
+        }
+        Ok(None)
+    }
 }

@@ -31,6 +31,7 @@ mod mock_llm;
 mod openapi;
 mod panics;
 mod pg;
+mod scale_out;
 mod sessions;
 mod shutdown;
 mod streaming;

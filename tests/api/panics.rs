@@ -71,7 +71,7 @@ async fn a_panicking_handler_answers_500_with_the_error_body_and_the_server_live
     let store = Store::connect(&config.database_url).await.unwrap();
     store.migrate().await.unwrap();
     startup::install_tls_provider();
-    let state = startup::build_state(&config, store, uuid::Uuid::now_v7()).unwrap();
+    let state = startup::build_state(&config, store, None).await.unwrap();
     let routes = Route::new()
         .at("/boom", get(boom))
         .at("/fine", get(fine))

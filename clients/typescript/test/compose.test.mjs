@@ -3,7 +3,7 @@
 // specification's JSON schema.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import Ajv2019 from 'ajv/dist/2019.js';
 import { parse } from 'yaml';
@@ -38,4 +38,60 @@ test('docker-compose.yml runs the server against PostgreSQL 15 with health check
   assert.ok('pgdata' in compose.volumes, 'a named volume keeps the data');
   assert.equal(compose.services.server.environment.APP_ENV, 'production');
   assert.match(compose.services.server.environment.DATABASE_URL, /^postgres:\/\//);
+});
+
+test('docker-compose.yml keeps its default services out of any profile', () => {
+  // `docker compose up` with no profile must start exactly what it did before: db and server.
+  const unprofiled = Object.entries(compose.services)
+    .filter(([, service]) => !service.profiles?.length)
+    .map(([name]) => name)
+    .sort();
+  assert.deepEqual(unprofiled, ['db', 'server']);
+  assert.deepEqual(compose.services.server.ports, ['5001:5001']);
+});
+
+test('the replicas profile runs two servers on one database behind an nginx proxy without affinity', () => {
+  const inProfile = Object.entries(compose.services).filter(([, service]) =>
+    service.profiles?.includes('replicas'),
+  );
+
+  // Two servers: the server's build, settings and health check, on the same PostgreSQL.
+  const replicas = inProfile.filter(([, service]) => service.build === compose.services.server.build);
+  assert.equal(replicas.length, 2, `two server replicas, found ${replicas.map(([name]) => name)}`);
+  for (const [name, replica] of replicas) {
+    const env = replica.environment;
+    assert.equal(env.HOST, '0.0.0.0', `${name} listens on every interface of its container`);
+    assert.equal(env.DATABASE_URL, compose.services.server.environment.DATABASE_URL, `${name} shares the database`);
+    assert.equal(env.JWT_SECRET, compose.services.server.environment.JWT_SECRET, `${name} shares the JWT secret`);
+    assert.equal(env.APP_ENV, 'production');
+    assert.equal(replica.depends_on.db.condition, 'service_healthy', `${name} waits for the database`);
+    assert.ok(replica.healthcheck, `${name} has a health check`);
+    assert.equal(replica.ports, undefined, `${name} is reached through the proxy only`);
+  }
+
+  // One nginx proxy on a host port of its own, its configuration mounted read-only.
+  const proxies = inProfile.filter(([, service]) => /^nginx:/.test(service.image ?? ''));
+  assert.equal(proxies.length, 1, 'one nginx proxy');
+  const [[proxyName, proxy]] = proxies;
+  assert.deepEqual(proxy.ports, ['8080:80']);
+  for (const [name] of replicas) {
+    assert.equal(proxy.depends_on[name]?.condition, 'service_healthy', `${proxyName} waits for ${name}`);
+  }
+  const mount = proxy.volumes.find((volume) => volume.endsWith(':/etc/nginx/nginx.conf:ro'));
+  assert.ok(mount, `${proxyName} mounts its nginx.conf read-only`);
+  const configUrl = new URL(`../../../${mount.split(':')[0].replace(/^\.\//, '')}`, import.meta.url);
+  assert.ok(existsSync(configUrl), `${mount.split(':')[0]} exists`);
+
+  // Directives only: the comments may explain what the file does not do.
+  const config = readFileSync(configUrl, 'utf8').replace(/#.*$/gm, '');
+  assert.match(config, /proxy_http_version\s+1\.1\s*;/);
+  assert.match(config, /proxy_set_header\s+Upgrade\s+\$http_upgrade\s*;/);
+  assert.match(config, /proxy_set_header\s+Connection\s+\$connection_upgrade\s*;/);
+  assert.match(config, /location\s+=?\s*\/api\/ws\s*\{/);
+  for (const [name] of replicas) {
+    assert.match(config, new RegExp(`^\\s*server\\s+${name}:5001\\b`, 'm'), `the upstream includes ${name}`);
+  }
+  assert.doesNotMatch(config, /\bip_hash\b/, 'no affinity by client address');
+  assert.doesNotMatch(config, /\bsticky\b/, 'no sticky sessions');
+  assert.doesNotMatch(config, /^\s*hash\s/m, 'no affinity by a hashed key (a cookie, a header)');
 });
