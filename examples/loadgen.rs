@@ -11,6 +11,8 @@
 //! ulimit -n 65536 && target/release/examples/loadgen idle --clients 10000
 //! target/release/examples/loadgen history               # a 10,000-message conversation, 1,000 listed
 //! target/release/examples/loadgen appends               # 16 writers: own conversations, then one shared
+//! target/release/examples/loadgen cross --database-url postgres://…   # two instances: 200 streams
+//!                                                       # on A, read on A and on B
 //! target/release/examples/loadgen mock --port 9100 --tokens 200 --delay-ms 0   # the mock alone
 //! ```
 //!
@@ -63,7 +65,7 @@ fn parse_args() -> Args {
     let (clients, tokens, delay_ms) = match scenario.as_str() {
         "first" => (1, 200, 0),
         "throughput" => (50, 200, 0),
-        "realistic" => (200, 100, 20),
+        "realistic" | "cross" => (200, 100, 20),
         "idle" => (1000, 0, 0),
         _ => (1, 200, 0),
     };
@@ -326,7 +328,12 @@ impl Drop for TempDir {
 }
 
 async fn start_server(args: &Args, upstream: &str) -> ServerProcess {
-    let data = std::env::temp_dir().join(format!("loadgen-{}", std::process::id()));
+    start_instance(args, upstream, "a").await
+}
+
+/// One server process; `name` tells several apart (`cross` runs two on one PostgreSQL).
+async fn start_instance(args: &Args, upstream: &str, name: &str) -> ServerProcess {
+    let data = std::env::temp_dir().join(format!("loadgen-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&data).unwrap();
     let database_url = args
         .database_url
@@ -730,6 +737,171 @@ async fn realistic(args: &Args, base: &str, server: &ServerProcess, tokens: &[St
     report(args, server, &direct, &through, before, usage(pid)).await;
 }
 
+/// Two instances on one PostgreSQL: each of `clients` conversations streams through a socket
+/// on instance A and is read by one more socket on A and one on B. Every chunk's arrival at
+/// each reader is timed against its arrival at the sender's socket: what B adds over A is
+/// the cost of crossing instances (NOTIFY, the listener, B's rooms).
+async fn cross(args: &Args, base: &str, a: &ServerProcess, tokens: &[String]) {
+    assert!(
+        a.database_url.starts_with("postgres"),
+        "cross needs --database-url postgres://…: SQLite serves one instance"
+    );
+    let b = start_instance(args, base, "b").await;
+    let http = reqwest::Client::new();
+    let mut conversations = Vec::new();
+    for i in 0..args.clients {
+        let token = &tokens[i % tokens.len()];
+        let id = new_conversation(&http, a, token).await;
+        let sender = connect(&a.address, token).await;
+        let mut near = connect(&a.address, token).await;
+        let mut far = connect(&b.address, token).await;
+        for reader in [&mut near, &mut far] {
+            let join = json!({"type": "join_conversation", "conversationId": id}).to_string();
+            reader.send(Message::text(join)).await.unwrap();
+            while let Some(Ok(message)) = reader.next().await {
+                if matches!(&message, Message::Text(t) if t.contains("\"joined\"")) {
+                    break;
+                }
+            }
+        }
+        conversations.push((id, sender, near, far));
+    }
+    let (pid_a, pid_b) = (a.child.id().unwrap(), b.child.id().unwrap());
+    let (before_a, before_b) = (usage(pid_a), usage(pid_b));
+    let notifications_before = metric(&a.address, "chat_bus_notifications_total").await;
+    let barrier = Arc::new(Barrier::new(args.clients));
+    let started = Instant::now();
+    let tasks: Vec<_> = conversations
+        .into_iter()
+        .map(|(id, mut sender, near, far)| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let near = tokio::spawn(arrivals(near));
+                let far = tokio::spawn(arrivals(far));
+                barrier.wait().await;
+                let frame = json!({"type": "stream_chat", "conversationId": id, "message": "hi"});
+                sender.send(Message::text(frame.to_string())).await.unwrap();
+                let sent = arrivals(sender).await;
+                (sent, near.await.unwrap(), far.await.unwrap())
+            })
+        })
+        .collect();
+    let (mut near_added, mut far_added, mut crossing) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut failed, mut chunks) = (0, 0);
+    for task in tasks {
+        let (sent, near, far) = task.await.unwrap();
+        if !(sent.complete && near.complete && far.complete)
+            || near.chunks.len() != sent.chunks.len()
+            || far.chunks.len() != sent.chunks.len()
+        {
+            failed += 1;
+        }
+        chunks += far.chunks.len();
+        for (i, (index, at)) in sent.chunks.iter().enumerate() {
+            for (reader, added) in [(&near, &mut near_added), (&far, &mut far_added)] {
+                if let Some((other, arrived)) = reader.chunks.get(i) {
+                    if other == index {
+                        added.push(arrived.saturating_duration_since(*at));
+                    }
+                }
+            }
+            // The same chunk at the reader on B against the reader on A: the crossing alone.
+            if let (Some((n, near_at)), Some((f, far_at))) = (near.chunks.get(i), far.chunks.get(i))
+            {
+                if n == index && f == index {
+                    crossing.push(far_at.saturating_duration_since(*near_at));
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let (after_a, after_b) = (usage(pid_a), usage(pid_b));
+    let notifications =
+        metric(&a.address, "chat_bus_notifications_total").await - notifications_before;
+    near_added.sort();
+    far_added.sort();
+    crossing.sort();
+    println!(
+        "scenario cross: {} conversations, {} tokens {} ms apart, streamed on A, read on A and on B",
+        args.clients,
+        args.tokens,
+        args.delay.as_millis()
+    );
+    println!("                                     reader on A   reader on B   B after A's reader");
+    for (label, p) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+        println!(
+            "chunk after the sender's, {label} ms {:>12} {:>13} {:>20}",
+            ms(percentile(&near_added, p)),
+            ms(percentile(&far_added, p)),
+            ms(percentile(&crossing, p))
+        );
+    }
+    println!(
+        "chunks that crossed to B: {chunks} in {:.2} s, {:.0} per second; failed streams: {failed}",
+        elapsed.as_secs_f64(),
+        chunks as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "NOTIFY payloads A sent: {notifications:.0}, {:.1} frames each",
+        (chunks as f64 + 2.0 * args.clients as f64) / notifications.max(1.0)
+    );
+    for (name, before, after) in [("A", before_a, after_a), ("B", before_b, after_b)] {
+        let cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e3;
+        println!(
+            "server {name} CPU: {cpu:.0} ms, {:.2} ms per 1,000 chunks crossed",
+            cpu * 1000.0 / chunks.max(1) as f64
+        );
+    }
+    if failed > 0 {
+        std::process::exit(2);
+    }
+}
+
+/// What one socket saw of a stream: each chunk's index and arrival.
+struct Arrivals {
+    chunks: Vec<(u64, Instant)>,
+    complete: bool,
+}
+
+async fn arrivals(mut socket: Socket) -> Arrivals {
+    let mut seen = Arrivals {
+        chunks: Vec::new(),
+        complete: false,
+    };
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let at = Instant::now();
+        let value: Value = serde_json::from_str(&text).unwrap_or_default();
+        match value["type"].as_str() {
+            Some("stream_chunk") => seen
+                .chunks
+                .push((value["index"].as_u64().unwrap_or(u64::MAX), at)),
+            Some("stream_complete") => {
+                seen.complete = value["status"] == "complete";
+                break;
+            }
+            Some("error") => break,
+            _ => {}
+        }
+    }
+    seen
+}
+
+/// A counter from the server's `/metrics`.
+async fn metric(address: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{address}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `clients` authenticated sockets that do nothing: the server's memory per socket.
 async fn idle(args: &Args, server: &ServerProcess, tokens: &[String]) {
     let pid = server.child.id().unwrap();
@@ -1015,6 +1187,7 @@ async fn main() {
         "idle" => idle(&args, &server, &tokens).await,
         "history" => history(&server, &tokens[0]).await,
         "appends" => appends(&args, &server, &tokens[0]).await,
+        "cross" => cross(&args, &base, &server, &tokens).await,
         other => panic!("unknown scenario {other}: first, throughput, realistic, idle, mock"),
     }
 }
