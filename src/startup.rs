@@ -150,7 +150,12 @@ pub async fn build_state(
         None => DEMO_MODEL.to_string(),
     };
     tracing::info!(provider = provider.name(), model = %default_model, "LLM provider configured");
-    let limits = Arc::new(RateLimits::new(&config.limits, metrics.clone()));
+    let limits = RateLimits::new(&config.limits, metrics.clone());
+    // With several instances on PostgreSQL, the limits that protect accounts are shared.
+    let limits = Arc::new(match instance_id {
+        Some(id) if !config.is_sqlite() => limits.shared_with(store.clone(), id),
+        _ => limits,
+    });
     forget_idle_limiter_keys(Arc::downgrade(&limits));
     let chat = ChatService::new(
         store.clone(),
@@ -222,8 +227,9 @@ pub async fn build_state(
 }
 
 /// Every minute, the limiters drop keys that no longer count against anything, so a flood
-/// of distinct e-mails or addresses holds memory only for the length of its window. Ends
-/// with the application.
+/// of distinct e-mails or addresses holds memory only for the length of its window (and,
+/// with several instances, the shared hits older than every window). Ends with the
+/// application.
 fn forget_idle_limiter_keys(limits: std::sync::Weak<RateLimits>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -233,6 +239,7 @@ fn forget_idle_limiter_keys(limits: std::sync::Weak<RateLimits>) {
             match limits.upgrade() {
                 Some(limits) => {
                     limits.forget_idle_keys();
+                    limits.forget_shared_hits().await;
                 }
                 None => break,
             }

@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261125_000001_initial;
 mod m20261126_000001_session_generation;
 mod m20261126_000002_instances;
+mod m20261126_000003_limit_hits;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261126_000001_session_generation::Migration),
             Box::new(m20261126_000002_instances::Migration),
+            Box::new(m20261126_000003_limit_hits::Migration),
         ]
     }
 }

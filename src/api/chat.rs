@@ -54,7 +54,7 @@ impl ChatApi {
         body: JsonBody<ChatRequest>,
     ) -> Result<Json<ChatResponse>, UpstreamApiError> {
         // One of the user's concurrent answers, like a streamed one, for the whole request.
-        let _slot = self.state.hub.reserve_answer(auth.user().id)?;
+        let _slot = self.state.hub.reserve_answer(auth.user().id).await?;
         let body = body.0;
         let request = TurnRequest {
             conversation_id: body.conversation_id,

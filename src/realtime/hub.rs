@@ -200,14 +200,22 @@ impl StreamHub {
     }
 
     /// Reserves a place for an answer that does not stream (see [`AnswerSlot`]).
-    pub fn reserve_answer(&self, user: Uuid) -> ServiceResult<AnswerSlot> {
-        self.slot(user).map(AnswerSlot)
+    pub async fn reserve_answer(&self, user: Uuid) -> ServiceResult<AnswerSlot> {
+        self.slot(user).await.map(AnswerSlot)
     }
 
-    fn slot(&self, user: Uuid) -> ServiceResult<StreamSlot> {
+    /// A place among the user's concurrent answers: those running here, and (with several
+    /// instances) those the other instances run, counted from the database. Two instances
+    /// starting at the same moment can each take the last place: the limit holds to within
+    /// one answer per instance.
+    async fn slot(&self, user: Uuid) -> ServiceResult<StreamSlot> {
+        let elsewhere = self.inner.chat.answers_elsewhere(user).await?;
         self.inner
             .slots
-            .acquire(user, self.inner.max_streams_per_user)
+            .acquire(
+                user,
+                self.inner.max_streams_per_user.saturating_sub(elsewhere),
+            )
             .ok_or_else(|| {
                 self.inner
                     .metrics
@@ -247,7 +255,7 @@ impl StreamHub {
                 "the server is shutting down; try again shortly",
             ));
         }
-        let slot = self.slot(user.id)?;
+        let slot = self.slot(user.id).await?;
         match self.inner.chat.start_turn(user, request).await? {
             TurnStart::Started(turn) => {
                 let conversation_id = turn.conversation_id;

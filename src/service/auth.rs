@@ -140,7 +140,7 @@ impl AuthService {
             });
         }
         let key = email.trim().to_lowercase();
-        let attempt = self.limits.begin_login(&key, client_ip)?;
+        let attempt = self.limits.begin_login(&key, client_ip).await?;
         // Unknown e-mails still pay for a verification, so timing does not tell them apart.
         let user = match Email::parse(email) {
             Ok(email) => self.store.find_user_by_email(email.as_str()).await?,
@@ -156,8 +156,10 @@ impl AuthService {
                 attempt.succeeded();
                 self.start_session(user, Uuid::now_v7()).await
             }
-            // Dropping the attempt counts the failure.
-            _ => Err(ServiceError::Unauthorized(BAD_CREDENTIALS)),
+            _ => {
+                attempt.failed().await;
+                Err(ServiceError::Unauthorized(BAD_CREDENTIALS))
+            }
         }
     }
 
@@ -253,13 +255,13 @@ impl AuthService {
             .active_user(caller.user.id)
             .await?
             .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
-        let attempt = self.limits.begin_login(&user.email, client_ip)?;
+        let attempt = self.limits.begin_login(&user.email, client_ip).await?;
         if !self
             .hashing
             .verify(current_password, user.password_hash.clone())
             .await?
         {
-            // Dropping the attempt counts the failure.
+            attempt.failed().await;
             return Err(ServiceError::Validation {
                 field: "currentPassword",
                 message: "is not the current password".into(),

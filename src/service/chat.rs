@@ -101,6 +101,19 @@ impl ChatService {
         }
     }
 
+    /// The user's answers that other instances are running (PostgreSQL; 0 on SQLite, which
+    /// serves one instance).
+    pub async fn answers_elsewhere(&self, user: Uuid) -> ServiceResult<usize> {
+        match self.instance_id {
+            Some(instance) if self.store.backend() == sea_orm::DbBackend::Postgres => Ok(self
+                .store
+                .streaming_answers_elsewhere(user, instance)
+                .await?
+                as usize),
+            _ => Ok(0),
+        }
+    }
+
     /// Records `instance_id` as the runner of every answer this service starts.
     pub fn run_by(mut self, instance_id: Uuid) -> Self {
         self.instance_id = Some(instance_id);
@@ -127,7 +140,7 @@ impl ChatService {
     ) -> ServiceResult<TurnStart> {
         let text =
             MessageText::parse("message", &request.message, self.max_message_chars)?.into_inner();
-        self.limits.check_chat(user.id)?;
+        self.limits.check_chat(user.id).await?;
         let client_message_id = request
             .client_message_id
             .map(|c| bounded_text("clientMessageId", &c, MAX_CLIENT_MESSAGE_ID_CHARS, false))

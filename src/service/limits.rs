@@ -9,6 +9,16 @@
 //! account-wide limit does not apply to an address that signed in to that account within
 //! the last 30 days, so an attacker guessing at the allowed rate cannot lock the owner out:
 //! from an address the attacker does not share, the right password keeps working.
+//!
+//! Several instances on PostgreSQL share the limits that protect accounts ([`SharedHits`]):
+//! each failed login and each chat send is also recorded in `limit_hits`, and an instance
+//! counts the others' hits with its own. Failed logins: the others' failures within the
+//! window lower this instance's allowance (its own, and its attempts in flight, it counts in
+//! memory). Chat sends: all instances' sends within the last minute are counted in the
+//! database. Two instances deciding at the same moment can each let one more through: the
+//! limits hold across instances to within one hit per instance. The known-address
+//! exemption and the sign-up limit stay per instance. (Concurrent answers per user are
+//! shared too, by the stream hub, from the streaming messages other instances run.)
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
@@ -23,6 +33,7 @@ use uuid::Uuid;
 use super::{ServiceError, ServiceResult};
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// How long a successful sign-in from an address exempts it from the account-wide limit.
 const KNOWN_ADDRESS_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -31,6 +42,8 @@ const KNOWN_ADDRESSES_PER_ACCOUNT: usize = 8;
 
 pub struct RateLimits {
     chat: DefaultKeyedRateLimiter<Uuid>,
+    chat_per_minute: u32,
+    shared: Option<SharedHits>,
     registrations: DefaultKeyedRateLimiter<IpAddr>,
     logins: LoginAttempts,
     login_max_per_address: u32,
@@ -64,6 +77,8 @@ impl RateLimits {
         let registrations = Quota::per_hour(nonzero(limits.registrations_per_hour));
         Self {
             chat: RateLimiter::keyed(Quota::per_minute(nonzero(limits.chat_per_minute))),
+            chat_per_minute: limits.chat_per_minute.max(1),
+            shared: None,
             registrations: RateLimiter::keyed(registrations),
             logins: LoginAttempts::new(limits.login_window),
             login_max_per_address: limits.login_max_failures.max(1),
@@ -71,6 +86,22 @@ impl RateLimits {
             known: KnownAddresses::default(),
             clock: DefaultClock::default(),
             metrics,
+        }
+    }
+
+    /// Counts the other instances' hits too (PostgreSQL with several instances).
+    pub fn shared_with(mut self, store: Store, instance: Uuid) -> Self {
+        self.shared = Some(SharedHits { store, instance });
+        self
+    }
+
+    /// Drops shared hits older than every window; PostgreSQL only.
+    pub async fn forget_shared_hits(&self) {
+        if let Some(shared) = &self.shared {
+            let longest = self.logins.window.max(CHAT_WINDOW);
+            if let Err(err) = shared.store.forget_limit_hits(longest).await {
+                tracing::warn!(error = %err, "forgetting old limit hits failed");
+            }
         }
     }
 
@@ -82,8 +113,34 @@ impl RateLimits {
         }
     }
 
-    /// One chat send (`POST /api/chat` or `stream_chat`).
-    pub fn check_chat(&self, user: Uuid) -> ServiceResult<()> {
+    /// One chat send (`POST /api/chat` or `stream_chat`), counted here and, with several
+    /// instances, against every instance's sends of the last minute.
+    pub async fn check_chat(&self, user: Uuid) -> ServiceResult<()> {
+        self.check_chat_here(user)?;
+        let Some(shared) = &self.shared else {
+            return Ok(());
+        };
+        let key = SharedKey::chat(user);
+        let hits = shared
+            .store
+            .count_limit_hits(&[key], CHAT_WINDOW, None)
+            .await?
+            .get(&key)
+            .copied()
+            .unwrap_or(0);
+        if hits >= self.chat_per_minute {
+            let wait = CHAT_WINDOW / self.chat_per_minute;
+            return Err(self.refuse("chat", "too many messages; slow down", wait));
+        }
+        shared
+            .store
+            .record_limit_hits(&[key], shared.instance)
+            .await?;
+        Ok(())
+    }
+
+    /// One chat send, counted by this instance alone.
+    fn check_chat_here(&self, user: Uuid) -> ServiceResult<()> {
         self.chat.check_key(&user).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.clock.now());
             self.refuse("chat", "too many messages; slow down", wait)
@@ -107,9 +164,38 @@ impl RateLimits {
 
     /// Starts a login attempt for this (normalised) e-mail and address, before the password
     /// is checked: the attempt counts as a failure until [`LoginAttempt::succeeded`] says
-    /// otherwise, so parallel guesses cannot outrun the limit.
-    pub fn begin_login(&self, email: &str, ip: Option<IpAddr>) -> ServiceResult<LoginAttempt<'_>> {
+    /// otherwise, so parallel guesses cannot outrun the limit. With several instances, the
+    /// others' recent failures on the same keys count too.
+    pub async fn begin_login(
+        &self,
+        email: &str,
+        ip: Option<IpAddr>,
+    ) -> ServiceResult<LoginAttempt<'_>> {
         let address = ip.map(address_key);
+        let mut keys = self.login_keys(email, address);
+        if let Some(shared) = &self.shared {
+            let ids: Vec<Uuid> = keys.iter().map(|(k, _)| k.shared()).collect();
+            let others = shared
+                .store
+                .count_limit_hits(&ids, self.logins.window, Some(shared.instance))
+                .await?;
+            for (key, max) in &mut keys {
+                *max = max.saturating_sub(others.get(&key.shared()).copied().unwrap_or(0));
+            }
+        }
+        self.begin(email, address, keys)
+    }
+
+    /// [`RateLimits::begin_login`] as this instance alone counts it.
+    #[cfg(test)]
+    fn begin_login_here(&self, email: &str, ip: Option<IpAddr>) -> ServiceResult<LoginAttempt<'_>> {
+        let address = ip.map(address_key);
+        let keys = self.login_keys(email, address);
+        self.begin(email, address, keys)
+    }
+
+    /// The keys a login counts against, each with its maximum.
+    fn login_keys(&self, email: &str, address: Option<IpAddr>) -> Vec<(LoginKey, u32)> {
         let known = address.is_some_and(|a| self.known.contains(email, a));
         let mut keys = Vec::with_capacity(2);
         if let Some(address) = address {
@@ -121,6 +207,15 @@ impl RateLimits {
                 self.login_max_per_account,
             ));
         }
+        keys
+    }
+
+    fn begin(
+        &self,
+        email: &str,
+        address: Option<IpAddr>,
+        keys: Vec<(LoginKey, u32)>,
+    ) -> ServiceResult<LoginAttempt<'_>> {
         match self.logins.begin(&keys) {
             Ok(()) => Ok(LoginAttempt {
                 limits: self,
@@ -174,13 +269,63 @@ impl LoginAttempt<'_> {
         }
         self.settled = true;
     }
+
+    /// The password was wrong: a failure, recorded for the other instances before this
+    /// returns (so the client's next attempt, wherever it lands, counts it).
+    pub async fn failed(mut self) {
+        self.limits.logins.end(&self.keys, true);
+        self.settled = true;
+        if let Some(shared) = &self.limits.shared {
+            let ids: Vec<Uuid> = self.keys.iter().map(LoginKey::shared).collect();
+            if let Err(err) = shared.store.record_limit_hits(&ids, shared.instance).await {
+                tracing::warn!(error = %err, "recording a failed login for the other instances failed");
+            }
+        }
+    }
 }
 
 impl Drop for LoginAttempt<'_> {
+    /// Dropped unsettled (an error, a client gone mid-check): a failure, recorded for the
+    /// other instances in the background.
     fn drop(&mut self) {
-        if !self.settled {
-            self.limits.logins.end(&self.keys, true);
+        if self.settled {
+            return;
         }
+        self.limits.logins.end(&self.keys, true);
+        if let Some(shared) = &self.limits.shared {
+            let ids: Vec<Uuid> = self.keys.iter().map(LoginKey::shared).collect();
+            let (store, instance) = (shared.store.clone(), shared.instance);
+            tokio::spawn(async move {
+                if let Err(err) = store.record_limit_hits(&ids, instance).await {
+                    tracing::warn!(error = %err, "recording a failed login for the other instances failed");
+                }
+            });
+        }
+    }
+}
+
+/// How long chat sends count against `CHAT_RATE_PER_MINUTE`.
+const CHAT_WINDOW: Duration = Duration::from_secs(60);
+
+/// The instances' shared counts (see the module docs).
+struct SharedHits {
+    store: Store,
+    instance: Uuid,
+}
+
+/// The key a limit's subject is counted under in `limit_hits`: a name-based UUID, so no
+/// e-mail or address is stored as typed, and every instance derives the same one.
+struct SharedKey;
+
+impl SharedKey {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x8f1c_2b7e_4d0a_4c55_9e3b_61a7_0c2d_5f10);
+
+    fn of(name: &str) -> Uuid {
+        Uuid::new_v5(&Self::NAMESPACE, name.as_bytes())
+    }
+
+    fn chat(user: Uuid) -> Uuid {
+        Self::of(&format!("chat:{user}"))
     }
 }
 
@@ -188,6 +333,15 @@ impl Drop for LoginAttempt<'_> {
 enum LoginKey {
     Account(String),
     Address(IpAddr),
+}
+
+impl LoginKey {
+    fn shared(&self) -> Uuid {
+        match self {
+            Self::Account(email) => SharedKey::of(&format!("login-account:{email}")),
+            Self::Address(address) => SharedKey::of(&format!("login-address:{address}")),
+        }
+    }
 }
 
 /// Addresses that recently signed in to each account.
@@ -355,16 +509,16 @@ mod tests {
         let l = limits(3, 10);
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         for _ in 0..3 {
-            l.check_chat(a).unwrap();
+            l.check_chat_here(a).unwrap();
         }
-        match l.check_chat(a) {
+        match l.check_chat_here(a) {
             Err(ServiceError::RateLimited {
                 retry_after_secs: Some(secs),
                 ..
             }) => assert!((1..=20).contains(&secs)),
             other => panic!("{other:?}"),
         }
-        l.check_chat(b)
+        l.check_chat_here(b)
             .expect("another user has their own allowance");
     }
 
@@ -373,31 +527,31 @@ mod tests {
         let l = limits_with(10, 3, 5);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         for _ in 0..3 {
-            drop(l.begin_login("a@b.co", Some(ip)).unwrap()); // a failure
+            drop(l.begin_login_here("a@b.co", Some(ip)).unwrap()); // a failure
         }
         assert!(
-            l.begin_login("other@b.co", Some(ip)).is_err(),
+            l.begin_login_here("other@b.co", Some(ip)).is_err(),
             "the address ran out, for every e-mail"
         );
         let elsewhere: IpAddr = "10.0.0.2".parse().unwrap();
-        l.begin_login("a@b.co", Some(elsewhere))
+        l.begin_login_here("a@b.co", Some(elsewhere))
             .expect("one address's guesses do not block the account elsewhere")
             .succeeded();
         // Guesses from many addresses run out the account-wide allowance (the first three
         // count there too)...
         for i in 0..2 {
             let ip: IpAddr = format!("10.1.0.{i}").parse().unwrap();
-            drop(l.begin_login("a@b.co", Some(ip)).unwrap());
+            drop(l.begin_login_here("a@b.co", Some(ip)).unwrap());
         }
         let fresh: IpAddr = "10.9.9.9".parse().unwrap();
-        assert!(l.begin_login("a@b.co", Some(fresh)).is_err());
-        assert!(l.begin_login("a@b.co", None).is_err());
+        assert!(l.begin_login_here("a@b.co", Some(fresh)).is_err());
+        assert!(l.begin_login_here("a@b.co", None).is_err());
         // ...except from an address the owner signed in from.
-        l.begin_login("a@b.co", Some(elsewhere))
+        l.begin_login_here("a@b.co", Some(elsewhere))
             .expect("a known address is exempt from the account-wide limit")
             .succeeded();
         assert!(
-            l.begin_login("b@b.co", Some(fresh)).is_ok(),
+            l.begin_login_here("b@b.co", Some(fresh)).is_ok(),
             "another account is unaffected"
         );
     }
@@ -420,15 +574,15 @@ mod tests {
         let ip: IpAddr = "10.0.0.9".parse().unwrap();
         // Three guesses start together, none finished: a fourth may not start.
         let running: Vec<_> = (0..3)
-            .map(|_| l.begin_login("x@y.co", Some(ip)).unwrap())
+            .map(|_| l.begin_login_here("x@y.co", Some(ip)).unwrap())
             .collect();
-        assert!(l.begin_login("x@y.co", Some(ip)).is_err());
+        assert!(l.begin_login_here("x@y.co", Some(ip)).is_err());
         // They all turn out right: nothing is left counted against the keys.
         for attempt in running {
             attempt.succeeded();
         }
         for _ in 0..3 {
-            l.begin_login("x@y.co", Some(ip)).unwrap().succeeded();
+            l.begin_login_here("x@y.co", Some(ip)).unwrap().succeeded();
         }
         assert_eq!(
             l.forget_idle_keys(),

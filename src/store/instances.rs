@@ -100,4 +100,29 @@ impl Store {
             .map_err(StoreError::from_db)?;
         Ok(rows.into_iter().map(message_from_row).collect())
     }
+
+    /// How many of `owner`'s answers other instances are running (PostgreSQL).
+    pub async fn streaming_answers_elsewhere(
+        &self,
+        owner: Uuid,
+        instance: Uuid,
+    ) -> StoreResult<u64> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT count(*) AS running FROM messages m \
+                 JOIN conversations c ON c.id = m.conversation_id \
+                 WHERE m.status = 'streaming' AND c.owner_id = $1 \
+                 AND m.instance_id IS DISTINCT FROM $2",
+                [owner.into(), instance.into()],
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        let running: i64 = match row {
+            Some(row) => row.try_get("", "running").map_err(StoreError::from_db)?,
+            None => 0,
+        };
+        Ok(running as u64)
+    }
 }

@@ -6,6 +6,7 @@ mod conversations;
 mod events;
 mod group_commit;
 mod instances;
+mod limit_hits;
 mod records;
 mod refresh_tokens;
 mod streams;

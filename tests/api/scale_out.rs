@@ -362,3 +362,111 @@ async fn a_dropped_bus_listener_reconnects_and_its_sockets_lose_no_text() {
         "{metrics}"
     );
 }
+
+async fn login_status(address: &str, email: &str, password: &str) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(format!("{address}/api/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_count_across_instances() {
+    let mock = MockLlm::start(Duration::from_millis(5)).await;
+    let Some((mut app, servers)) = instances(2, &mock, &[("LOGIN_MAX_FAILURES", "3")]).await else {
+        return;
+    };
+    let (a, b) = (&servers[0].1, &servers[1].1);
+    app.address = a.clone();
+    let user = app.register_user(&unique_email()).await;
+    // Three wrong guesses from one address, spread over both instances: each instance has
+    // seen fewer than the limit on its own.
+    for address in [a, a, b] {
+        assert_eq!(
+            login_status(address, &user.email, "wrong-password").await,
+            401
+        );
+    }
+    // The limit is reached for the address on every instance, even with the right password.
+    for address in [b, a] {
+        assert_eq!(
+            login_status(address, &user.email, PASSWORD).await,
+            429,
+            "{address}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_sends_per_minute_count_across_instances() {
+    let mock = MockLlm::start(Duration::from_millis(1)).await;
+    let Some((mut app, servers)) = instances(2, &mock, &[("CHAT_RATE_PER_MINUTE", "3")]).await
+    else {
+        return;
+    };
+    let (a, b) = (servers[0].1.clone(), servers[1].1.clone());
+    app.address = a.clone();
+    let user = app.register_user(&unique_email()).await;
+    let send = |address: String| {
+        let token = user.access.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{address}/api/chat"))
+                .bearer_auth(token)
+                .json(&json!({"message": "hello"}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for address in [&a, &a, &b] {
+        assert_eq!(send(address.clone()).await.status(), 200);
+    }
+    let refused = send(b.clone()).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    expect_error(
+        refused,
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMIT_EXCEEDED",
+    )
+    .await;
+    let refused = send(a.clone()).await;
+    expect_error(
+        refused,
+        reqwest::StatusCode::TOO_MANY_REQUESTS,
+        "RATE_LIMIT_EXCEEDED",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_answers_per_user_count_across_instances() {
+    let mock = MockLlm::start(Duration::from_millis(5)).await;
+    let Some((mut app, servers)) =
+        instances(2, &mock, &[("MAX_CONCURRENT_STREAMS_PER_USER", "1")]).await
+    else {
+        return;
+    };
+    let (a, b) = (&servers[0].1, &servers[1].1);
+    app.address = a.clone();
+    let user = app.register_user(&unique_email()).await;
+    let mut on_a = WsClient::authed(a, &user.access).await;
+    on_a.send(json!({"type": "stream_chat", "message": "[[slow:100]] a long one"}))
+        .await;
+    let start = on_a.expect_type("stream_start").await;
+    // The one allowed answer runs on A: B refuses a second one...
+    let mut on_b = WsClient::authed(b, &user.access).await;
+    on_b.send(json!({"type": "stream_chat", "message": "a second one"}))
+        .await;
+    assert_eq!(
+        on_b.expect_type("error").await["code"],
+        "RATE_LIMIT_EXCEEDED"
+    );
+    // ...until it has finished.
+    on_a.collect_stream(start["messageId"].as_str()).await;
+    let next = on_b.chat(None, "now it is my turn").await;
+    assert_eq!(next.complete["status"], "complete");
+}

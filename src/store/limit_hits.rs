@@ -1,0 +1,73 @@
+//! What the abuse limits count across instances (PostgreSQL): one row per hit, keyed by a
+//! name-based UUID of the limit and its subject, timed on the database's clock.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use uuid::Uuid;
+
+use super::{Store, StoreError, StoreResult};
+
+impl Store {
+    /// Hits on each of `keys` within the last `window`, leaving out those of `except` (an
+    /// instance that counts its own in memory).
+    pub async fn count_limit_hits(
+        &self,
+        keys: &[Uuid],
+        window: Duration,
+        except: Option<Uuid>,
+    ) -> StoreResult<HashMap<Uuid, u32>> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT key, count(*) AS hits FROM limit_hits \
+                 WHERE key = ANY($1) AND at > now() - make_interval(secs => $2) \
+                 AND instance_id IS DISTINCT FROM $3 GROUP BY key",
+                [
+                    keys.to_vec().into(),
+                    window.as_secs_f64().into(),
+                    except.into(),
+                ],
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        rows.iter()
+            .map(|row| {
+                let key: Uuid = row.try_get("", "key")?;
+                let hits: i64 = row.try_get("", "hits")?;
+                Ok((key, hits as u32))
+            })
+            .collect::<Result<_, sea_orm::DbErr>>()
+            .map_err(StoreError::from_db)
+    }
+
+    /// Records one hit on each of `keys`, by `instance`.
+    pub async fn record_limit_hits(&self, keys: &[Uuid], instance: Uuid) -> StoreResult<()> {
+        self.db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO limit_hits (key, instance_id, at) \
+                 SELECT key, $2, now() FROM unnest($1::uuid[]) AS key",
+                [keys.to_vec().into(), instance.into()],
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(())
+    }
+
+    /// Deletes hits older than `older_than`: no window reaches them.
+    pub async fn forget_limit_hits(&self, older_than: Duration) -> StoreResult<u64> {
+        let result = self
+            .db
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "DELETE FROM limit_hits WHERE at < now() - make_interval(secs => $1)",
+                [older_than.as_secs_f64().into()],
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(result.rows_affected())
+    }
+}
