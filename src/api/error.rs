@@ -8,6 +8,7 @@ use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registr
 use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
 
+use crate::domain::codes::ErrorCode;
 use crate::service::ServiceError;
 
 /// The error body of every failed request.
@@ -26,7 +27,7 @@ pub struct ErrorBody {
 #[error("{code}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub details: Option<serde_json::Value>,
     /// Sent as `Retry-After` (seconds) with a 429 or 503.
@@ -36,7 +37,7 @@ pub struct ApiError {
 pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -49,7 +50,7 @@ impl ApiError {
     pub fn validation(field: &str, message: impl std::fmt::Display) -> Self {
         let mut err = Self::new(
             StatusCode::BAD_REQUEST,
-            "VALIDATION_ERROR",
+            ErrorCode::ValidationError,
             format!("{field}: {message}"),
         );
         err.details = Some(serde_json::json!({ "field": field }));
@@ -57,17 +58,17 @@ impl ApiError {
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
 
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "INTERNAL_ERROR",
+            ErrorCode::InternalError,
             "internal server error",
         )
     }
@@ -75,7 +76,7 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
             message: self.message.clone(),
-            code: self.code.to_string(),
+            code: self.code.as_str().to_string(),
             details: self.details.clone(),
         }
     }
@@ -90,19 +91,23 @@ impl From<ServiceError> for ApiError {
             E::Forbidden(message) => Self::forbidden(message),
             E::ConversationNotFound => Self::new(
                 StatusCode::NOT_FOUND,
-                "CONVERSATION_NOT_FOUND",
+                ErrorCode::ConversationNotFound,
                 "conversation not found",
             ),
             E::MessageNotFound => Self::new(
                 StatusCode::NOT_FOUND,
-                "MESSAGE_NOT_FOUND",
+                ErrorCode::MessageNotFound,
                 "message not found",
             ),
-            E::UserNotFound => Self::new(StatusCode::NOT_FOUND, "USER_NOT_FOUND", "user not found"),
-            E::Conflict(message) => Self::new(StatusCode::CONFLICT, "CONFLICT", message),
+            E::UserNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::UserNotFound,
+                "user not found",
+            ),
+            E::Conflict(message) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message),
             E::AlreadyFinished => Self::new(
                 StatusCode::CONFLICT,
-                "CONFLICT",
+                ErrorCode::Conflict,
                 "the answer has already finished",
             ),
             E::RateLimited {
@@ -111,7 +116,7 @@ impl From<ServiceError> for ApiError {
             } => {
                 let mut err = Self::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "RATE_LIMIT_EXCEEDED",
+                    ErrorCode::RateLimitExceeded,
                     message,
                 );
                 err.retry_after_secs = retry_after_secs;
@@ -120,7 +125,7 @@ impl From<ServiceError> for ApiError {
             E::Unavailable(message) => {
                 let mut err = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "SERVICE_UNAVAILABLE",
+                    ErrorCode::ServiceUnavailable,
                     message,
                 );
                 err.retry_after_secs = Some(5);
@@ -129,12 +134,13 @@ impl From<ServiceError> for ApiError {
             E::Upstream(err) => {
                 use crate::llm::ProviderError as P;
                 let (status, code) = match err {
-                    P::Timeout => (StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT"),
-                    P::Upstream(_) => (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
-                    P::Unavailable(_) | P::CircuitOpen => {
-                        (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE")
-                    }
-                    P::Rejected(_) => (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
+                    P::Timeout => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::GatewayTimeout),
+                    P::Upstream(_) => (StatusCode::BAD_GATEWAY, ErrorCode::BadGateway),
+                    P::Unavailable(_) | P::CircuitOpen => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::ServiceUnavailable,
+                    ),
+                    P::Rejected(_) => (StatusCode::BAD_GATEWAY, ErrorCode::BadGateway),
                 };
                 Self::new(status, code, err.to_string())
             }
@@ -277,32 +283,36 @@ pub async fn render_error(err: poem::Error) -> Response {
                 Some((internal, field)) => {
                     let message =
                         message.replacen(&format!("`{internal}`"), &format!("`{field}`"), 1);
-                    let mut e = ApiError::new(status, "VALIDATION_ERROR", message);
+                    let mut e = ApiError::new(status, ErrorCode::ValidationError, message);
                     e.details = Some(serde_json::json!({ "field": field }));
                     e
                 }
-                None => ApiError::new(status, "VALIDATION_ERROR", message),
+                None => ApiError::new(status, ErrorCode::ValidationError, message),
             }
         }
         StatusCode::UNAUTHORIZED => ApiError::unauthorized("missing or invalid bearer token"),
         StatusCode::FORBIDDEN => ApiError::forbidden("forbidden"),
-        StatusCode::NOT_FOUND => ApiError::new(status, "NOT_FOUND", "no such route"),
+        StatusCode::NOT_FOUND => ApiError::new(status, ErrorCode::NotFound, "no such route"),
         StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
             status,
-            "METHOD_NOT_ALLOWED",
+            ErrorCode::MethodNotAllowed,
             "method not allowed on this route",
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(status, "PAYLOAD_TOO_LARGE", "request body is too large")
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            ErrorCode::PayloadTooLarge,
+            "request body is too large",
+        ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            ApiError::new(status, "VALIDATION_ERROR", err.to_string())
+            ApiError::new(status, ErrorCode::ValidationError, err.to_string())
         }
         s if s.is_server_error() => {
             tracing::error!(error = %err, "unhandled server error");
             ApiError::internal()
         }
-        s => ApiError::new(s, "ERROR", err.to_string()),
+        // Any other client error poem raises (406, 408, 411...): the request was not
+        // acceptable as sent.
+        s => ApiError::new(s, ErrorCode::ValidationError, err.to_string()),
     };
     api.into_response()
 }

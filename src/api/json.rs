@@ -3,6 +3,7 @@
 //! own `Json` coerces numbers into strings and reports type names instead of fields, which
 //! the contract does not allow. The schema in the spec is still `T`'s.
 
+use crate::domain::codes::ErrorCode;
 use poem::http::StatusCode;
 use poem::{Request, RequestBody};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
@@ -74,7 +75,7 @@ impl<'a, T: DeserializeOwned + Type + Send> ApiExtractor<'a> for JsonBody<T> {
 fn too_large(max: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "PAYLOAD_TOO_LARGE",
+        ErrorCode::PayloadTooLarge,
         format!("request body is larger than {max} bytes"),
     )
 }
@@ -138,7 +139,7 @@ mod tests {
         let err = parse::<Sample>(br#"{"title": "x", "count": -1}"#).unwrap_err();
         assert!(err.message.starts_with("count:"), "{}", err.message);
         let err = parse::<Sample>(b"{not json").unwrap_err();
-        assert_eq!(err.code, "VALIDATION_ERROR");
+        assert_eq!(err.code, ErrorCode::ValidationError);
         assert!(parse::<Sample>(b"").is_err());
         assert!(parse::<Sample>(br#"{"title": "x"} trailing"#).is_err());
     }

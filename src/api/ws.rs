@@ -6,6 +6,7 @@
 //! their subscriptions; a socket that cannot keep up with either is closed with a reason
 //! instead of slowing anyone else.
 
+use crate::domain::codes::ErrorCode;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -231,7 +232,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         Some(auth) => auth,
         None => {
             outbox.reply(&ServerFrame::error(
-                "UNAUTHORIZED",
+                ErrorCode::Unauthorized,
                 "a valid access token is required",
             ));
             outbox.close_with(CloseReason(CloseCode::Policy, "unauthorized"));
@@ -247,7 +248,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
             .with_label_values(&["ws_connections"])
             .inc();
         outbox.reply(&ServerFrame::error(
-            "RATE_LIMIT_EXCEEDED",
+            ErrorCode::RateLimitExceeded,
             "too many open WebSockets for this user",
         ));
         outbox.close_with(CloseReason(CloseCode::Policy, "too many connections"));
@@ -323,7 +324,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
                 break;
             }
             outbox.reply(&ServerFrame::error(
-                "RATE_LIMIT_EXCEEDED",
+                ErrorCode::RateLimitExceeded,
                 "too many frames; this one was dropped: slow down",
             ));
             continue;
@@ -334,7 +335,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
                 // Oversized frames surface here; the connection cannot continue after them.
                 tracing::debug!(error = %err, "websocket read failed");
                 outbox.reply(&ServerFrame::error(
-                    "PAYLOAD_TOO_LARGE",
+                    ErrorCode::PayloadTooLarge,
                     "frame too large or malformed; closing",
                 ));
                 outbox.close_with(CloseReason(CloseCode::Size, "frame too large or malformed"));
@@ -344,7 +345,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
             // idle socket should not carry its space in its own task.
             Some(Ok(Message::Text(text))) => Box::pin(session.handle(&text)).await,
             Some(Ok(Message::Binary(_))) => outbox.reply(&ServerFrame::error(
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 "frames must be JSON text",
             )),
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -423,7 +424,8 @@ struct Session {
 impl Session {
     /// Ends the session: an `UNAUTHORIZED` error saying why, then close code 4401.
     fn end(&self, why: &'static str) {
-        self.outbox.reply(&ServerFrame::error("UNAUTHORIZED", why));
+        self.outbox
+            .reply(&ServerFrame::error(ErrorCode::Unauthorized, why));
         self.outbox.close_with(CloseReason(SESSION_ENDED, why));
     }
 
@@ -440,11 +442,11 @@ impl Session {
             // A bad token does not end a session that is still good: the socket keeps the
             // token it has until that one expires.
             Ok(_) => self.outbox.reply(&ServerFrame::error(
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 "token: belongs to another user; the socket keeps its current token",
             )),
             Err(_) => self.outbox.reply(&ServerFrame::error(
-                "VALIDATION_ERROR",
+                ErrorCode::ValidationError,
                 "token: invalid or expired; the socket keeps its current token",
             )),
         }
@@ -456,7 +458,7 @@ impl Session {
             Err(message) => {
                 return self
                     .outbox
-                    .reply(&ServerFrame::error("VALIDATION_ERROR", message))
+                    .reply(&ServerFrame::error(ErrorCode::ValidationError, message))
             }
         };
         // A disabled account stops here, even on a socket opened before it was disabled.

@@ -87,7 +87,7 @@ pub struct StreamStarted {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamError {
-    pub code: String,
+    pub code: super::codes::ErrorCode,
     pub message: String,
 }
 
@@ -208,7 +208,7 @@ mod tests {
                     completion_tokens: 2,
                 }),
                 error: Some(StreamError {
-                    code: "BAD_GATEWAY".into(),
+                    code: crate::domain::codes::ErrorCode::BadGateway,
                     message: "x".into(),
                 }),
             }),

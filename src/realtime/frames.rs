@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::domain::codes::ErrorCode;
 use crate::domain::events::StreamError;
 use crate::domain::types::{MessageStatus, Usage};
 
@@ -156,7 +157,7 @@ pub enum ServerFrame {
         event: serde_json::Value,
     },
     Error {
-        code: String,
+        code: ErrorCode,
         message: String,
     },
     Pong,
@@ -192,9 +193,9 @@ impl ServerFrame {
         }
     }
 
-    pub fn error(code: &str, message: impl Into<String>) -> Self {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Error {
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }
@@ -476,7 +477,7 @@ mod tests {
             ServerFrame::Event {
                 event: serde_json::json!({}),
             },
-            ServerFrame::error("X", "y"),
+            ServerFrame::error(ErrorCode::Conflict, "y"),
             ServerFrame::Pong,
         ]
     }

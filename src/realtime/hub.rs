@@ -1,18 +1,17 @@
-//! The stream hub: runs every streamed answer as a task of its own, owned by the
-//! conversation rather than by the socket that asked for it. A sender that disconnects does
-//! not stop the answer; every socket in the room keeps receiving it; the final text is
-//! committed with one `stream_completed` event.
-//!
-//! Per token the hub appends to a buffer and publishes one pre-serialised frame, under a
-//! short synchronous lock (never across an `.await`). The database is touched at the start,
-//! on the checkpoint timer, and at the end.
+//! The stream hub: the registry of the answers this instance runs, and their scheduler.
+//! Every streamed answer runs as a task of its own, owned by the conversation rather than by
+//! the socket that asked for it: a sender that disconnects does not stop the answer, every
+//! socket in the room keeps receiving it, and the final text is committed with one
+//! `stream_completed` event. The loop itself is [`super::relay`]; the hub starts it, holds
+//! each user's places among their concurrent answers, answers snapshots and cancels (through
+//! the bus for answers other instances run), carries out the other instances' commands, and
+//! ends the answers of dead instances.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -23,87 +22,17 @@ use tokio::sync::Notify;
 
 use super::bus::{ClusterCommand, RoomBus, RoomReceiver};
 use super::frames::{OutFrame, ServerFrame};
+use super::relay::Relay;
+pub use super::stream::AnswerSlot;
+use super::stream::{RunningStream, SlotCounts, StreamSlot, StreamState};
+use crate::domain::codes::ErrorCode;
 use crate::domain::events::StreamError;
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageStatus;
-use crate::llm::{ProviderError, StreamItem};
 use crate::metrics::Metrics;
 use crate::service::auth::CurrentUser;
-use crate::service::chat::{stream_error, ChatService, Turn, TurnOutcome, TurnRequest, TurnStart};
+use crate::service::chat::{ChatService, Turn, TurnOutcome, TurnRequest, TurnStart};
 use crate::service::{ServiceError, ServiceResult};
-
-/// The most text one chunk carries when deltas are joined.
-const MAX_CHUNK_BYTES: usize = 16 * 1024;
-
-struct StreamState {
-    content: String,
-    next_index: u64,
-    /// Set, under the lock, just before `stream_complete` is published: snapshots taken
-    /// afterwards skip the stream, so no socket sees a snapshot without its completion.
-    finished: bool,
-}
-
-struct RunningStream {
-    turn: Turn,
-    state: Mutex<StreamState>,
-    cancel: CancellationToken,
-    /// Shutdown past its grace period: end now, as `interrupted`.
-    interrupt: CancellationToken,
-    /// When the request to start it came in: the server's share of the time to first token
-    /// runs from here to the upstream request.
-    requested: Instant,
-    started: Instant,
-    /// The owner's place among their concurrent streams, given back when the stream ends.
-    _slot: StreamSlot,
-}
-
-/// Counts each user's running streams; a slot is held from before the turn is stored until
-/// the stream's last reference goes, so concurrent starts cannot overshoot the limit.
-#[derive(Clone, Default)]
-struct SlotCounts(Arc<Mutex<HashMap<Uuid, usize>>>);
-
-struct StreamSlot {
-    counts: SlotCounts,
-    user: Uuid,
-}
-
-impl SlotCounts {
-    fn acquire(&self, user: Uuid, max: usize) -> Option<StreamSlot> {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let count = counts.entry(user).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(StreamSlot {
-            counts: self.clone(),
-            user,
-        })
-    }
-}
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = counts.get_mut(&self.user) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.user);
-            }
-        }
-    }
-}
-
-/// A place among a user's concurrent answers (`MAX_CONCURRENT_STREAMS_PER_USER`), for an
-/// answer that does not stream: `POST /api/chat` holds one for its whole request, so
-/// answers over REST and over the WebSocket share one limit. Given back on drop.
-pub struct AnswerSlot(#[allow(dead_code)] StreamSlot);
-
-impl RunningStream {
-    fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 struct Inner {
     chat: ChatService,
@@ -324,7 +253,7 @@ impl StreamHub {
                     } else if let Some(stream) =
                         self.streams().get(&previous.assistant_message_id).cloned()
                     {
-                        direct.extend(snapshot(&stream));
+                        direct.extend(stream.snapshot());
                     } else {
                         // Started through another instance: its snapshot from the bus.
                         direct.extend(
@@ -354,7 +283,7 @@ impl StreamHub {
             .filter(|s| s.turn.conversation_id == conversation_id)
             .cloned()
             .collect();
-        let mut frames: Vec<OutFrame> = streams.iter().filter_map(|s| snapshot(s)).collect();
+        let mut frames: Vec<OutFrame> = streams.iter().filter_map(|s| s.snapshot()).collect();
         frames.extend(self.inner.bus.remote_snapshots(conversation_id));
         frames
     }
@@ -421,6 +350,15 @@ impl StreamHub {
         self.streams().len()
     }
 
+    fn relay(&self) -> Relay<'_> {
+        Relay {
+            chat: &self.inner.chat,
+            bus: &self.inner.bus,
+            metrics: &self.inner.metrics,
+            checkpoint_every: self.inner.checkpoint_every,
+        }
+    }
+
     fn publish(&self, conversation_id: Uuid, frame: &ServerFrame) {
         self.inner
             .bus
@@ -431,8 +369,8 @@ impl StreamHub {
         let turn = stream.turn.clone();
         let metrics = self.inner.metrics.clone();
         metrics.streams_running.inc();
-        let outcome = self.drive(&stream).await;
-        let seq = self.commit(&turn, &outcome).await;
+        let outcome = self.relay().drive(&stream).await;
+        let seq = self.relay().commit(&turn, &outcome).await;
         {
             let mut state = stream.lock();
             state.finished = true;
@@ -448,7 +386,7 @@ impl StreamHub {
                 Err(_) => (
                     MessageStatus::Failed,
                     Some(StreamError {
-                        code: "INTERNAL_ERROR".into(),
+                        code: ErrorCode::InternalError,
                         message: "the answer could not be saved".into(),
                     }),
                 ),
@@ -548,211 +486,4 @@ impl StreamHub {
         }
         Ok(ended)
     }
-
-    /// Commits the end of a stream, retrying a few times: the answer is the user's, and a
-    /// passing database hiccup should not lose it. If it still fails, the message stays
-    /// `streaming` with its last checkpoint and becomes `interrupted` at the next start.
-    async fn commit(&self, turn: &Turn, outcome: &TurnOutcome) -> Result<i64, ServiceError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self
-                .inner
-                .chat
-                .finish_turn(turn, Some(turn.owner_id), outcome.clone())
-                .await
-            {
-                Ok(seq) => return Ok(seq),
-                Err(err) if attempt < 3 => {
-                    tracing::warn!(error = %err, attempt, "committing a finished stream failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
-                Err(err) => {
-                    tracing::error!(error = %err, "committing a finished stream failed");
-                    return Err(err);
-                }
-            }
-        }
-    }
-
-    /// Relays the upstream's deltas until it ends, fails, times out or is cancelled.
-    async fn drive(&self, stream: &RunningStream) -> TurnOutcome {
-        let chat = &self.inner.chat;
-        let turn = &stream.turn;
-        let limits = chat.upstream().clone();
-        let mut usage = None;
-        let end = |status, error: Option<&ProviderError>, usage| TurnOutcome {
-            content: stream.lock().content.clone(),
-            status,
-            usage,
-            error: error.map(stream_error),
-        };
-
-        let request = match chat.context_for(turn).await {
-            Ok(request) => request,
-            Err(err) => {
-                tracing::error!(error = %err, "building the context failed");
-                let mut outcome = end(MessageStatus::Failed, None, None);
-                outcome.error = Some(StreamError {
-                    code: "INTERNAL_ERROR".into(),
-                    message: "the request could not be prepared".into(),
-                });
-                return outcome;
-            }
-        };
-
-        // Each attempt has the first-token limit (the resilient provider enforces it, so a
-        // timeout counts toward the breaker and may be retried); this outer bound also
-        // covers providers without one. After that, the gap between tokens.
-        let asked = Instant::now();
-        let opening = asked + limits.with_retries(limits.first_token_timeout);
-        let opened = tokio::select! {
-            _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
-            _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
-            opened = tokio::time::timeout_at(opening, chat.provider().stream(request)) => opened,
-        };
-        let mut deadline = Instant::now() + limits.first_token_timeout;
-        let mut upstream = match opened {
-            Err(_) => return end(MessageStatus::Failed, Some(&ProviderError::Timeout), None),
-            Ok(Err(err)) => return end(MessageStatus::Failed, Some(&err), None),
-            Ok(Ok(upstream)) => upstream,
-        };
-
-        let mut checkpoint = tokio::time::interval_at(
-            Instant::now() + self.inner.checkpoint_every,
-            self.inner.checkpoint_every,
-        );
-        checkpoint.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut saved_len = 0;
-        let mut saving: Option<tokio::task::JoinHandle<Option<usize>>> = None;
-        loop {
-            tokio::select! {
-                biased;
-                _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, usage),
-                _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, usage),
-                _ = tokio::time::sleep_until(deadline) => {
-                    return end(MessageStatus::Failed, Some(&ProviderError::Timeout), usage);
-                }
-                _ = checkpoint.tick() => {
-                    // The relay never waits for the database mid-stream: the write runs on
-                    // its own, and a tick while the last one is still running is skipped.
-                    // A checkpoint that lands after the end changes nothing (it only
-                    // touches a message still `streaming`).
-                    if saving.as_ref().is_some_and(|s| !s.is_finished()) {
-                        continue;
-                    }
-                    if let Some(Ok(Some(len))) = saving.take().and_then(FutureExt::now_or_never) {
-                        saved_len = len;
-                    }
-                    let pending = {
-                        let state = stream.lock();
-                        (state.content.len() != saved_len).then(|| state.content.clone())
-                    };
-                    if let Some(content) = pending {
-                        let store = chat.store().clone();
-                        let message_id = turn.assistant_message_id;
-                        saving = Some(tokio::spawn(async move {
-                            match store.checkpoint_message(message_id, &content).await {
-                                Ok(()) => Some(content.len()),
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "checkpoint failed");
-                                    None
-                                }
-                            }
-                        }));
-                    }
-                }
-                item = upstream.next() => match item {
-                    None => return end(MessageStatus::Complete, None, usage),
-                    Some(Err(err)) => return end(MessageStatus::Failed, Some(&err), usage),
-                    Some(Ok(StreamItem::Usage(u))) => usage = Some(u),
-                    Some(Ok(StreamItem::Delta(delta))) => {
-                        let arrived = std::time::Instant::now();
-                        deadline = Instant::now() + limits.idle_timeout;
-                        // Deltas that are already waiting join this one: what arrived
-                        // together leaves in one frame, and nothing waits for more.
-                        let mut text = delta;
-                        let mut deltas = 1;
-                        let mut ended = None;
-                        while text.len() < MAX_CHUNK_BYTES {
-                            match upstream.next().now_or_never() {
-                                Some(Some(Ok(StreamItem::Delta(more)))) => {
-                                    text.push_str(&more);
-                                    deltas += 1;
-                                }
-                                Some(Some(Ok(StreamItem::Usage(u)))) => usage = Some(u),
-                                Some(None) => {
-                                    ended = Some(None);
-                                    break;
-                                }
-                                Some(Some(Err(err))) => {
-                                    ended = Some(Some(err));
-                                    break;
-                                }
-                                None => break,
-                            }
-                        }
-                        self.relay(stream, text, deltas, asked, arrived);
-                        match ended {
-                            Some(None) => return end(MessageStatus::Complete, None, usage),
-                            Some(Some(err)) => return end(MessageStatus::Failed, Some(&err), usage),
-                            None => {}
-                        }
-                    }
-                },
-            }
-        }
-    }
-
-    /// Appends `text` (`deltas` upstream deltas) to the stream and publishes it as the next
-    /// chunk.
-    fn relay(
-        &self,
-        stream: &RunningStream,
-        text: String,
-        deltas: u64,
-        asked: Instant,
-        arrived: std::time::Instant,
-    ) {
-        let metrics = &self.inner.metrics;
-        metrics.tokens_relayed.inc_by(deltas);
-        let turn = &stream.turn;
-        let mut state = stream.lock();
-        let index = state.next_index;
-        if index == 0 {
-            metrics
-                .time_to_first_token
-                .observe(stream.started.elapsed().as_secs_f64());
-            metrics
-                .first_token_server
-                .observe(asked.duration_since(stream.requested).as_secs_f64());
-            metrics
-                .first_token_upstream
-                .observe(asked.elapsed().as_secs_f64());
-        }
-        state.next_index += 1;
-        state.content.push_str(&text);
-        let frame = OutFrame::new(&ServerFrame::StreamChunk {
-            conversation_id: turn.conversation_id,
-            message_id: turn.assistant_message_id,
-            index,
-            delta: text,
-        })
-        .arrived_at(arrived);
-        self.inner
-            .bus
-            .publish(turn.conversation_id, Arc::new(frame));
-    }
-}
-
-fn snapshot(stream: &RunningStream) -> Option<OutFrame> {
-    let state = stream.lock();
-    (!state.finished).then(|| {
-        OutFrame::new(&ServerFrame::StreamSnapshot {
-            conversation_id: stream.turn.conversation_id,
-            message_id: stream.turn.assistant_message_id,
-            content: state.content.clone(),
-            next_index: state.next_index,
-        })
-    })
 }

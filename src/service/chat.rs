@@ -12,6 +12,7 @@ use super::conversations::ConversationView;
 use super::limits::RateLimits;
 use super::{ServiceError, ServiceResult};
 use crate::config::UpstreamConfig;
+use crate::domain::codes::ErrorCode;
 use crate::domain::commands::{self, NewTurn};
 use crate::domain::events::{StreamCompleted, StreamError};
 use crate::domain::inputs::{bounded_text, MessageText, MAX_MODEL_CHARS};
@@ -367,12 +368,12 @@ impl ChatService {
 /// The `error` of a failed answer, with the contract's codes.
 pub fn stream_error(err: &ProviderError) -> StreamError {
     let code = match err {
-        ProviderError::Timeout => "GATEWAY_TIMEOUT",
-        ProviderError::Upstream(_) | ProviderError::Rejected(_) => "BAD_GATEWAY",
-        ProviderError::Unavailable(_) | ProviderError::CircuitOpen => "SERVICE_UNAVAILABLE",
+        ProviderError::Timeout => ErrorCode::GatewayTimeout,
+        ProviderError::Upstream(_) | ProviderError::Rejected(_) => ErrorCode::BadGateway,
+        ProviderError::Unavailable(_) | ProviderError::CircuitOpen => ErrorCode::ServiceUnavailable,
     };
     StreamError {
-        code: code.into(),
+        code,
         message: err.to_string(),
     }
 }

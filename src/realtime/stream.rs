@@ -1,0 +1,95 @@
+//! One running answer as this instance holds it: its text so far under a short lock, its
+//! cancel and interrupt signals, and the owner's place among their concurrent answers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::frames::{OutFrame, ServerFrame};
+use crate::service::chat::Turn;
+
+pub(super) struct StreamState {
+    pub content: String,
+    pub next_index: u64,
+    /// Set, under the lock, just before `stream_complete` is published: snapshots taken
+    /// afterwards skip the stream, so no socket sees a snapshot without its completion.
+    pub finished: bool,
+}
+
+pub(super) struct RunningStream {
+    pub turn: Turn,
+    pub state: Mutex<StreamState>,
+    pub cancel: CancellationToken,
+    /// Shutdown past its grace period: end now, as `interrupted`.
+    pub interrupt: CancellationToken,
+    /// When the request to start it came in: the server's share of the time to first token
+    /// runs from here to the upstream request.
+    pub requested: Instant,
+    pub started: Instant,
+    /// The owner's place among their concurrent streams, given back when the stream ends.
+    pub _slot: StreamSlot,
+}
+
+/// Counts each user's running streams; a slot is held from before the turn is stored until
+/// the stream's last reference goes, so concurrent starts cannot overshoot the limit.
+#[derive(Clone, Default)]
+pub(super) struct SlotCounts(Arc<Mutex<HashMap<Uuid, usize>>>);
+
+pub(super) struct StreamSlot {
+    counts: SlotCounts,
+    user: Uuid,
+}
+
+impl SlotCounts {
+    pub fn acquire(&self, user: Uuid, max: usize) -> Option<StreamSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(user).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            counts: self.clone(),
+            user,
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A place among a user's concurrent answers (`MAX_CONCURRENT_STREAMS_PER_USER`), for an
+/// answer that does not stream: `POST /api/chat` holds one for its whole request, so
+/// answers over REST and over the WebSocket share one limit. Given back on drop.
+pub struct AnswerSlot(#[allow(dead_code)] pub(super) StreamSlot);
+
+impl RunningStream {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, StreamState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Its `stream_snapshot`, unless it has finished.
+    pub fn snapshot(&self) -> Option<OutFrame> {
+        let state = self.lock();
+        (!state.finished).then(|| {
+            OutFrame::new(&ServerFrame::StreamSnapshot {
+                conversation_id: self.turn.conversation_id,
+                message_id: self.turn.assistant_message_id,
+                content: state.content.clone(),
+                next_index: state.next_index,
+            })
+        })
+    }
+}
