@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus, RoomReceiver};
-use crate::realtime::frames::{OutFrame, ServerFrame};
+use crate::realtime::frames::{FrameKey, OutFrame, ServerFrame};
 use crate::store::Store;
 
 /// The one channel every instance listens on.
@@ -242,6 +242,15 @@ impl PgRoomBus {
 impl RoomBus for PgRoomBus {
     fn publish(&self, conversation_id: Uuid, frame: Arc<OutFrame>) {
         self.send_line(format!("F {conversation_id} {}", frame.json));
+        if let FrameKey::Complete { message_id, .. } = frame.key {
+            // This instance ended a stream another one ran (a dead instance's, recovered
+            // here): its mirror forgets it too, under the lock snapshots are taken under, so
+            // no socket that joins afterwards gets a snapshot of an ended answer.
+            let mut mirror = self.mirror();
+            mirror.streams.remove(&message_id);
+            self.local.publish(conversation_id, frame);
+            return;
+        }
         self.local.publish(conversation_id, frame);
     }
 

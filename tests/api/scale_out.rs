@@ -286,6 +286,16 @@ async fn a_killed_instances_stream_complete_reaches_the_sockets_on_a_survivor() 
         .as_str()
         .unwrap()
         .starts_with("tok0 tok1 tok2 "));
+
+    // The ended answer is gone from B's view of running streams: a socket joining now gets
+    // no snapshot of it (the pong comes right after `joined`).
+    let mut late = joined(&b, &user.access, &id).await;
+    late.send(json!({"type": "ping"})).await;
+    assert_eq!(
+        late.recv().await.unwrap()["type"],
+        "pong",
+        "a snapshot of an ended answer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
