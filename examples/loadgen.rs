@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Options: `--clients N`, `--tokens N`, `--delay-ms D` (between tokens), `--seconds S`
-//! (throughput), `--rounds R` (first), `--server PATH` (default `target/release/chat-server`),
+//! (throughput), `--local-readers 0|1` (`cross`: a second reader on instance A, default 1),
+//! `--rounds R` (first), `--server PATH` (default `target/release/chat-server`),
 //! `--database-url URL` (default: a fresh SQLite file; a `postgres://` URL runs the server
 //! on PostgreSQL). Extra server settings pass through the environment.
 //!
@@ -57,6 +58,9 @@ struct Args {
     port: u16,
     server: PathBuf,
     database_url: Option<String>,
+    /// `cross`: whether each conversation also has a reader on instance A (1) or only the
+    /// sender's socket there (0).
+    local_readers: usize,
 }
 
 fn parse_args() -> Args {
@@ -79,6 +83,7 @@ fn parse_args() -> Args {
         port: 9100,
         server: PathBuf::from("target/release/chat-server"),
         database_url: None,
+        local_readers: 1,
     };
     while let Some(flag) = argv.next() {
         let value = argv
@@ -98,6 +103,7 @@ fn parse_args() -> Args {
             "--port" => args.port = number() as u16,
             "--server" => args.server = PathBuf::from(&value),
             "--database-url" => args.database_url = Some(value),
+            "--local-readers" => args.local_readers = number().min(1) as usize,
             other => panic!("unknown option {other}"),
         }
     }
@@ -753,9 +759,12 @@ async fn cross(args: &Args, base: &str, a: &ServerProcess, tokens: &[String]) {
         let token = &tokens[i % tokens.len()];
         let id = new_conversation(&http, a, token).await;
         let sender = connect(&a.address, token).await;
-        let mut near = connect(&a.address, token).await;
+        let mut near = match args.local_readers {
+            0 => None,
+            _ => Some(connect(&a.address, token).await),
+        };
         let mut far = connect(&b.address, token).await;
-        for reader in [&mut near, &mut far] {
+        for reader in near.iter_mut().chain([&mut far]) {
             let join = json!({"type": "join_conversation", "conversationId": id}).to_string();
             reader.send(Message::text(join)).await.unwrap();
             while let Some(Ok(message)) = reader.next().await {
@@ -776,13 +785,18 @@ async fn cross(args: &Args, base: &str, a: &ServerProcess, tokens: &[String]) {
         .map(|(id, mut sender, near, far)| {
             let barrier = barrier.clone();
             tokio::spawn(async move {
-                let near = tokio::spawn(arrivals(near));
+                let near = near.map(|near| tokio::spawn(arrivals(near)));
                 let far = tokio::spawn(arrivals(far));
                 barrier.wait().await;
                 let frame = json!({"type": "stream_chat", "conversationId": id, "message": "hi"});
                 sender.send(Message::text(frame.to_string())).await.unwrap();
                 let sent = arrivals(sender).await;
-                (sent, near.await.unwrap(), far.await.unwrap())
+                // Without a second reader on A, the sender's socket is A's reader.
+                let near = match near {
+                    Some(near) => near.await.unwrap(),
+                    None => sent.clone(),
+                };
+                (sent, near, far.await.unwrap())
             })
         })
         .collect();
@@ -858,6 +872,7 @@ async fn cross(args: &Args, base: &str, a: &ServerProcess, tokens: &[String]) {
 }
 
 /// What one socket saw of a stream: each chunk's index and arrival.
+#[derive(Clone)]
 struct Arrivals {
     chunks: Vec<(u64, Instant)>,
     complete: bool,
