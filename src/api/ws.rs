@@ -716,6 +716,10 @@ async fn write_frames(
 struct Dedup {
     replayed_seq: HashMap<Uuid, i64>,
     next_index: HashMap<Uuid, u64>,
+    /// Streams whose `stream_start` this socket has had and that have not finished: a
+    /// repeated send answered on one instance while the start crosses from another would
+    /// otherwise show the start twice.
+    started: HashSet<Uuid>,
     finished: HashSet<Uuid>,
 }
 
@@ -753,8 +757,10 @@ impl Dedup {
                 }
                 true
             }
-            FrameKey::Start { seq, .. } => {
+            FrameKey::Start { message_id, seq } => {
                 seq > self.replayed_seq.get(&conversation).copied().unwrap_or(0)
+                    && !self.finished.contains(&message_id)
+                    && self.started.insert(message_id)
             }
             FrameKey::Snapshot {
                 message_id,
@@ -763,6 +769,7 @@ impl Dedup {
             FrameKey::Chunk { message_id, index } => self.advance(message_id, index, index + 1),
             FrameKey::Complete { message_id, .. } => {
                 self.next_index.remove(&message_id);
+                self.started.remove(&message_id);
                 self.finished.insert(message_id)
             }
         }
@@ -780,6 +787,27 @@ mod tests {
             index,
             delta: "x".into(),
         })
+    }
+
+    #[test]
+    fn a_stream_start_reaches_a_socket_once() {
+        let m = Uuid::now_v7();
+        let start = || {
+            OutFrame::new(&ServerFrame::StreamStart {
+                conversation_id: Uuid::nil(),
+                message_id: m,
+                user_message_id: m,
+                seq: 3,
+            })
+        };
+        let mut dedup = Dedup::default();
+        // A repeated send's direct answer, then the same start arriving live.
+        assert!(dedup.pass(&start().into_direct()));
+        assert!(
+            !dedup.pass(&start()),
+            "the live repeat of a start is dropped"
+        );
+        assert!(dedup.pass(&chunk(m, 0)));
     }
 
     #[test]

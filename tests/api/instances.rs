@@ -166,7 +166,7 @@ async fn a_killed_instances_answer_is_ended_interrupted_once_by_a_survivor_withi
     assert_eq!(row.status, "interrupted", "{row:?}");
     // The bound, plus scheduling slack for a busy test machine.
     assert!(
-        took <= Duration::from_millis(LEASE_MS + 1000),
+        took <= Duration::from_millis(LEASE_MS + 2000),
         "the survivors took {took:?} to end a dead instance's answer (lease {LEASE_MS} ms)"
     );
     assert!(
