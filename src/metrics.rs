@@ -35,6 +35,7 @@ pub struct Metrics {
     pub bus_notifications: IntCounter,
     pub bus_received: IntCounter,
     pub bus_reconnects: IntCounter,
+    pub bus_dropped: IntCounter,
 }
 
 /// Circuit breaker states as the `chat_upstream_circuit_state` gauge reports them.
@@ -165,6 +166,11 @@ impl Metrics {
             bus_received: register!(IntCounter::new(
                 "chat_bus_received_total",
                 "PostgreSQL notifications this instance received from the others"
+            )),
+            bus_dropped: register!(IntCounter::new(
+                "chat_bus_dropped_total",
+                "Frames not sent to the other instances because the publisher's queue was \
+                 full (PostgreSQL out of reach); the others resynchronise"
             )),
             bus_reconnects: register!(IntCounter::new(
                 "chat_bus_reconnects_total",

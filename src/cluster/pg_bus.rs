@@ -50,7 +50,7 @@ pub struct PgRoomBus {
     instance: Uuid,
     local: LocalRoomBus,
     /// Lines for the publisher, in publish order.
-    outbound: mpsc::UnboundedSender<String>,
+    outbound: Outbound,
     mirror: Mutex<Mirror>,
     receiving: Mutex<Receiving>,
     commands: mpsc::UnboundedSender<ClusterCommand>,
@@ -76,7 +76,7 @@ impl PgRoomBus {
             .connect_options()
             .as_ref()
             .clone();
-        let (outbound, lines) = mpsc::unbounded_channel();
+        let (outbound, lines) = Outbound::new(MAX_QUEUED_LINES);
         let (commands, commands_out) = mpsc::unbounded_channel();
         let bus = Arc::new_cyclic(|me| Self {
             instance,
@@ -114,8 +114,9 @@ impl PgRoomBus {
     }
 
     fn send_line(&self, line: String) {
-        // The publisher lives as long as the runtime; a send can only fail at its end.
-        let _ = self.outbound.send(line);
+        if !self.outbound.push(line) {
+            self.metrics.bus_dropped.inc();
+        }
     }
 
     /// One notification from another instance (or this one's, which it skips).
@@ -136,10 +137,10 @@ impl PgRoomBus {
         self.metrics.bus_received.inc();
         let lines = {
             let mut receiving = self.receiving.lock().unwrap_or_else(|e| e.into_inner());
-            let previous = receiving.counters.insert(sender, counter);
-            if previous.is_some_and(|p| counter != p + 1) {
-                // Notifications were lost (they are not queued for a dropped listener).
-                tracing::warn!(%sender, ?previous, counter, "gap in the bus; resynchronising");
+            if receiving.gap(sender, counter) {
+                // Notifications were lost (they are not queued for a dropped listener, and a
+                // sender whose queue overflowed skips a counter value).
+                tracing::warn!(%sender, counter, "gap in the bus; resynchronising");
                 receiving.partial.remove(&sender);
                 self.resync();
             }
@@ -447,6 +448,12 @@ struct Receiving {
 }
 
 impl Receiving {
+    /// Records `sender`'s payload `counter`; `true` when payloads before it were missed.
+    fn gap(&mut self, sender: Uuid, counter: u64) -> bool {
+        let previous = self.counters.insert(sender, counter);
+        previous.is_some_and(|p| counter != p + 1)
+    }
+
     /// The whole lines of a payload body: `+` lines continue a long line, `=` ends it.
     fn join(&mut self, sender: Uuid, body: &str) -> Vec<String> {
         let mut lines = Vec::new();
@@ -512,25 +519,103 @@ fn pack(instance: Uuid, counter: &mut u64, lines: &[String]) -> Vec<String> {
     payloads
 }
 
+/// Lines waiting for the publisher: at most `limit` of them. While PostgreSQL is out of
+/// reach the publisher cannot drain them, and an unbounded queue would grow by every frame
+/// of every stream; past the limit lines are dropped, and the next notification skips a
+/// counter value so that every receiver sees the gap and resynchronises.
+struct Outbound {
+    tx: mpsc::UnboundedSender<String>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+    limit: usize,
+}
+
+/// The publisher's end of [`Outbound`].
+struct Inbound {
+    rx: mpsc::UnboundedReceiver<String>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Lines the publisher may have waiting before new ones are dropped (at 200 streams of 50
+/// tokens a second, over six seconds of frames).
+const MAX_QUEUED_LINES: usize = 65_536;
+
+impl Outbound {
+    fn new(limit: usize) -> (Self, Inbound) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (
+            Self {
+                tx,
+                queued: queued.clone(),
+                dropped: dropped.clone(),
+                limit,
+            },
+            Inbound {
+                rx,
+                queued,
+                dropped,
+            },
+        )
+    }
+
+    /// Queues a line; `false` when the queue is full and the line was dropped.
+    fn push(&self, line: String) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.queued.load(Relaxed) >= self.limit {
+            self.dropped.store(true, Relaxed);
+            return false;
+        }
+        self.queued.fetch_add(1, Relaxed);
+        // The publisher lives as long as the runtime; a send can only fail at its end.
+        let _ = self.tx.send(line);
+        true
+    }
+}
+
+impl Inbound {
+    /// Waits for a line, then takes every line waiting, up to `max`.
+    async fn take(&mut self, into: &mut Vec<String>, max: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(line) = self.rx.recv().await else {
+            return false;
+        };
+        into.push(line);
+        while into.len() < max {
+            match self.rx.try_recv() {
+                Ok(line) => into.push(line),
+                Err(_) => break,
+            }
+        }
+        self.queued.fetch_sub(into.len(), Relaxed);
+        true
+    }
+
+    /// Whether lines were dropped since the last call.
+    fn lost_some(&self) -> bool {
+        self.dropped
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// The publisher: drains the queue into notifications on one connection, reconnecting
 /// with backoff. A notification that cannot be sent for a minute is dropped (and the
 /// receivers see the gap in the counter).
 async fn publish(
     options: PgConnectOptions,
     instance: Uuid,
-    mut lines: mpsc::UnboundedReceiver<String>,
+    mut lines: Inbound,
     metrics: Arc<Metrics>,
 ) {
     let mut connection: Option<PgConnection> = None;
     let mut counter = 0u64;
     let mut waiting = Vec::new();
-    while let Some(line) = lines.recv().await {
-        waiting.push(line);
-        while waiting.len() < 4096 {
-            match lines.try_recv() {
-                Ok(line) => waiting.push(line),
-                Err(_) => break,
-            }
+    while lines.take(&mut waiting, 4096).await {
+        if lines.lost_some() {
+            // Skipped on purpose: the receivers see a gap and resynchronise.
+            counter += 1;
         }
         let payloads = pack(instance, &mut counter, &waiting);
         waiting.clear();
@@ -657,6 +742,37 @@ mod tests {
                 receiving.join(sender, body)
             })
             .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_lines_and_says_so_once() {
+        let (outbound, mut inbound) = Outbound::new(2);
+        assert!(outbound.push("F a 1".into()));
+        assert!(outbound.push("F a 2".into()));
+        assert!(
+            !outbound.push("F a 3".into()),
+            "the third line is over the limit"
+        );
+        let mut lines = Vec::new();
+        assert!(inbound.take(&mut lines, 10).await);
+        assert_eq!(lines, ["F a 1", "F a 2"]);
+        assert!(inbound.lost_some());
+        assert!(!inbound.lost_some(), "told once");
+        assert!(
+            outbound.push("F a 4".into()),
+            "room again once the publisher took them"
+        );
+    }
+
+    #[test]
+    fn a_skipped_counter_is_a_gap_and_the_first_payload_is_not() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut receiving = Receiving::default();
+        assert!(!receiving.gap(a, 7), "joining mid-way is not a gap");
+        assert!(!receiving.gap(a, 8));
+        assert!(!receiving.gap(b, 1), "each sender counts on its own");
+        assert!(receiving.gap(a, 10), "payload 9 was missed");
+        assert!(!receiving.gap(a, 11));
     }
 
     #[test]
