@@ -9,7 +9,6 @@ use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
 
 use crate::net::NoDelayAcceptor;
 use poem::Server;
-use uuid::Uuid;
 
 use crate::api::{self, AppState};
 use crate::cluster::pg_bus::PgRoomBus;
@@ -50,7 +49,7 @@ impl Application {
         let store = Store::connect(&config.database_url).await?;
         store.migrate().await?;
         instance.register(&store).await?;
-        let state = build_state(&config, store, Some(instance.id)).await?;
+        let state = build_state(&config, store, Some(&instance)).await?;
         let interrupted = instance.recover(&state.store, &state.hub).await?;
         if interrupted > 0 {
             tracing::warn!(
@@ -134,14 +133,17 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The services of one server instance. A serving instance (`instance_id`, recorded in the
+/// The services of one server instance. A serving instance (its id is recorded in the
 /// answers it runs) on PostgreSQL shares its rooms with the other instances through the
-/// bus; commands that serve nothing (`openapi`, `create-admin`) pass `None`.
+/// bus, and its limits once it has peers; commands that serve nothing (`openapi`,
+/// `create-admin`) pass `None`.
 pub async fn build_state(
     config: &Config,
     store: Store,
-    instance_id: Option<Uuid>,
+    instance: Option<&Instance>,
 ) -> anyhow::Result<AppState> {
+    let instance_id = instance.map(|i| i.id);
+    let peers = instance.map(|i| i.peers.clone()).unwrap_or_default();
     let keys = TokenKeys::new(&config.jwt);
     let metrics = Arc::new(Metrics::new());
     let provider = llm::from_config(config, metrics.clone())?;
@@ -153,7 +155,7 @@ pub async fn build_state(
     let limits = RateLimits::new(&config.limits, metrics.clone());
     // With several instances on PostgreSQL, the limits that protect accounts are shared.
     let limits = Arc::new(match instance_id {
-        Some(id) if !config.is_sqlite() => limits.shared_with(store.clone(), id),
+        Some(id) if !config.is_sqlite() => limits.shared_with(store.clone(), id, peers.clone()),
         _ => limits,
     });
     forget_idle_limiter_keys(Arc::downgrade(&limits));
@@ -167,7 +169,7 @@ pub async fn build_state(
         config.limits.max_message_chars,
     );
     let chat = match instance_id {
-        Some(id) => chat.run_by(id),
+        Some(id) => chat.run_by(id, peers.clone()),
         None => chat,
     };
     let sessions = LiveSessions::new(config.limits.ws_max_connections_per_user, metrics.clone());
@@ -178,6 +180,7 @@ pub async fn build_state(
                 store.clone(),
                 config.ws_send_queue_frames,
                 metrics.clone(),
+                peers.clone(),
             )
             .await?
         }

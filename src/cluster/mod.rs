@@ -22,12 +22,15 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::realtime::hub::StreamHub;
+use crate::service::peers::Peers;
 use crate::store::Store;
 use sqlite_lock::SqliteLock;
 
 /// This server process as one of the deployment's instances.
 pub struct Instance {
     pub id: Uuid,
+    /// Whether other instances share the database (see [`Peers`]).
+    pub peers: Peers,
     membership: Membership,
     /// Stops the lease keeper, which [`Instance::leave`] waits for before deleting the row
     /// (a renewal racing the delete would take the row's absence for a lost lease).
@@ -71,6 +74,7 @@ impl Instance {
         };
         Ok(Self {
             id: Uuid::now_v7(),
+            peers: Peers::default(),
             membership,
             stop: CancellationToken::new(),
             keeper: std::sync::Mutex::new(None),
@@ -81,6 +85,10 @@ impl Instance {
     pub async fn register(&self, store: &Store) -> anyhow::Result<()> {
         if let Membership::Postgres(times) = self.membership {
             store.register_instance(self.id, times.granted).await?;
+            // The others learn of this one from the bus as it starts.
+            if store.live_instances().await? > 1 {
+                self.peers.mark();
+            }
         }
         tracing::info!(instance_id = %self.id, "registered as a server instance");
         Ok(())

@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::metrics::Metrics;
 use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus, RoomReceiver};
 use crate::realtime::frames::{FrameKey, OutFrame, ServerFrame};
+use crate::service::peers::Peers;
 use crate::store::Store;
 
 /// The one channel every instance listens on.
@@ -57,6 +58,8 @@ pub struct PgRoomBus {
     commands_out: Mutex<Option<mpsc::UnboundedReceiver<ClusterCommand>>>,
     store: Store,
     metrics: Arc<Metrics>,
+    /// Told when another instance is first heard from.
+    peers: Peers,
     /// For the tasks a resync spawns.
     me: std::sync::Weak<PgRoomBus>,
 }
@@ -69,6 +72,7 @@ impl PgRoomBus {
         store: Store,
         capacity: usize,
         metrics: Arc<Metrics>,
+        peers: Peers,
     ) -> anyhow::Result<Arc<Self>> {
         let options = store
             .connection()
@@ -88,6 +92,7 @@ impl PgRoomBus {
             commands_out: Mutex::new(Some(commands_out)),
             store,
             metrics,
+            peers,
             me: me.clone(),
         });
         tokio::spawn(publish(
@@ -134,6 +139,7 @@ impl PgRoomBus {
         if sender == self.instance {
             return;
         }
+        self.peers.mark();
         self.metrics.bus_received.inc();
         let lines = {
             let mut receiving = self.receiving.lock().unwrap_or_else(|e| e.into_inner());

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::auth::CurrentUser;
 use super::conversations::ConversationView;
 use super::limits::RateLimits;
+use super::peers::Peers;
 use super::{ServiceError, ServiceResult};
 use crate::config::UpstreamConfig;
 use crate::domain::codes::ErrorCode;
@@ -78,6 +79,8 @@ pub struct ChatService {
     upstream: UpstreamConfig,
     /// This server instance: recorded in every answer it starts, as the one that runs it.
     instance_id: Option<Uuid>,
+    /// Whether other instances share the database (their answers then count too).
+    peers: Peers,
 }
 
 impl ChatService {
@@ -99,25 +102,27 @@ impl ChatService {
             context_budget_tokens,
             upstream,
             instance_id: None,
+            peers: Peers::default(),
         }
     }
 
-    /// The user's answers that other instances are running (PostgreSQL; 0 on SQLite, which
-    /// serves one instance).
+    /// The user's answers that other instances are running (0 while this instance is alone,
+    /// and on SQLite, which serves one instance).
     pub async fn answers_elsewhere(&self, user: Uuid) -> ServiceResult<usize> {
         match self.instance_id {
-            Some(instance) if self.store.backend() == sea_orm::DbBackend::Postgres => Ok(self
+            Some(instance) if self.peers.seen() => Ok(self
                 .store
                 .streaming_answers_elsewhere(user, instance)
-                .await?
-                as usize),
+                .await? as usize),
             _ => Ok(0),
         }
     }
 
-    /// Records `instance_id` as the runner of every answer this service starts.
-    pub fn run_by(mut self, instance_id: Uuid) -> Self {
+    /// Records `instance_id` as the runner of every answer this service starts; `peers`
+    /// tells whether other instances run answers on the same database.
+    pub fn run_by(mut self, instance_id: Uuid, peers: Peers) -> Self {
         self.instance_id = Some(instance_id);
+        self.peers = peers;
         self
     }
 

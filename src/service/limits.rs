@@ -33,6 +33,7 @@ use uuid::Uuid;
 use super::{ServiceError, ServiceResult};
 use crate::config::Limits;
 use crate::metrics::Metrics;
+use crate::service::peers::Peers;
 use crate::store::Store;
 
 /// How long a successful sign-in from an address exempts it from the account-wide limit.
@@ -89,9 +90,13 @@ impl RateLimits {
         }
     }
 
-    /// Counts the other instances' hits too (PostgreSQL with several instances).
-    pub fn shared_with(mut self, store: Store, instance: Uuid) -> Self {
-        self.shared = Some(SharedHits { store, instance });
+    /// Counts the other instances' hits too (PostgreSQL), once `peers` says there are any.
+    pub fn shared_with(mut self, store: Store, instance: Uuid, peers: Peers) -> Self {
+        self.shared = Some(SharedHits {
+            store,
+            instance,
+            peers,
+        });
         self
     }
 
@@ -117,7 +122,7 @@ impl RateLimits {
     /// instances, against every instance's sends of the last minute.
     pub async fn check_chat(&self, user: Uuid) -> ServiceResult<()> {
         self.check_chat_here(user)?;
-        let Some(shared) = &self.shared else {
+        let Some(shared) = self.shared.as_ref().filter(|s| s.peers.seen()) else {
             return Ok(());
         };
         let key = SharedKey::chat(user);
@@ -173,7 +178,7 @@ impl RateLimits {
     ) -> ServiceResult<LoginAttempt<'_>> {
         let address = ip.map(address_key);
         let mut keys = self.login_keys(email, address);
-        if let Some(shared) = &self.shared {
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.peers.seen()) {
             let ids: Vec<Uuid> = keys.iter().map(|(k, _)| k.shared()).collect();
             let others = shared
                 .store
@@ -307,10 +312,13 @@ impl Drop for LoginAttempt<'_> {
 /// How long chat sends count against `CHAT_RATE_PER_MINUTE`.
 const CHAT_WINDOW: Duration = Duration::from_secs(60);
 
-/// The instances' shared counts (see the module docs).
+/// The instances' shared counts (see the module docs). Failed logins are recorded even
+/// while this instance is alone, so an instance that joins finds them; the others' hits are
+/// read, and sends recorded, only once there are peers.
 struct SharedHits {
     store: Store,
     instance: Uuid,
+    peers: Peers,
 }
 
 /// The key a limit's subject is counted under in `limit_hits`: a name-based UUID, so no

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod conversations;
 pub mod limits;
 pub mod passwords;
+pub mod peers;
 pub mod sessions;
 pub mod tokens;
 

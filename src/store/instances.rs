@@ -125,4 +125,21 @@ impl Store {
         };
         Ok(running as u64)
     }
+
+    /// Instances whose lease has not expired, this one included.
+    pub async fn live_instances(&self) -> StoreResult<u64> {
+        let row = self
+            .db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS live FROM instances WHERE lease_expires_at >= now()",
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        let live: i64 = match row {
+            Some(row) => row.try_get("", "live").map_err(StoreError::from_db)?,
+            None => 0,
+        };
+        Ok(live as u64)
+    }
 }
