@@ -16,7 +16,9 @@
 //! window lower this instance's allowance (its own, and its attempts in flight, it counts in
 //! memory). Chat sends: all instances' sends within the last minute are counted in the
 //! database. Two instances deciding at the same moment can each let one more through: the
-//! limits hold across instances to within one hit per instance. The known-address
+//! limits hold across instances to within one hit per instance. All of this only once the
+//! instance has a peer (see [`Peers`]): alone, it counts exactly in memory, with no round
+//! trip (failed logins are still recorded, for an instance that joins). The known-address
 //! exemption and the sign-up limit stay per instance. (Concurrent answers per user are
 //! shared too, by the stream hub, from the streaming messages other instances run.)
 
