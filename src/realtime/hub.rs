@@ -2,7 +2,7 @@
 //! Every streamed answer runs as a task of its own, owned by the conversation rather than by
 //! the socket that asked for it: a sender that disconnects does not stop the answer, every
 //! socket in the room keeps receiving it, and the final text is committed with one
-//! `stream_completed` event. The loop itself is [`super::relay`]; the hub starts it, holds
+//! `stream_completed` event. The loop itself is `realtime::relay`; the hub starts it, holds
 //! each user's places among their concurrent answers, answers snapshots and cancels (through
 //! the bus for answers other instances run), carries out the other instances' commands, and
 //! ends the answers of dead instances.

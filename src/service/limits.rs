@@ -10,7 +10,7 @@
 //! the last 30 days, so an attacker guessing at the allowed rate cannot lock the owner out:
 //! from an address the attacker does not share, the right password keeps working.
 //!
-//! Several instances on PostgreSQL share the limits that protect accounts ([`SharedHits`]):
+//! Several instances on PostgreSQL share the limits that protect accounts (`SharedHits`):
 //! each failed login and each chat send is also recorded in `limit_hits`, and an instance
 //! counts the others' hits with its own. Failed logins: the others' failures within the
 //! window lower this instance's allowance (its own, and its attempts in flight, it counts in
