@@ -27,6 +27,11 @@ impl SqliteLock {
         let mut path = database.clone().into_os_string();
         path.push(".lock");
         let path = PathBuf::from(path);
+        // Before the database exists: on a fresh checkout its folder does not either.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the database folder {}", dir.display()))?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -71,6 +76,17 @@ mod tests {
         SqliteLock::acquire(&url)
             .unwrap()
             .expect("free again once released");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn the_database_folder_is_created_when_it_does_not_exist_yet() {
+        let dir = std::env::temp_dir().join(format!("lock-{}", uuid::Uuid::new_v4().simple()));
+        let url = format!("sqlite://{}?mode=rwc", dir.join("data/chat.db").display());
+        let lock = SqliteLock::acquire(&url).unwrap().expect("locked");
+        assert!(lock.path().ends_with("data/chat.db.lock"));
+        assert!(lock.path().exists());
+        drop(lock);
         std::fs::remove_dir_all(dir).ok();
     }
 
