@@ -97,13 +97,10 @@ impl Instance {
     /// Ends the answers that no live instance runs: on SQLite every one still `streaming`
     /// (this process holds the file), on PostgreSQL those of expired instances.
     pub async fn recover(&self, store: &Store, hub: &StreamHub) -> anyhow::Result<usize> {
-        if let Membership::Postgres(_) = self.membership {
-            let dead = store.claim_expired_instances().await?;
-            if !dead.is_empty() {
-                tracing::warn!(instances = ?dead, "claimed the expired leases of dead instances");
-            }
+        match self.membership {
+            Membership::Postgres(_) => sweep(store, hub).await,
+            Membership::Sqlite(_) => hub.recover_orphans().await,
         }
-        hub.recover_orphans().await
     }
 
     /// PostgreSQL: renews the lease and sweeps for dead instances until [`Instance::leave`].
@@ -123,7 +120,7 @@ impl Instance {
                     _ = tick.tick() => {}
                 }
                 renew(&store, &hub, id, times).await;
-                if let Err(err) = sweep(&store, &hub).await {
+                if let Err(err) = sweep(&store, &hub).await.map(|_| ()) {
                     tracing::warn!(error = %err, "sweeping for dead instances failed");
                 }
             }
@@ -168,7 +165,8 @@ async fn renew(store: &Store, hub: &StreamHub, id: Uuid, times: LeaseTimes) {
 /// Claims expired leases, then ends every orphaned answer: also those of an instance that
 /// another survivor claimed but did not finish recovering (it died too). The read is cheap:
 /// a partial index holds only the streaming answers.
-async fn sweep(store: &Store, hub: &StreamHub) -> anyhow::Result<()> {
+/// Returns how many answers it ended.
+async fn sweep(store: &Store, hub: &StreamHub) -> anyhow::Result<usize> {
     let dead = store.claim_expired_instances().await?;
     if !dead.is_empty() {
         tracing::warn!(instances = ?dead, "instances stopped renewing their leases; ending their streams");
@@ -177,7 +175,7 @@ async fn sweep(store: &Store, hub: &StreamHub) -> anyhow::Result<()> {
     if ended > 0 {
         tracing::warn!(ended, "ended the streams of dead instances as interrupted");
     }
-    Ok(())
+    Ok(ended)
 }
 
 #[cfg(test)]

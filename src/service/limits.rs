@@ -127,22 +127,19 @@ impl RateLimits {
         let Some(shared) = self.shared.as_ref().filter(|s| s.peers.seen()) else {
             return Ok(());
         };
-        let key = SharedKey::chat(user);
-        let hits = shared
+        let taken = shared
             .store
-            .count_limit_hits(&[key], CHAT_WINDOW, None)
-            .await?
-            .get(&key)
-            .copied()
-            .unwrap_or(0);
-        if hits >= self.chat_per_minute {
+            .take_limit_hit(
+                SharedKey::chat(user),
+                CHAT_WINDOW,
+                self.chat_per_minute,
+                shared.instance,
+            )
+            .await?;
+        if !taken {
             let wait = CHAT_WINDOW / self.chat_per_minute;
             return Err(self.refuse("chat", "too many messages; slow down", wait));
         }
-        shared
-            .store
-            .record_limit_hits(&[key], shared.instance)
-            .await?;
         Ok(())
     }
 
@@ -184,7 +181,7 @@ impl RateLimits {
             let ids: Vec<Uuid> = keys.iter().map(|(k, _)| k.shared()).collect();
             let others = shared
                 .store
-                .count_limit_hits(&ids, self.logins.window, Some(shared.instance))
+                .count_limit_hits(&ids, self.logins.window, shared.instance)
                 .await?;
             for (key, max) in &mut keys {
                 *max = max.saturating_sub(others.get(&key.shared()).copied().unwrap_or(0));

@@ -107,39 +107,37 @@ impl Store {
         owner: Uuid,
         instance: Uuid,
     ) -> StoreResult<u64> {
-        let row = self
-            .db
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT count(*) AS running FROM messages m \
-                 JOIN conversations c ON c.id = m.conversation_id \
-                 WHERE m.status = 'streaming' AND c.owner_id = $1 \
-                 AND m.instance_id IS DISTINCT FROM $2",
-                [owner.into(), instance.into()],
-            ))
-            .await
-            .map_err(StoreError::from_db)?;
-        let running: i64 = match row {
-            Some(row) => row.try_get("", "running").map_err(StoreError::from_db)?,
-            None => 0,
-        };
-        Ok(running as u64)
+        self.count(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM messages m \
+             JOIN conversations c ON c.id = m.conversation_id \
+             WHERE m.status = 'streaming' AND c.owner_id = $1 \
+             AND m.instance_id IS DISTINCT FROM $2",
+            [owner.into(), instance.into()],
+        ))
+        .await
     }
 
     /// Instances whose lease has not expired, this one included.
     pub async fn live_instances(&self) -> StoreResult<u64> {
+        self.count(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM instances WHERE lease_expires_at >= now()",
+        ))
+        .await
+    }
+
+    /// The `n` of a `SELECT count(*) AS n …`.
+    async fn count(&self, statement: Statement) -> StoreResult<u64> {
         let row = self
             .db
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT count(*) AS live FROM instances WHERE lease_expires_at >= now()",
-            ))
+            .query_one_raw(statement)
             .await
             .map_err(StoreError::from_db)?;
-        let live: i64 = match row {
-            Some(row) => row.try_get("", "live").map_err(StoreError::from_db)?,
+        let n: i64 = match row {
+            Some(row) => row.try_get("", "n").map_err(StoreError::from_db)?,
             None => 0,
         };
-        Ok(live as u64)
+        Ok(n as u64)
     }
 }

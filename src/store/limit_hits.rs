@@ -16,7 +16,7 @@ impl Store {
         &self,
         keys: &[Uuid],
         window: Duration,
-        except: Option<Uuid>,
+        except: Uuid,
     ) -> StoreResult<HashMap<Uuid, u32>> {
         let rows = self
             .db
@@ -24,7 +24,7 @@ impl Store {
                 DbBackend::Postgres,
                 "SELECT key, count(*) AS hits FROM limit_hits \
                  WHERE key = ANY($1) AND at > now() - make_interval(secs => $2) \
-                 AND instance_id IS DISTINCT FROM $3 GROUP BY key",
+                 AND instance_id <> $3 GROUP BY key",
                 [
                     keys.to_vec().into(),
                     window.as_secs_f64().into(),
@@ -41,6 +41,35 @@ impl Store {
             })
             .collect::<Result<_, sea_orm::DbErr>>()
             .map_err(StoreError::from_db)
+    }
+
+    /// Records a hit on `key` by `instance` unless `limit` hits already fall within the last
+    /// `window`: the count and the insert in one statement. `true` when recorded.
+    pub async fn take_limit_hit(
+        &self,
+        key: Uuid,
+        window: Duration,
+        limit: u32,
+        instance: Uuid,
+    ) -> StoreResult<bool> {
+        let rows = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "WITH recent AS (SELECT count(*) AS hits FROM limit_hits \
+                 WHERE key = $1 AND at > now() - make_interval(secs => $2)) \
+                 INSERT INTO limit_hits (key, instance_id, at) \
+                 SELECT $1, $3, now() FROM recent WHERE recent.hits < $4 RETURNING id",
+                [
+                    key.into(),
+                    window.as_secs_f64().into(),
+                    instance.into(),
+                    i64::from(limit).into(),
+                ],
+            ))
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(!rows.is_empty())
     }
 
     /// Records one hit on each of `keys`, by `instance`.

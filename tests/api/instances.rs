@@ -207,39 +207,13 @@ async fn the_binary_starts_on_its_default_database_in_a_folder_that_does_not_exi
     chat_server::startup::install_tls_provider();
     let dir = std::env::temp_dir().join(format!("chat-fresh-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", port.to_string())
-        .env("DATA_DIR", dir.join("secrets"))
-        .env("RUST_LOG", "warn")
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(resp) = reqwest::get(format!("http://127.0.0.1:{port}/api/health")).await {
-            assert_eq!(resp.status(), reqwest::StatusCode::OK);
-            break;
-        }
-        if let Some(status) = server.try_wait().unwrap() {
-            panic!("the server exited on its default database: {status}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not start on its default database"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let vars = [(
+        "DATA_DIR".to_string(),
+        dir.join("secrets").display().to_string(),
+    )]
+    .into();
+    // Waits until `/api/health` answers 200, and fails if it never does.
+    let (server, _address) = start_server(&vars, &dir).await;
     assert!(dir.join("data/chat.db").exists());
     assert!(dir.join("data/chat.db.lock").exists());
     drop(server);
