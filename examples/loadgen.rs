@@ -22,14 +22,14 @@
 //! `--database-url URL` (default: a fresh SQLite file; a `postgres://` URL runs the server
 //! on PostgreSQL). Extra server settings pass through the environment.
 //!
-//! The server runs with the per-user limits lifted. The mock upstream runs in this process:
-//! it sends its first token at once and the others `--delay-ms` apart. Figures: time to first
-//! chunk (from sending `stream_chat`, or the HTTP request, to the first delta), per-chunk
-//! lateness over the upstream's schedule (a token due `i × delay` after the first arrives
-//! that much late), tokens per second, failed streams, and from `/proc/PID` the server's CPU
-//! time, resident memory and file bytes written (`wchar`, which does not count socket
-//! sends), sampled after set-up; and the WebSocket bytes the clients received (payloads plus
-//! frame headers), which is what the server sent them.
+//! The server runs with the per-user limits lifted. The mock upstream runs in this process, on
+//! a thread of its own: it sends its first token at once and the others `--delay-ms` apart.
+//! Figures: time to first chunk (from sending `stream_chat`, or the HTTP request, to the
+//! first delta), per-chunk lateness over the upstream's schedule (a token due `i × delay`
+//! after the first arrives that much late), tokens per second, failed streams, and from
+//! `/proc/PID` the server's CPU time, resident memory and file bytes written (`wchar`, which
+//! does not count socket sends), sampled after set-up; and the WebSocket bytes the clients
+//! received (payloads plus frame headers), which is what the server sent them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -173,18 +173,34 @@ async fn completions(config: poem::web::Data<&MockConfig>, _body: String) -> Res
         .body(body)
 }
 
-/// Starts the mock on `port` (0: any); returns its `/v1` base URL.
+/// Starts the mock on `port` (0: any); returns its `/v1` base URL. It runs on a thread and
+/// runtime of its own: its work (a burst of 200 connections, 10,000 tokens a second) must not
+/// queue in front of the clients that time the server's frames.
 async fn start_mock(port: u16, config: MockConfig) -> String {
-    let acceptor = TcpListener::bind(format!("127.0.0.1:{port}"))
-        .into_acceptor()
-        .await
-        .expect("bind the mock upstream");
-    let port = acceptor.local_addr()[0].as_socket_addr().unwrap().port();
-    let app = poem::EndpointExt::data(
-        Route::new().at("/v1/chat/completions", post(completions)),
-        config,
-    );
-    tokio::spawn(async move { Server::new_with_acceptor(acceptor).run(app).await });
+    let (bound, port_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("mock-upstream".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the mock's runtime");
+            runtime.block_on(async move {
+                let acceptor = TcpListener::bind(format!("127.0.0.1:{port}"))
+                    .into_acceptor()
+                    .await
+                    .expect("bind the mock upstream");
+                let port = acceptor.local_addr()[0].as_socket_addr().unwrap().port();
+                let app = poem::EndpointExt::data(
+                    Route::new().at("/v1/chat/completions", post(completions)),
+                    config,
+                );
+                let _ = bound.send(port);
+                let _ = Server::new_with_acceptor(acceptor).run(app).await;
+            })
+        })
+        .expect("start the mock's thread");
+    let port = port_rx.await.expect("the mock started");
     format!("http://127.0.0.1:{port}/v1")
 }
 
@@ -801,6 +817,7 @@ async fn cross(args: &Args, base: &str, a: &ServerProcess, tokens: &[String]) {
         })
         .collect();
     let (mut near_added, mut far_added, mut crossing) = (Vec::new(), Vec::new(), Vec::new());
+    let mut by_phase: [Vec<Duration>; 3] = Default::default();
     let (mut failed, mut chunks) = (0, 0);
     for task in tasks {
         let (sent, near, far) = task.await.unwrap();
@@ -823,7 +840,18 @@ async fn cross(args: &Args, base: &str, a: &ServerProcess, tokens: &[String]) {
             if let (Some((n, near_at)), Some((f, far_at))) = (near.chunks.get(i), far.chunks.get(i))
             {
                 if n == index && f == index {
-                    crossing.push(far_at.saturating_duration_since(*near_at));
+                    let added = far_at.saturating_duration_since(*near_at);
+                    crossing.push(added);
+                    // Where in the answer: its first ten chunks (the start burst), its last
+                    // ten (the end burst), or between.
+                    let phase = if i < 10 {
+                        0
+                    } else if i + 10 >= sent.chunks.len() {
+                        2
+                    } else {
+                        1
+                    };
+                    by_phase[phase].push(added);
                 }
             }
         }
@@ -850,6 +878,15 @@ async fn cross(args: &Args, base: &str, a: &ServerProcess, tokens: &[String]) {
             ms(percentile(&crossing, p))
         );
     }
+    for phase in &mut by_phase {
+        phase.sort();
+    }
+    println!(
+        "crossing p99 by phase, ms: first 10 chunks {}, middle {}, last 10 {}",
+        ms(percentile(&by_phase[0], 0.99)),
+        ms(percentile(&by_phase[1], 0.99)),
+        ms(percentile(&by_phase[2], 0.99))
+    );
     println!(
         "chunks that crossed to B: {chunks} in {:.2} s, {:.0} per second; failed streams: {failed}",
         elapsed.as_secs_f64(),

@@ -148,7 +148,7 @@ impl Metrics {
             event_commits: register!(IntCounter::new(
                 "chat_event_commits_total",
                 "Transactions that committed appended events (fewer than the appends when \
-                 commits are grouped, as on SQLite)"
+                 commands that waited together were committed together)"
             )),
             event_append_retries: register!(IntCounter::new(
                 "chat_event_append_retries_total",

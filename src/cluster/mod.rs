@@ -110,6 +110,7 @@ impl Instance {
         };
         let id = self.id;
         let stop = self.stop.clone();
+        let peers = self.peers.clone();
         let keeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(times.every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -120,6 +121,12 @@ impl Instance {
                     _ = tick.tick() => {}
                 }
                 renew(&store, &hub, id, times).await;
+                // Another instance announces itself on the bus as it starts; should that
+                // notification be lost (this listener was reconnecting), the lease table
+                // still tells, within one tick.
+                if !peers.seen() && matches!(store.live_instances().await, Ok(n) if n > 1) {
+                    peers.mark();
+                }
                 if let Err(err) = sweep(&store, &hub).await.map(|_| ()) {
                     tracing::warn!(error = %err, "sweeping for dead instances failed");
                 }

@@ -4,6 +4,12 @@
 //! bus does) and, through one publishing connection, to every other instance, whose
 //! listening connection hands it to its rooms. No Redis, no broker: the database we have.
 //!
+//! - **Alone, silent.** A lone instance sends no notifications for its frames: nobody would
+//!   read them. Every instance announces itself as it starts (a `Sync` command, before it
+//!   serves anyone); hearing another instance marks [`Peers`] before the running streams'
+//!   state is shared, so the newcomer holds each stream whole, and every frame after that
+//!   goes out. Should the announcement be lost, the lease table tells within one keep-alive
+//!   tick, and the newcomer asks for the state of any stream it first sees mid-way.
 //! - **Order.** One connection publishes, in the order frames were published, and
 //!   PostgreSQL delivers one session's notifications in order; a stream's frames are
 //!   published under its lock. So each instance receives each stream's frames in order.
@@ -248,7 +254,13 @@ impl PgRoomBus {
 
 impl RoomBus for PgRoomBus {
     fn publish(&self, conversation_id: Uuid, frame: Arc<OutFrame>) {
-        self.send_line(format!("F {conversation_id} {}", frame.json));
+        // Alone, nobody is listening: a lone instance sends no notifications for its frames.
+        // An instance that starts announces itself (a `Sync` command) before it serves
+        // anyone, and hearing it marks `peers` before the state of every running stream is
+        // shared, under each stream's lock; so every chunk after that state is published.
+        if self.peers.seen() {
+            self.send_line(format!("F {conversation_id} {}", frame.json));
+        }
         if let FrameKey::Complete { message_id, .. } = frame.key {
             // This instance ended a stream another one ran (a dead instance's, recovered
             // here): its mirror forgets it too, under the lock snapshots are taken under, so

@@ -1,11 +1,12 @@
-//! Whether other server instances share this database. The limits that protect accounts
-//! are counted across instances only once there is another instance to count with: a lone
-//! instance's own counts are exact, and its sends and stream starts then cost no extra
-//! round trips to the database.
+//! Whether other server instances share this database. Until there is another instance, a
+//! lone one pays nothing for being able to scale out: its frames do not go onto the bus
+//! (nobody would read them), and the limits that protect accounts are counted in memory,
+//! exactly, with no extra round trips to the database for its sends and stream starts.
 //!
-//! Set when the instance registers and finds others, or when the bus first hears from
-//! another instance (every instance announces itself there as it starts). Never cleared:
-//! after a peer has come and gone, counting across instances is merely careful.
+//! Set when the instance registers and finds others, when the bus first hears from another
+//! instance (every instance announces itself there as it starts), or when the keep-alive
+//! finds another live lease (should that announcement have been lost). Never cleared: after
+//! a peer has come and gone, counting across instances is merely careful.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

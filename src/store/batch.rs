@@ -13,9 +13,9 @@
 //! 3. **write**: every appended event in one multi-row insert, every touched conversation
 //!    and message row in one multi-row upsert each.
 //!
-//! SQLite's group writer hands it everything that waits (a thousand answers that start
-//! together cost a handful of statements each batch instead of a dozen each); PostgreSQL
-//! runs each command as a batch of one, under a row lock.
+//! The group writer ([`super::group_commit`]) hands it everything that waits: a thousand
+//! answers that start together cost a handful of statements each batch instead of a dozen
+//! each. On PostgreSQL the batch holds its conversations' rows locked until it commits.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
@@ -24,7 +24,7 @@ use entity::{conversation_events, conversations, messages};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QuerySelect,
+    QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -141,8 +141,12 @@ async fn load(txn: &DatabaseTransaction, needs: Needs) -> StoreResult<HashMap<Uu
     let mut select =
         conversations::Entity::find().filter(conversations::Column::Id.is_in(ids.clone()));
     if txn.get_database_backend() == DbBackend::Postgres {
-        // Writers to one conversation queue here instead of racing for the same seq.
-        select = select.lock_exclusive();
+        // Writers to one conversation queue here instead of racing for the same seq. Rows
+        // are locked in id order (PostgreSQL locks after sorting), so two instances whose
+        // groups share conversations never deadlock.
+        select = select
+            .order_by_asc(conversations::Column::Id)
+            .lock_exclusive();
     }
     for row in select.all(txn).await.map_err(StoreError::from_db)? {
         if let Some(slot) = slots.get_mut(&row.id) {

@@ -2,8 +2,8 @@
 //! transaction: it loads the current state, lets the pure command decide the events, appends
 //! them at the next `seq`s, applies them with the same `apply` that replays use, and writes
 //! the touched projection rows ([`super::batch`] does the work, for one command or many).
-//! Concurrent writers are serialised (a row lock on PostgreSQL, the single-writer turn on
-//! SQLite, where commands waiting together share one commit: see [`super::group_commit`]);
+//! Commands waiting together share one commit (see [`super::group_commit`]); writers in
+//! other processes are serialised by a row lock on PostgreSQL, and SQLite serves one process;
 //! the unique index on (conversation, seq) is the last line of defence, and losing that
 //! race is retried (reading the seq from the log itself), never surfaced as a 500.
 
@@ -19,7 +19,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::batch::{self, Outcome, Pending};
+use super::batch::{Outcome, Pending};
 use super::group_commit::Job;
 use super::{is_retryable, Store, StoreError, StoreResult, WriteCounts};
 use crate::domain::events::{ConversationEvent, RecordedEvent};
@@ -91,10 +91,7 @@ impl Store {
                 refusal: None,
                 reply,
             });
-            match &self.group {
-                Some(group) => group.submit(Job::Command(command))?,
-                None => self.execute_alone(command).await,
-            }
+            self.group.submit(Job::Command(command))?;
             let outcome = answer
                 .await
                 .unwrap_or_else(|_| Err(super::group_commit::writer_gone().into()));
@@ -109,44 +106,6 @@ impl Store {
                 }
                 other => return other,
             }
-        }
-    }
-
-    /// One command in a transaction of its own (PostgreSQL, where writers to different
-    /// conversations commit side by side): committed if it appended, rolled back
-    /// otherwise, and always finished before its outcome is delivered, so the next writer
-    /// never meets a lock left behind by a failed attempt.
-    async fn execute_alone(&self, command: Box<dyn Pending>) {
-        let _turn = self.write_turn().await;
-        let txn = match self.db.begin().await {
-            Ok(txn) => txn,
-            Err(err) => return command.deliver(Outcome::Failed(StoreError::from_db(err))),
-        };
-        let mut commands = vec![command];
-        let outcome = match batch::run(&txn, &mut commands).await {
-            Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
-                Outcome::Failed(StoreError::Db(sea_orm::DbErr::Custom(
-                    "a batch of one gave no outcome".into(),
-                )))
-            }),
-            Err(err) => Outcome::Failed(err),
-        };
-        let outcome = match outcome {
-            Outcome::Done(done) if !done.events.is_empty() => match txn.commit().await {
-                Ok(()) => {
-                    WriteCounts::count(&self.writes.appends, 1);
-                    WriteCounts::count(&self.writes.commits, 1);
-                    Outcome::Done(done)
-                }
-                Err(err) => Outcome::Failed(StoreError::from_db(err)),
-            },
-            other => {
-                let _ = txn.rollback().await;
-                other
-            }
-        };
-        if let Some(command) = commands.pop() {
-            command.deliver(outcome);
         }
     }
 }

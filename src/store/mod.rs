@@ -33,6 +33,10 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("a unique value is already taken: {0}")]
     UniqueViolation(String),
+    /// A deadlock, a serialization failure or a busy file, seen by a group of commands: each
+    /// command tries again on its own (the database error itself stays with the group).
+    #[error("a write lost a race with another writer: {0}")]
+    LostRace(String),
     #[error("the conversation kept changing under concurrent writers; gave up after {0} attempts")]
     Contention(u32),
     #[error(transparent)]
@@ -60,8 +64,8 @@ pub struct Store {
     /// SQLite has one writer at a time; taking turns in-process avoids `SQLITE_BUSY`
     /// failures when a read transaction tries to upgrade. PostgreSQL locks rows instead.
     sqlite_writer: Option<Arc<Mutex<()>>>,
-    /// SQLite only: event appends go through one group-committing writer.
-    group: Option<Arc<group_commit::GroupWriter>>,
+    /// Event appends and checkpoints go through one group-committing writer per process.
+    group: Arc<group_commit::GroupWriter>,
     writes: Arc<WriteCounts>,
 }
 
@@ -97,13 +101,11 @@ impl Store {
         let sqlite = db.get_database_backend() == DbBackend::Sqlite;
         let sqlite_writer = sqlite.then(|| Arc::new(Mutex::new(())));
         let writes = Arc::<WriteCounts>::default();
-        let group = sqlite.then(|| {
-            Arc::new(group_commit::GroupWriter::new(
-                db.clone(),
-                sqlite_writer.clone(),
-                writes.clone(),
-            ))
-        });
+        let group = Arc::new(group_commit::GroupWriter::new(
+            db.clone(),
+            sqlite_writer.clone(),
+            writes.clone(),
+        ));
         Self {
             db,
             sqlite_writer,
@@ -210,7 +212,7 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
 /// a busy SQLite file, or a PostgreSQL serialization failure or deadlock.
 fn is_retryable(err: &StoreError) -> bool {
     match err {
-        StoreError::UniqueViolation(_) => true,
+        StoreError::UniqueViolation(_) | StoreError::LostRace(_) => true,
         StoreError::Db(db) => {
             let code = db_error_code(db);
             matches!(code.as_deref(), Some("5" | "6" | "517" | "40001" | "40P01"))

@@ -13,18 +13,36 @@ use super::{Store, StoreError, StoreResult};
 use crate::domain::events::{ConversationEvent, StreamCompleted};
 use crate::domain::types::MessageStatus;
 
+/// Checkpoints per statement at most: three bound values each, and a `CASE` of this many
+/// branches is still cheap to evaluate per row.
+const CHECKPOINTS_PER_STATEMENT: usize = 200;
+
+/// Saves the text so far of several running answers, in one statement per
+/// [`CHECKPOINTS_PER_STATEMENT`]: 200 answers that checkpoint together (they started
+/// together) cost one round trip, not 200. Only messages still `streaming` are touched.
 pub(super) async fn checkpoint_in(
     db: &impl ConnectionTrait,
-    message_id: Uuid,
-    content: &str,
+    checkpoints: &[(Uuid, String)],
 ) -> StoreResult<()> {
-    messages::Entity::update_many()
-        .col_expr(messages::Column::Content, Expr::value(content))
-        .filter(messages::Column::Id.eq(message_id))
-        .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
-        .exec(db)
-        .await
-        .map_err(StoreError::from_db)?;
+    for chunk in checkpoints.chunks(CHECKPOINTS_PER_STATEMENT) {
+        let Some(((first_id, first_content), rest)) = chunk.split_first() else {
+            continue;
+        };
+        let content = rest
+            .iter()
+            .fold(
+                Expr::case(messages::Column::Id.eq(*first_id), first_content.as_str()),
+                |case, (id, content)| case.case(messages::Column::Id.eq(*id), content.as_str()),
+            )
+            .finally(Expr::col(messages::Column::Content));
+        messages::Entity::update_many()
+            .col_expr(messages::Column::Content, content.into())
+            .filter(messages::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
+            .filter(messages::Column::Status.eq(MessageStatus::Streaming.as_str()))
+            .exec(db)
+            .await
+            .map_err(StoreError::from_db)?;
+    }
     Ok(())
 }
 
@@ -40,12 +58,11 @@ pub struct StoredTurn {
 impl Store {
     /// Saves a running answer's text so far. Only touches a message that is still
     /// streaming, so a late checkpoint can never overwrite a committed answer.
-    /// On SQLite it is committed by the group writer, with whatever else is waiting.
+    /// It is committed by the group writer, with whatever else is waiting.
     pub async fn checkpoint_message(&self, message_id: Uuid, content: &str) -> StoreResult<()> {
-        match &self.group {
-            Some(group) => group.checkpoint(message_id, content.to_string()).await?,
-            None => checkpoint_in(&self.db, message_id, content).await?,
-        }
+        self.group
+            .checkpoint(message_id, content.to_string())
+            .await?;
         super::WriteCounts::count(&self.writes.checkpoints, 1);
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! What an answer costs the database: a bounded number of writes whatever its length (the
-//! turn, the end, a checkpoint per interval), and on SQLite answers that start together
-//! share commits instead of queueing for one each.
+//! turn, the end, a checkpoint per interval), and answers that start together share
+//! commits instead of taking one each, on both databases.
 
 use std::time::Instant;
 
@@ -57,7 +57,7 @@ backend_test!(
 );
 
 backend_test!(
-    answers_that_start_together_share_commits_on_sqlite,
+    answers_that_start_together_share_commits,
     backend | backend: Backend | async move {
         let Some(app) = spawn_app_with(
             backend,
@@ -93,15 +93,11 @@ backend_test!(
         let (appended, committed) = (appends_after - appends, commits_after - commits);
         eprintln!("{backend:?}: {committed} commits for {appended} appends");
         assert_eq!(appended, 2.0 * ANSWERS as f64, "a start and an end per answer");
-        match backend {
-            // One writer: the starts that queued together were committed together.
-            Backend::Sqlite => assert!(
-                committed <= appended / 2.0,
-                "{committed} commits for {appended} appends: no grouping"
-            ),
-            // Concurrent writers: each command commits on its own, none waits for another's.
-            Backend::Postgres => assert_eq!(committed, appended),
-        }
+        // The starts (and ends) that queued together were committed together.
+        assert!(
+            committed <= appended / 2.0,
+            "{committed} commits for {appended} appends: no grouping"
+        );
     }
 );
 
@@ -133,12 +129,11 @@ backend_test!(
                     .is_err()
             }
         });
-        match buggy.await {
-            Ok(failed) => assert!(failed, "a panicking command cannot succeed"),
-            // Where the command runs in the caller's task (PostgreSQL), the panic is the
-            // caller's; the group writer (SQLite) turns it into an error instead.
-            Err(join) => assert!(join.is_panic()),
-        }
+        // The group writer turns the panic into that command's error.
+        assert!(
+            buggy.await.expect("the caller does not panic"),
+            "a panicking command cannot succeed"
+        );
         // The same store still appends, promptly.
         let rename = ConversationUpdated {
             title: Some("after".into()),
@@ -275,5 +270,163 @@ backend_test!(
         let read = app.get_conversation(&user.access, &cid.to_string()).await;
         assert_eq!(read["title"], "after");
         assert_eq!(read["lastSeq"], 2, "{read}");
+    }
+);
+
+/// Two processes whose writes lock the same conversations can deadlock; PostgreSQL then
+/// aborts one transaction. When that is a whole group of commands, each command is tried
+/// again on its own, and nothing surfaces as an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_aborted_by_a_deadlock_is_retried_and_every_command_lands() {
+    use chat_server::domain::events::{ConversationEvent, ConversationUpdated};
+    use chat_server::store::{Load, Store};
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use std::convert::Infallible;
+
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let user = app.register_user(&unique_email()).await;
+    let owner: uuid::Uuid = user.id.parse().unwrap();
+    let mut ids = Vec::new();
+    for title in ["one", "two"] {
+        let c = app.create_conversation(&user.access, title).await;
+        ids.push(str_field(&c, "id").parse::<uuid::Uuid>().unwrap());
+    }
+    ids.sort();
+    let (low, high) = (ids[0], ids[1]);
+    let store = Store::from_connection(app.db().await);
+    let retries_before = store
+        .writes()
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed);
+
+    // Another process holds the row the group locks second, and waits longer before
+    // looking for deadlocks, so PostgreSQL aborts the group's transaction, not this one.
+    let db = app.db().await;
+    let other = db.begin().await.unwrap();
+    other
+        .execute_unprepared("SET LOCAL deadlock_timeout = '20s'")
+        .await
+        .unwrap();
+    let lock =
+        |id: uuid::Uuid| format!("SELECT id FROM conversations WHERE id = '{id}' FOR UPDATE");
+    other.execute_unprepared(&lock(high)).await.unwrap();
+
+    // Two commands submitted together: one group, which locks `low` and waits for `high`.
+    let rename = move |store: Store, id: uuid::Uuid, title: &'static str| async move {
+        store
+            .execute(id, Some(owner), &Load::default(), move |_| {
+                Ok::<_, Infallible>(vec![ConversationEvent::ConversationUpdated(
+                    ConversationUpdated {
+                        title: Some(title.into()),
+                        ..Default::default()
+                    },
+                )])
+            })
+            .await
+    };
+    let both = tokio::spawn({
+        let store = store.clone();
+        async move {
+            futures::join!(
+                rename(store.clone(), low, "low"),
+                rename(store, high, "high")
+            )
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Now the other process wants `low`: a deadlock, found by the group's backend first.
+    other.execute_unprepared(&lock(low)).await.unwrap();
+    other.rollback().await.unwrap();
+
+    let (a, b) = tokio::time::timeout(std::time::Duration::from_secs(20), both)
+        .await
+        .expect("the commands finish")
+        .unwrap();
+    a.expect("the first command lands after the deadlock");
+    b.expect("the second command lands after the deadlock");
+    let retries = store
+        .writes()
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - retries_before;
+    assert!(
+        retries >= 1,
+        "the group was not aborted: no deadlock was provoked"
+    );
+    assert_eq!(
+        app.get_conversation(&user.access, &low.to_string()).await["title"],
+        "low"
+    );
+    assert_eq!(
+        app.get_conversation(&user.access, &high.to_string()).await["title"],
+        "high"
+    );
+}
+
+backend_test!(
+    checkpoints_that_wait_together_each_save_their_own_text_and_spare_finished_answers,
+    backend | backend: Backend | async move {
+        use chat_server::store::Store;
+        use sea_orm::EntityTrait;
+
+        let Some(app) = spawn_app_with(
+            backend,
+            &[
+                // The server's own checkpoints stay out of the way: only the test's run.
+                ("STREAM_CHECKPOINT_MS", "600000"),
+                ("WS_MAX_CONNECTIONS_PER_USER", "100"),
+                ("MAX_CONCURRENT_STREAMS_PER_USER", "100"),
+            ],
+        )
+        .await
+        else {
+            return;
+        };
+        let user = app.register_user(&unique_email()).await;
+        let mut ws = WsClient::authed(&app.address, &user.access).await;
+        let finished = ws.chat(None, "a short answer").await;
+        let finished_id: uuid::Uuid = str_field(&finished.complete, "messageId").parse().unwrap();
+        let finished_text = str_field(&finished.complete, "content");
+
+        // Twenty answers that stay streaming while the test runs.
+        let mut sockets = Vec::new();
+        let mut ids = Vec::new();
+        for _ in 0..20 {
+            let mut ws = WsClient::authed(&app.address, &user.access).await;
+            ws.send(json!({"type": "stream_chat", "message": "[[slow:500]] keep going"}))
+                .await;
+            let start = ws.expect_type("stream_start").await;
+            ids.push(str_field(&start, "messageId").parse::<uuid::Uuid>().unwrap());
+            sockets.push(ws);
+        }
+        ids.insert(10, finished_id);
+
+        // All at once, so they share the group writer's statement.
+        let store = Store::from_connection(app.db().await);
+        join_all(ids.iter().enumerate().map(|(i, id)| {
+            let store = store.clone();
+            async move { store.checkpoint_message(*id, &format!("saved {i}")).await }
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("every checkpoint is written");
+
+        let db = app.db().await;
+        for (i, id) in ids.iter().enumerate() {
+            let row = entity::messages::Entity::find_by_id(*id)
+                .one(&db)
+                .await
+                .unwrap()
+                .expect("the message row");
+            if *id == finished_id {
+                assert_eq!(row.content, finished_text, "a finished answer keeps its text");
+            } else {
+                assert_eq!(row.status, "streaming");
+                assert_eq!(row.content, format!("saved {i}"), "message {i} got another's text");
+            }
+        }
     }
 );

@@ -219,3 +219,51 @@ async fn the_binary_starts_on_its_default_database_in_a_folder_that_does_not_exi
     drop(server);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Notifications the instance at `app.address` has sent on the bus so far.
+pub(crate) async fn notifications_sent(app: &TestApp) -> f64 {
+    let text = crate::hardening_support::metrics_text(app).await;
+    crate::hardening_support::metric(&text, "chat_bus_notifications_total", &[]).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_missed_anothers_announcement_learns_of_it_from_the_lease_table() {
+    let Some(mut a) = scratch(Backend::Postgres).await else {
+        return;
+    };
+    let mock = MockLlm::start(Duration::from_millis(5)).await;
+    // A 1 s lease: the keep-alive ticks every 200 ms.
+    let env = mock_env(&mock, "1000");
+    a.start_instance(&borrowed(&env)).await;
+    let user = a.register_user(&unique_email()).await;
+    let mut ws = WsClient::authed(&a.address, &user.access).await;
+
+    // Alone, an answer puts nothing on the bus.
+    let before = notifications_sent(&a).await;
+    ws.chat(None, "alone").await;
+    assert_eq!(
+        notifications_sent(&a).await,
+        before,
+        "a lone instance published frames"
+    );
+
+    // Another instance's lease appears, but its announcement never reached A.
+    let store = chat_server::store::Store::from_connection(a.db().await);
+    store
+        .register_instance(Uuid::now_v7(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = notifications_sent(&a).await;
+        ws.chat(None, "is anyone there?").await;
+        if notifications_sent(&a).await > before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A never noticed the other instance's lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -9,6 +9,7 @@ use tokio::process::Child;
 
 use crate::crash::start_server;
 use crate::helpers::*;
+use crate::instances::notifications_sent;
 use crate::mock_llm::{full_reply, MockLlm};
 use crate::ws_client::WsClient;
 
@@ -204,6 +205,47 @@ async fn resume_on_a_third_instance_mid_stream_gives_the_exact_text() {
     );
     assert_eq!(spelled(&frames), full_reply());
     assert_eq!(frames.last().unwrap()["content"], full_reply());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_instance_keeps_its_frames_off_the_bus_until_another_starts_and_reads_them_whole() {
+    let mock = MockLlm::start(Duration::from_millis(5)).await;
+    let Some((mut app, mut servers)) = instances(1, &mock, &[]).await else {
+        return;
+    };
+    let a = servers[0].1.clone();
+    app.address = a.clone();
+    let user = app.register_user(&unique_email()).await;
+    let mut on_a = WsClient::authed(&a, &user.access).await;
+    // 12 tokens 300 ms apart: B starts and joins while it runs.
+    on_a.send(json!({"type": "stream_chat", "message": "[[slow:300]] alone at first"}))
+        .await;
+    let start = on_a.expect_type("stream_start").await;
+    let id = start["conversationId"].as_str().unwrap().to_string();
+    for _ in 0..2 {
+        on_a.expect_type("stream_chunk").await;
+    }
+    let alone = notifications_sent(&app).await;
+    assert!(
+        alone <= 1.0,
+        "{alone} notifications from a lone instance: only its start-up announcement may go out"
+    );
+
+    // A second instance starts mid-stream, and a socket there joins the conversation.
+    let mut env: Vec<(&str, String)> = mock.env();
+    env.push(("STREAM_CHECKPOINT_MS", "100".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let vars = test_env(&app.database_url, &app.data_dir, &env);
+    servers.push(start_server(&vars, &app.data_dir).await);
+    let b = servers[1].1.clone();
+    let mut on_b = joined(&b, &user.access, &id).await;
+    let frames = on_b.until("stream_complete").await;
+    assert_eq!(spelled(&frames), full_reply(), "B read the answer whole");
+    assert_eq!(frames.last().unwrap()["status"], "complete");
+    assert!(
+        notifications_sent(&app).await > alone,
+        "A publishes once another instance is there"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
