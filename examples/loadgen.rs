@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::Acceptor;
 use poem::{handler, post, Body, Response, Route, Server};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
@@ -186,8 +186,8 @@ async fn start_mock(port: u16, config: MockConfig) -> String {
                 .build()
                 .expect("the mock's runtime");
             runtime.block_on(async move {
-                let acceptor = TcpListener::bind(format!("127.0.0.1:{port}"))
-                    .into_acceptor()
+                // Bound as the server binds, with a backlog that takes 200 connections at once.
+                let acceptor = chat_server::startup::bind(&format!("127.0.0.1:{port}"))
                     .await
                     .expect("bind the mock upstream");
                 let port = acceptor.local_addr()[0].as_socket_addr().unwrap().port();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::listener::{Acceptor, TcpAcceptor};
 
 use crate::net::NoDelayAcceptor;
 use poem::Server;
@@ -58,8 +58,7 @@ impl Application {
             );
         }
         let address = format!("{}:{}", config.host, config.port);
-        let acceptor = TcpListener::bind(address.clone())
-            .into_acceptor()
+        let acceptor = bind(&address)
             .await
             .with_context(|| format!("binding {address}"))?;
         let port = acceptor
@@ -270,4 +269,35 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutdown signal received; finishing in-flight requests");
+}
+
+/// Connections a listening socket holds before the server accepts them. The standard
+/// library's (and tokio's) 128 is overflowed by a burst of clients connecting at once (a
+/// reconnect storm after a restart): each connection dropped there waits a whole second for
+/// its SYN to be sent again. The kernel caps it at `net.core.somaxconn` (4,096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket with [`LISTEN_BACKLOG`], on the first of the address's
+/// resolutions that binds.
+pub async fn bind(address: &str) -> anyhow::Result<TcpAcceptor> {
+    let mut last_error = None;
+    for socket_address in tokio::net::lookup_host(address).await? {
+        let socket = if socket_address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(socket_address)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(TcpAcceptor::from_tokio(listener)?),
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(match last_error {
+        Some(err) => err.into(),
+        None => anyhow::anyhow!("the address resolves to nothing"),
+    })
 }

@@ -650,3 +650,51 @@ backend_test!(
         );
     }
 );
+
+/// A reconnect storm (every client of a restarted server at once) must not overflow the
+/// listening socket's accept queue: a connection dropped there waits a whole second for its
+/// SYN to be sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_all_connect_without_waiting_for_a_retransmit() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let address: std::net::SocketAddr = app.address.trim_start_matches("http://").parse().unwrap();
+    const BURST: usize = 600;
+    // Both ends of every connection live in this process, beside the other tests' sockets:
+    // a soft limit of 1,024 descriptors would not hold them.
+    raise_descriptor_limit(4 * BURST as u64);
+    let connected = futures::future::join_all((0..BURST).map(|_| async move {
+        let started = std::time::Instant::now();
+        let stream = tokio::net::TcpStream::connect(address).await;
+        (stream, started.elapsed())
+    }))
+    .await;
+    let slowest = connected.iter().map(|(_, took)| *took).max().unwrap();
+    let streams: Vec<_> = connected
+        .into_iter()
+        .map(|(stream, _)| stream.expect("connect"))
+        .collect();
+    assert!(
+        slowest < std::time::Duration::from_millis(900),
+        "a connection took {slowest:?}: the accept queue overflowed and its SYN was sent again"
+    );
+    drop(streams);
+    expect_status(app.get("/api/health", None).await, StatusCode::OK).await;
+}
+
+/// Raises this process's soft limit on open descriptors to at least `wanted` (within the hard
+/// limit).
+fn raise_descriptor_limit(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < wanted {
+            limit.rlim_cur = wanted.min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
