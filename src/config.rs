@@ -47,6 +47,8 @@ pub struct Config {
     pub host: String,
     pub port: u16,
     pub database_url: String,
+    /// Connections in the database pool (`DATABASE_MAX_CONNECTIONS`).
+    pub database_max_connections: u32,
     /// Where the development JWT secret (and the default SQLite file) live.
     pub data_dir: PathBuf,
     pub jwt: JwtConfig,
@@ -214,6 +216,14 @@ impl Config {
             Some(other) => bail!("APP_ENV must be `development` or `production`, not `{other}`"),
         };
         let database_url = get("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        let database_max_connections: u32 = parse_or(
+            &get,
+            "DATABASE_MAX_CONNECTIONS",
+            crate::store::DEFAULT_MAX_CONNECTIONS,
+        )?;
+        if database_max_connections < 2 {
+            bail!("DATABASE_MAX_CONNECTIONS must be at least 2: the group writer holds one");
+        }
         let data_dir = get("DATA_DIR")
             .map(PathBuf::from)
             .or_else(|| sqlite_parent_dir(&database_url))
@@ -245,6 +255,7 @@ impl Config {
             host: get("HOST").unwrap_or_else(|| "127.0.0.1".into()),
             port,
             database_url,
+            database_max_connections,
             data_dir,
             jwt: JwtConfig {
                 secret,
@@ -547,6 +558,7 @@ mod tests {
         let ms = |d: Duration| d.as_millis().to_string();
         match var {
             "DATABASE_URL" => cfg.database_url.clone(),
+            "DATABASE_MAX_CONNECTIONS" => cfg.database_max_connections.to_string(),
             "HOST" => cfg.host.clone(),
             "PORT" => cfg.port.to_string(),
             "APP_ENV" => format!("{:?}", cfg.app_env).to_lowercase(),
@@ -692,6 +704,17 @@ mod tests {
             unknown.is_empty(),
             "in the README but never read: {unknown:?}"
         );
+    }
+
+    #[test]
+    fn the_pool_size_is_read_and_a_pool_too_small_for_the_group_writer_is_refused() {
+        let secret = "s".repeat(40);
+        let cfg = config(&[("JWT_SECRET", &secret), ("DATABASE_MAX_CONNECTIONS", "3")]).unwrap();
+        assert_eq!(cfg.database_max_connections, 3);
+        let err = config(&[("JWT_SECRET", &secret), ("DATABASE_MAX_CONNECTIONS", "1")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DATABASE_MAX_CONNECTIONS"), "{err}");
     }
 
     #[test]

@@ -46,7 +46,8 @@ impl Application {
             );
         }
         let instance = Instance::join(&config)?;
-        let store = Store::connect(&config.database_url).await?;
+        let store =
+            Store::connect_with_pool(&config.database_url, config.database_max_connections).await?;
         store.migrate().await?;
         instance.register(&store).await?;
         let state = build_state(&config, store, Some(&instance)).await?;

@@ -92,8 +92,16 @@ impl WriteCounts {
 }
 
 impl Store {
+    /// Connects with the default pool size ([`DEFAULT_MAX_CONNECTIONS`]).
     pub async fn connect(database_url: &str) -> anyhow::Result<Self> {
-        let db = connect(database_url).await?;
+        Self::connect_with_pool(database_url, DEFAULT_MAX_CONNECTIONS).await
+    }
+
+    pub async fn connect_with_pool(
+        database_url: &str,
+        max_connections: u32,
+    ) -> anyhow::Result<Self> {
+        let db = connect(database_url, max_connections).await?;
         Ok(Self::from_connection(db))
     }
 
@@ -159,20 +167,27 @@ impl Store {
     }
 }
 
+/// Connections in a store's pool unless `DATABASE_MAX_CONNECTIONS` says otherwise. Appends
+/// and checkpoints take one (the group writer); the rest serve reads and the other writes.
+/// More than about twice the database's cores only moves the queue into the database: on
+/// this project's 2-core machine with PostgreSQL beside the server, 200 answers starting at
+/// once reached their first chunk sooner with 4 or 10 connections than with 20
+/// (`BENCHMARKS.md`).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8;
+
 /// Opens the pool. SQLite gets WAL (readers never block the writer), foreign keys and a busy
 /// timeout; its folder is created first so the default URL works on a fresh checkout.
-pub async fn connect(database_url: &str) -> anyhow::Result<DatabaseConnection> {
+pub async fn connect(
+    database_url: &str,
+    max_connections: u32,
+) -> anyhow::Result<DatabaseConnection> {
     if let Some(dir) = sqlite_file_dir(database_url) {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("creating database folder {}", dir.display()))?;
     }
     let mut options = ConnectOptions::new(database_url.to_string());
     options
-        .max_connections(if database_url.starts_with("sqlite:") {
-            8
-        } else {
-            20
-        })
+        .max_connections(max_connections)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
         .sqlx_logging(false)

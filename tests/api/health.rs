@@ -82,3 +82,36 @@ async fn health_is_503_degraded_while_the_database_does_not_answer() {
         "the server did not recover when the database came back"
     );
 }
+
+/// PostgreSQL only (its `pg_stat_activity` lists each connection): the server opens at most
+/// `DATABASE_MAX_CONNECTIONS` connections for its pool, however many requests wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pool_holds_at_most_the_configured_connections_under_a_burst() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let Some(app) = spawn_app_with(Backend::Postgres, &[("DATABASE_MAX_CONNECTIONS", "3")]).await
+    else {
+        return;
+    };
+    let user = app.register_user(&unique_email()).await;
+    let results = futures::future::join_all(
+        (0..60).map(|_| app.get("/api/conversations", Some(&user.access))),
+    )
+    .await;
+    assert!(results.iter().all(|r| r.status() == StatusCode::OK));
+
+    let db = app.db().await;
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND application_name NOT LIKE 'chat-bus%'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let open: i64 = row.try_get("", "n").unwrap();
+    assert!(
+        (1..=3).contains(&open),
+        "{open} pool connections with DATABASE_MAX_CONNECTIONS=3"
+    );
+}
