@@ -116,14 +116,18 @@ impl ConversationService {
         id: Uuid,
         at_seq: Option<i64>,
     ) -> ServiceResult<ConversationView> {
-        let conversation = self.owned(user, id).await?;
         let Some(at_seq) = at_seq else {
-            let messages = self.store.list_messages(id).await?;
+            let (conversation, messages) = self
+                .store
+                .find_conversation_with_messages(id, user.id)
+                .await?
+                .ok_or(ServiceError::ConversationNotFound)?;
             return Ok(ConversationView {
                 conversation,
                 messages,
             });
         };
+        let conversation = self.owned(user, id).await?;
         if at_seq < 1 || at_seq > conversation.last_seq {
             return Err(ServiceError::Validation {
                 field: "atSeq",

@@ -2,7 +2,10 @@
 //! filtered by owner in the query itself.
 
 use entity::{conversation_events, conversations, messages};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    AccessMode, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, IsolationLevel, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
 use uuid::Uuid;
 
 use super::events::event_from_row;
@@ -52,14 +55,44 @@ impl Store {
     }
 
     pub async fn list_messages(&self, conversation_id: Uuid) -> StoreResult<Vec<MessageRecord>> {
-        let rows = messages::Entity::find()
-            .filter(messages::Column::ConversationId.eq(conversation_id))
-            .order_by_asc(messages::Column::Position)
-            .order_by_asc(messages::Column::Id)
-            .all(&self.db)
+        messages_in(&self.db, conversation_id).await
+    }
+
+    /// The conversation and its messages as of one moment: both read in one snapshot, so
+    /// the row's `lastSeq` and the messages agree even while an answer ends between the two
+    /// reads (separate reads could show a message already `interrupted` beside the
+    /// conversation's older `lastSeq`).
+    pub async fn find_conversation_with_messages(
+        &self,
+        id: Uuid,
+        owner_id: Uuid,
+    ) -> StoreResult<Option<(ConversationRecord, Vec<MessageRecord>)>> {
+        // PostgreSQL's default (read committed) takes a snapshot per statement; SQLite's
+        // read transaction keeps one from its first read (and takes no settings).
+        let (isolation, access) = match self.db.get_database_backend() {
+            DbBackend::Postgres => (
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            ),
+            _ => (None, None),
+        };
+        let txn = self
+            .db
+            .begin_with_config(isolation, access)
             .await
             .map_err(StoreError::from_db)?;
-        Ok(rows.into_iter().map(message_from_row).collect())
+        let row = conversations::Entity::find_by_id(id)
+            .filter(conversations::Column::OwnerId.eq(owner_id))
+            .filter(conversations::Column::DeletedAt.is_null())
+            .one(&txn)
+            .await
+            .map_err(StoreError::from_db)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let messages = messages_in(&txn, id).await?;
+        txn.commit().await.map_err(StoreError::from_db)?;
+        Ok(Some((conversation_from_row(row), messages)))
     }
 
     /// Events with `after < seq <= up_to`, ascending, at most `limit` of them. Always a
@@ -82,4 +115,18 @@ impl Store {
         let rows = query.all(&self.db).await.map_err(StoreError::from_db)?;
         rows.into_iter().map(event_from_row).collect()
     }
+}
+
+async fn messages_in(
+    db: &impl ConnectionTrait,
+    conversation_id: Uuid,
+) -> StoreResult<Vec<MessageRecord>> {
+    let rows = messages::Entity::find()
+        .filter(messages::Column::ConversationId.eq(conversation_id))
+        .order_by_asc(messages::Column::Position)
+        .order_by_asc(messages::Column::Id)
+        .all(db)
+        .await
+        .map_err(StoreError::from_db)?;
+    Ok(rows.into_iter().map(message_from_row).collect())
 }

@@ -203,3 +203,48 @@ backend_test!(
         assert_eq!(patched["lastSeq"], 2, "no gap left by the refused attempts");
     }
 );
+
+backend_test!(
+    an_append_that_fails_for_good_is_not_retried,
+    backend | backend: Backend | async move {
+        use sea_orm::ConnectionTrait;
+        let Some(app) = spawn_app(backend).await else { return };
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "doomed").await, "id");
+        let db = app.db().await;
+        // Every event row for this conversation is refused: an error no retry can cure.
+        let statements = match backend {
+            Backend::Sqlite => vec![format!(
+                "CREATE TRIGGER refuse_events BEFORE INSERT ON conversation_events \
+                 WHEN NEW.conversation_id = (SELECT id FROM conversations WHERE title = 'doomed') \
+                 BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+            )],
+            Backend::Postgres => vec![
+                "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+                 RAISE EXCEPTION 'refused by a test trigger'; END $$"
+                    .to_string(),
+                format!(
+                    "CREATE TRIGGER refuse_events BEFORE INSERT ON conversation_events \
+                     FOR EACH ROW WHEN (NEW.conversation_id = '{id}'::uuid) \
+                     EXECUTE FUNCTION refuse_events()"
+                ),
+            ],
+        };
+        for sql in statements {
+            db.execute_unprepared(&sql).await.expect(&sql);
+        }
+        let retries = |text: String| {
+            crate::hardening_support::metric(&text, "chat_event_append_retries_total", &[])
+                .unwrap_or(0.0)
+        };
+        let before = retries(crate::hardening_support::metrics_text(&app).await);
+
+        let path = format!("/api/conversations/{id}");
+        let resp = app.patch(&path, Some(&user.access), &json!({ "title": "renamed" })).await;
+        let body = expect_error(resp, StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR").await;
+        assert!(!body.to_string().contains("trigger"), "no cause in {body}");
+        let after = retries(crate::hardening_support::metrics_text(&app).await);
+        assert_eq!(after, before, "an error that is not a lost race was retried");
+        assert_eq!(app.get_conversation(&user.access, &id).await["title"], "doomed");
+    }
+);

@@ -430,3 +430,86 @@ backend_test!(
         }
     }
 );
+
+/// PostgreSQL only (a constraint trigger deferred to the commit makes the commit itself
+/// fail): a group whose commit fails reports no command as written, and a command of the
+/// same group that was refused keeps its own refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_group_commit_fails_nothing_is_reported_written_and_refusals_stay_refusals() {
+    use chat_server::domain::events::{ConversationEvent, ConversationUpdated};
+    use chat_server::store::{ExecuteError, Load, Store};
+    use sea_orm::ConnectionTrait;
+
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let user = app.register_user(&unique_email()).await;
+    let owner: uuid::Uuid = user.id.parse().unwrap();
+    let doomed: uuid::Uuid =
+        str_field(&app.create_conversation(&user.access, "doomed").await, "id")
+            .parse()
+            .unwrap();
+    let other: uuid::Uuid = str_field(&app.create_conversation(&user.access, "other").await, "id")
+        .parse()
+        .unwrap();
+    let db = app.db().await;
+    for sql in [
+        "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+         RAISE EXCEPTION 'refused at commit by a test trigger'; END $$"
+            .to_string(),
+        format!(
+            "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON conversation_events \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW \
+             WHEN (NEW.conversation_id = '{doomed}'::uuid) EXECUTE FUNCTION refuse_at_commit()"
+        ),
+    ] {
+        db.execute_unprepared(&sql).await.expect(&sql);
+    }
+    let store = Store::from_connection(app.db().await);
+
+    // Three commands submitted in one poll of one task: the writer task, spawned by the
+    // first, runs only once that task yields, so it takes all three as one group. A rename
+    // of `doomed` (the group's commit fails), and on `other` a command that changes nothing
+    // and one that refuses.
+    let (renamed, unchanged, refused) = tokio::spawn(async move {
+        let load = Load::default();
+        futures::join!(
+            store.execute(doomed, Some(owner), &load, |_| {
+                Ok::<_, String>(vec![ConversationEvent::ConversationUpdated(
+                    ConversationUpdated {
+                        title: Some("renamed".into()),
+                        ..Default::default()
+                    },
+                )])
+            }),
+            store.execute(other, Some(owner), &load, |_| {
+                Ok::<Vec<ConversationEvent>, String>(vec![])
+            }),
+            store.execute(other, Some(owner), &load, |_| {
+                Err::<Vec<ConversationEvent>, _>("not today".to_string())
+            })
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(renamed, Err(ExecuteError::Store(_))),
+        "a command whose commit failed was reported written: {:?}",
+        renamed.map(|c| c.events.len())
+    );
+    assert!(
+        matches!(&unchanged, Ok(c) if c.events.is_empty()),
+        "a command that wrote nothing did not need the commit: {:?}",
+        unchanged.map(|c| c.events.len())
+    );
+    assert!(
+        matches!(&refused, Err(ExecuteError::Refused(reason)) if reason == "not today"),
+        "the refusal became something else: {:?}",
+        refused.map(|c| c.events.len())
+    );
+    assert_eq!(
+        app.get_conversation(&user.access, &doomed.to_string())
+            .await["title"],
+        "doomed"
+    );
+}
