@@ -45,13 +45,7 @@ impl Store {
         id: Uuid,
         owner_id: Uuid,
     ) -> StoreResult<Option<ConversationRecord>> {
-        let row = conversations::Entity::find_by_id(id)
-            .filter(conversations::Column::OwnerId.eq(owner_id))
-            .filter(conversations::Column::DeletedAt.is_null())
-            .one(&self.db)
-            .await
-            .map_err(StoreError::from_db)?;
-        Ok(row.map(conversation_from_row))
+        conversation_in(&self.db, id, owner_id).await
     }
 
     pub async fn list_messages(&self, conversation_id: Uuid) -> StoreResult<Vec<MessageRecord>> {
@@ -81,18 +75,12 @@ impl Store {
             .begin_with_config(isolation, access)
             .await
             .map_err(StoreError::from_db)?;
-        let row = conversations::Entity::find_by_id(id)
-            .filter(conversations::Column::OwnerId.eq(owner_id))
-            .filter(conversations::Column::DeletedAt.is_null())
-            .one(&txn)
-            .await
-            .map_err(StoreError::from_db)?;
-        let Some(row) = row else {
+        let Some(conversation) = conversation_in(&txn, id, owner_id).await? else {
             return Ok(None);
         };
         let messages = messages_in(&txn, id).await?;
         txn.commit().await.map_err(StoreError::from_db)?;
-        Ok(Some((conversation_from_row(row), messages)))
+        Ok(Some((conversation, messages)))
     }
 
     /// Events with `after < seq <= up_to`, ascending, at most `limit` of them. Always a
@@ -115,6 +103,20 @@ impl Store {
         let rows = query.all(&self.db).await.map_err(StoreError::from_db)?;
         rows.into_iter().map(event_from_row).collect()
     }
+}
+
+async fn conversation_in(
+    db: &impl ConnectionTrait,
+    id: Uuid,
+    owner_id: Uuid,
+) -> StoreResult<Option<ConversationRecord>> {
+    let row = conversations::Entity::find_by_id(id)
+        .filter(conversations::Column::OwnerId.eq(owner_id))
+        .filter(conversations::Column::DeletedAt.is_null())
+        .one(db)
+        .await
+        .map_err(StoreError::from_db)?;
+    Ok(row.map(conversation_from_row))
 }
 
 async fn messages_in(

@@ -21,6 +21,19 @@ async fn instances(
     extra: &[(&str, &str)],
 ) -> Option<(TestApp, Vec<(Child, String)>)> {
     let app = scratch(Backend::Postgres).await?;
+    let mut servers = Vec::new();
+    for _ in 0..n {
+        servers.push(one_more_instance(&app, mock, extra).await);
+    }
+    Some((app, servers))
+}
+
+/// Another server process on `app`'s database, streaming from `mock`.
+async fn one_more_instance(
+    app: &TestApp,
+    mock: &MockLlm,
+    extra: &[(&str, &str)],
+) -> (Child, String) {
     let mut env: Vec<(&str, String)> = mock.env();
     env.push(("STREAM_CHECKPOINT_MS", "100".into()));
     for (k, v) in extra {
@@ -28,11 +41,7 @@ async fn instances(
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let vars = test_env(&app.database_url, &app.data_dir, &env);
-    let mut servers = Vec::new();
-    for _ in 0..n {
-        servers.push(start_server(&vars, &app.data_dir).await);
-    }
-    Some((app, servers))
+    start_server(&vars, &app.data_dir).await
 }
 
 /// A socket on `address` joined to `conversation_id`.
@@ -232,11 +241,7 @@ async fn a_lone_instance_keeps_its_frames_off_the_bus_until_another_starts_and_r
     );
 
     // A second instance starts mid-stream, and a socket there joins the conversation.
-    let mut env: Vec<(&str, String)> = mock.env();
-    env.push(("STREAM_CHECKPOINT_MS", "100".into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let vars = test_env(&app.database_url, &app.data_dir, &env);
-    servers.push(start_server(&vars, &app.data_dir).await);
+    servers.push(one_more_instance(&app, &mock, &[]).await);
     let b = servers[1].1.clone();
     let mut on_b = joined(&b, &user.access, &id).await;
     let frames = on_b.until("stream_complete").await;
