@@ -16,7 +16,7 @@ use crate::cluster::Instance;
 use crate::config::Config;
 use crate::llm::{self, demo::DEMO_MODEL};
 use crate::metrics::Metrics;
-use crate::realtime::bus::{LocalRoomBus, RoomBus};
+use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus};
 use crate::realtime::hub::StreamHub;
 use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
@@ -187,6 +187,11 @@ pub async fn build_state(
         _ => Arc::new(LocalRoomBus::new(config.ws_send_queue_frames)),
     };
     let commands = bus.take_commands();
+    // Every ending of sessions also reaches the sockets on the other instances.
+    let relay = bus.clone();
+    sessions.relay_to(Box::new(move |ended| {
+        relay.command(ClusterCommand::EndSessions(ended))
+    }));
     let state = AppState {
         config: Arc::new(config.clone()),
         metrics: metrics.clone(),
@@ -220,9 +225,15 @@ pub async fn build_state(
     };
     if let Some(mut commands) = commands {
         let hub = state.hub.clone();
+        let sessions = state.sessions.clone();
         tokio::spawn(async move {
             while let Some(command) = commands.recv().await {
-                hub.apply(command);
+                match command {
+                    ClusterCommand::EndSessions(ended) => {
+                        sessions.end_here(ended);
+                    }
+                    command => hub.apply(command),
+                }
             }
         });
     }

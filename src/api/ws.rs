@@ -30,7 +30,7 @@ use crate::realtime::bus::RoomReceiver;
 use crate::realtime::frames::{ClientFrame, FrameKey, OutFrame, ServerFrame};
 use crate::service::auth::{Authenticated, CurrentUser};
 use crate::service::chat::TurnRequest;
-use crate::service::sessions::LiveSession;
+use crate::service::sessions::{LiveSession, SignIn};
 use crate::service::ServiceError;
 
 /// The read buffer a socket starts with; a larger frame grows it while it is read.
@@ -241,7 +241,7 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         }
     };
     let user = auth.user;
-    let Some(live) = state.sessions.open(user.id, auth.sid) else {
+    let Some(live) = state.sessions.open(user.id, sign_in(&auth)) else {
         state
             .metrics
             .rate_limited
@@ -391,13 +391,21 @@ async fn authenticate(
             }
         }
     };
-    state.auth.authenticate_session(&token).await.ok()
+    state.auth.authenticate_socket(&token).await.ok()
 }
 
 fn ready(auth: &Authenticated) -> ServerFrame {
     ServerFrame::Ready {
         user_id: auth.user.id,
         expires_at: chrono::DateTime::from_timestamp(auth.expires_at, 0).unwrap_or_default(),
+    }
+}
+
+/// The sign-in and session generation a socket authenticated with.
+fn sign_in(auth: &Authenticated) -> SignIn {
+    SignIn {
+        sid: auth.sid,
+        generation: auth.generation,
     }
 }
 
@@ -432,11 +440,11 @@ impl Session {
     /// A fresh `auth` frame on an open socket: the same user's newer access token moves the
     /// expiry (and the sign-in the socket belongs to) without a reconnect; rooms stay joined.
     async fn reauthenticate(&mut self, token: &str) {
-        match self.state.auth.authenticate_session(token).await {
+        match self.state.auth.authenticate_socket(token).await {
             Ok(auth) if auth.user.id == self.user.id => {
                 self.user = auth.user;
                 self.token_expires = deadline(auth.expires_at);
-                self.live.set_sign_in(auth.sid);
+                self.live.set_sign_in(sign_in(&auth));
                 self.outbox.reply(&ready(&auth));
             }
             // A bad token does not end a session that is still good: the socket keeps the
@@ -461,9 +469,15 @@ impl Session {
                     .reply(&ServerFrame::error(ErrorCode::ValidationError, message))
             }
         };
-        // A disabled account stops here, even on a socket opened before it was disabled.
+        // A disabled account or an ended session stops here, even on a socket opened before
+        // (should the command that closes its sockets have been lost).
         if !matches!(frame, ClientFrame::Ping | ClientFrame::Auth { .. }) {
-            match self.state.auth.recheck(self.user).await {
+            match self
+                .state
+                .auth
+                .recheck(self.user, self.live.sign_in())
+                .await
+            {
                 Ok(user) => self.user = user,
                 Err(err) => {
                     self.outbox.error(err);

@@ -11,6 +11,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::frames::OutFrame;
+use crate::service::sessions::SessionsEnded;
 
 pub type RoomReceiver = broadcast::Receiver<Arc<OutFrame>>;
 
@@ -27,6 +28,9 @@ pub enum ClusterCommand {
     /// Share the state of every running stream (see [`RoomBus::share_state`]): an instance
     /// that has just (re)connected learns the text of streams it has not seen start.
     Sync,
+    /// Close these sessions' sockets (a logout, a password change or reset, a disabled
+    /// account on the asking instance; the database already says so).
+    EndSessions(SessionsEnded),
 }
 
 pub trait RoomBus: Send + Sync + 'static {

@@ -343,6 +343,8 @@ impl StreamHub {
                         .share_state(stream.turn.conversation_id, Arc::new(frame));
                 }
             }
+            // Sockets, not streams: the command loop hands these to `LiveSessions`.
+            ClusterCommand::EndSessions(_) => {}
         }
     }
 

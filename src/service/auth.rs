@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::limits::RateLimits;
 use super::passwords::PasswordHashing;
-use super::sessions::{LiveSessions, SessionEnd, Sessions};
+use super::sessions::{LiveSessions, SessionEnd, Sessions, SessionsEnded, SignIn};
 
 use super::tokens::{Claims, SessionIds, TokenKeys, TokenType};
 use super::{passwords, ServiceError, ServiceResult};
@@ -37,6 +37,8 @@ pub struct CurrentUser {
 pub struct Authenticated {
     pub user: CurrentUser,
     pub sid: Option<Uuid>,
+    /// The user's session generation the token was issued in.
+    pub generation: i64,
     /// Unix seconds.
     pub expires_at: i64,
 }
@@ -220,8 +222,12 @@ impl AuthService {
             .filter(|c| c.sub == user.id)
             .ok_or(ServiceError::Unauthorized(BAD_REFRESH))?;
         if let Some(family) = self.store.revoke_refresh_token(claims.jti, user.id).await? {
-            self.live
-                .end(user.id, Sessions::SignIn(family), SessionEnd::SignedOut);
+            self.live.end(SessionsEnded {
+                user_id: user.id,
+                which: Sessions::SignIn(family),
+                why: SessionEnd::SignedOut,
+                generation: None,
+            });
         }
         Ok(())
     }
@@ -318,7 +324,12 @@ impl AuthService {
             .end_sessions(id, new_password_hash)
             .await?
             .ok_or(ServiceError::UserNotFound)?;
-        self.live.end(id, sockets, why);
+        self.live.end(SessionsEnded {
+            user_id: id,
+            which: sockets,
+            why,
+            generation: Some(generation),
+        });
         Ok(generation)
     }
 
@@ -344,15 +355,42 @@ impl AuthService {
                 role: user.role,
             },
             sid: claims.sid,
+            generation: claims.gen,
             expires_at: claims.exp,
         })
     }
 
-    /// The caller as of now: still there, not disabled, with their current role. Long-lived
-    /// connections call this before acting, as HTTP requests do through their token check.
-    pub async fn recheck(&self, user: CurrentUser) -> ServiceResult<CurrentUser> {
+    /// Like [`Self::authenticate_session`], for a socket: the token's sign-in must also
+    /// still be live (not logged out), since a socket outlives the request that opens it.
+    pub async fn authenticate_socket(&self, access_token: &str) -> ServiceResult<Authenticated> {
+        let claims = self
+            .keys
+            .verify(access_token, TokenType::Access)
+            .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
         let user = self
-            .active_user(user.id)
+            .store
+            .find_session_user(claims.sub, claims.gen, claims.sid)
+            .await?
+            .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
+        Ok(Authenticated {
+            user: CurrentUser {
+                id: user.id,
+                role: user.role,
+            },
+            sid: claims.sid,
+            generation: claims.gen,
+            expires_at: claims.exp,
+        })
+    }
+
+    /// The caller of a long-lived socket as of now: still there, not disabled, with their
+    /// current role, in the session generation and sign-in the socket belongs to. Sockets
+    /// call this before acting on a frame, so a session ended elsewhere stops here even if
+    /// the command that closes its sockets was lost.
+    pub async fn recheck(&self, user: CurrentUser, sign_in: SignIn) -> ServiceResult<CurrentUser> {
+        let user = self
+            .store
+            .find_session_user(user.id, sign_in.generation, sign_in.sid)
             .await?
             .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
         Ok(CurrentUser {
@@ -432,7 +470,12 @@ impl AuthService {
         };
         tracing::info!(actor = %actor.id, user_id = %user.id, role = %user.role, disabled = user.disabled, "user updated");
         if user.disabled {
-            self.live.end(user.id, Sessions::All, SessionEnd::Disabled);
+            self.live.end(SessionsEnded {
+                user_id: user.id,
+                which: Sessions::All,
+                why: SessionEnd::Disabled,
+                generation: None,
+            });
         }
         Ok(user)
     }

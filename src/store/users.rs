@@ -1,7 +1,7 @@
 //! Accounts.
 
-use entity::users;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use entity::{refresh_tokens, users};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction,
     DbBackend, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait,
@@ -114,6 +114,33 @@ impl Store {
             .one(&self.db)
             .await
             .map_err(StoreError::from_db)?;
+        Ok(row.map(user_from_row))
+    }
+
+    /// The user a long-lived socket acts for, if its session still holds: the account is
+    /// active, its session generation is still `generation`, and the sign-in `sid` (when the
+    /// token has one) still has a live refresh token. One query, run before each frame.
+    pub async fn find_session_user(
+        &self,
+        id: Uuid,
+        generation: i64,
+        sid: Option<Uuid>,
+    ) -> StoreResult<Option<UserRecord>> {
+        let mut query = users::Entity::find_by_id(id)
+            .filter(users::Column::Disabled.eq(false))
+            .filter(users::Column::SessionGeneration.eq(generation));
+        if let Some(sid) = sid {
+            query = query.filter(Expr::exists(
+                Query::select()
+                    .expr(Expr::val(1))
+                    .from(refresh_tokens::Entity)
+                    .and_where(refresh_tokens::Column::FamilyId.eq(sid))
+                    .and_where(refresh_tokens::Column::UserId.eq(id))
+                    .and_where(refresh_tokens::Column::RevokedAt.is_null())
+                    .to_owned(),
+            ));
+        }
+        let row = query.one(&self.db).await.map_err(StoreError::from_db)?;
         Ok(row.map(user_from_row))
     }
 

@@ -33,6 +33,7 @@ mod panics;
 mod pg;
 mod scale_out;
 mod sessions;
+mod sessions_across;
 mod shutdown;
 mod streaming;
 mod streaming_chat;
