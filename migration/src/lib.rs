@@ -8,6 +8,7 @@ mod m20261125_000001_initial;
 mod m20261126_000001_session_generation;
 mod m20261126_000002_instances;
 mod m20261126_000003_limit_hits;
+mod m20261204_000001_instance_liveness;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_session_generation::Migration),
             Box::new(m20261126_000002_instances::Migration),
             Box::new(m20261126_000003_limit_hits::Migration),
+            Box::new(m20261204_000001_instance_liveness::Migration),
         ]
     }
 }

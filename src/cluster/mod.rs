@@ -3,15 +3,20 @@
 //! Every process is an [`Instance`] with an id of its own, recorded in each answer it
 //! starts (`stream_started.instanceId`). On PostgreSQL an instance holds a lease in the
 //! `instances` table and renews it every fifth of `INSTANCE_LEASE_MS`; a lease that is not
-//! renewed runs out after four fifths of it. Every instance also sweeps: it claims the rows
-//! of expired leases (a conditional delete, so each dead instance is claimed once) and ends
-//! the answers left `streaming` by instances that are gone, as `interrupted` with their
-//! checkpointed text. So an answer is ended by recovery only when the process running it has
-//! stopped renewing, and at most `INSTANCE_LEASE_MS` after it died.
+//! renewed runs out after four fifths of it. It also holds a liveness lock (see
+//! [`liveness`]) on a connection of its own, which PostgreSQL releases the moment the
+//! process dies. Every instance sweeps: it claims the rows of instances whose liveness lock
+//! is free or whose lease has expired (a conditional delete, so each dead instance is
+//! claimed once) and ends the answers left `streaming` by instances that are gone, as
+//! `interrupted` with their checkpointed text. A starting instance sweeps before it serves,
+//! and a running one checks the locks every [`LIVENESS_CHECK_EVERY`]: a killed process's
+//! answers end within that, a lost host's (whose connections stay open until PostgreSQL's
+//! keepalive gives up) within `INSTANCE_LEASE_MS`.
 //!
 //! SQLite serves one process: the file is locked (see [`sqlite_lock`]) and every answer
 //! still `streaming` at start-up was cut off by the last stop.
 
+pub mod liveness;
 pub mod pg_bus;
 pub mod sqlite_lock;
 
@@ -24,7 +29,12 @@ use crate::config::Config;
 use crate::realtime::hub::StreamHub;
 use crate::service::peers::Peers;
 use crate::store::Store;
+use liveness::{liveness_key, LivenessLock};
 use sqlite_lock::SqliteLock;
+
+/// How often a PostgreSQL instance checks the others' liveness locks: how soon after a
+/// process is killed its answers end. One cheap statement per check.
+pub const LIVENESS_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// This server process as one of the deployment's instances.
 pub struct Instance {
@@ -36,6 +46,8 @@ pub struct Instance {
     /// (a renewal racing the delete would take the row's absence for a lost lease).
     stop: CancellationToken,
     keeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// PostgreSQL: held from registration until [`Instance::leave`].
+    liveness: std::sync::Mutex<Option<LivenessLock>>,
 }
 
 enum Membership {
@@ -78,13 +90,25 @@ impl Instance {
             membership,
             stop: CancellationToken::new(),
             keeper: std::sync::Mutex::new(None),
+            liveness: std::sync::Mutex::new(None),
         })
     }
 
-    /// PostgreSQL: takes this instance's first lease. Call before anything starts answers.
+    /// PostgreSQL: takes this instance's liveness lock, then its first lease (in that
+    /// order, so no sweep sees the row without the lock held). Call before anything starts
+    /// answers.
     pub async fn register(&self, store: &Store) -> anyhow::Result<()> {
         if let Membership::Postgres(times) = self.membership {
-            store.register_instance(self.id, times.granted).await?;
+            let options = store
+                .connection()
+                .get_postgres_connection_pool()
+                .connect_options();
+            let key = liveness_key(self.id);
+            let lock = LivenessLock::hold(&options, key, times.every).await?;
+            *self.liveness.lock().unwrap_or_else(|e| e.into_inner()) = Some(lock);
+            store
+                .register_instance(self.id, times.granted, Some(key))
+                .await?;
             // The others learn of this one from the bus as it starts.
             if store.live_instances().await? > 1 {
                 self.peers.mark();
@@ -98,7 +122,7 @@ impl Instance {
     /// (this process holds the file), on PostgreSQL those of expired instances.
     pub async fn recover(&self, store: &Store, hub: &StreamHub) -> anyhow::Result<usize> {
         match self.membership {
-            Membership::Postgres(_) => sweep(store, hub).await,
+            Membership::Postgres(_) => sweep(store, hub, self.id).await,
             Membership::Sqlite(_) => hub.recover_orphans().await,
         }
     }
@@ -115,10 +139,19 @@ impl Instance {
             let mut tick = tokio::time::interval(times.every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut check = tokio::time::interval(LIVENESS_CHECK_EVERY);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
+                    _ = check.tick() => {
+                        // Between renewals: only the locks, and recovery when one is free.
+                        if let Err(err) = sweep_dead(&store, &hub, id).await {
+                            tracing::warn!(error = %err, "checking the other instances' liveness failed");
+                        }
+                        continue;
+                    }
                 }
                 renew(&store, &hub, id, times).await;
                 // Another instance announces itself on the bus as it starts; should that
@@ -127,7 +160,7 @@ impl Instance {
                 if !peers.seen() && matches!(store.live_instances().await, Ok(n) if n > 1) {
                     peers.mark();
                 }
-                if let Err(err) = sweep(&store, &hub).await.map(|_| ()) {
+                if let Err(err) = sweep(&store, &hub, id).await.map(|_| ()) {
                     tracing::warn!(error = %err, "sweeping for dead instances failed");
                 }
             }
@@ -148,6 +181,14 @@ impl Instance {
                 tracing::warn!(error = %err, "releasing the instance lease failed; it will expire");
             }
         }
+        let lock = self
+            .liveness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
     }
 }
 
@@ -161,7 +202,10 @@ async fn renew(store: &Store, hub: &StreamHub, id: Uuid, times: LeaseTimes) {
             // answer's end is committed once, by whoever comes first.
             tracing::error!(instance_id = %id, "this instance's lease was claimed by another instance; interrupting its streams and registering again");
             hub.interrupt_all();
-            if let Err(err) = store.register_instance(id, times.granted).await {
+            if let Err(err) = store
+                .register_instance(id, times.granted, Some(liveness_key(id)))
+                .await
+            {
                 tracing::error!(error = %err, "registering the instance again failed");
             }
         }
@@ -169,15 +213,32 @@ async fn renew(store: &Store, hub: &StreamHub, id: Uuid, times: LeaseTimes) {
     }
 }
 
-/// Claims expired leases, then ends every orphaned answer: also those of an instance that
+/// Claims dead instances, then ends every orphaned answer: also those of an instance that
 /// another survivor claimed but did not finish recovering (it died too). The read is cheap:
 /// a partial index holds only the streaming answers.
 /// Returns how many answers it ended.
-async fn sweep(store: &Store, hub: &StreamHub) -> anyhow::Result<usize> {
-    let dead = store.claim_expired_instances().await?;
-    if !dead.is_empty() {
-        tracing::warn!(instances = ?dead, "instances stopped renewing their leases; ending their streams");
+async fn sweep(store: &Store, hub: &StreamHub, me: Uuid) -> anyhow::Result<usize> {
+    claim_dead(store, me).await?;
+    recover(hub).await
+}
+
+/// Claims dead instances and, only when it found some, ends their answers.
+async fn sweep_dead(store: &Store, hub: &StreamHub, me: Uuid) -> anyhow::Result<usize> {
+    if claim_dead(store, me).await?.is_empty() {
+        return Ok(0);
     }
+    recover(hub).await
+}
+
+async fn claim_dead(store: &Store, me: Uuid) -> anyhow::Result<Vec<Uuid>> {
+    let dead = store.claim_dead_instances(me).await?;
+    if !dead.is_empty() {
+        tracing::warn!(instances = ?dead, "instances died (liveness lock free or lease expired); ending their streams");
+    }
+    Ok(dead)
+}
+
+async fn recover(hub: &StreamHub) -> anyhow::Result<usize> {
     let ended = hub.recover_orphans().await?;
     if ended > 0 {
         tracing::warn!(ended, "ended the streams of dead instances as interrupted");

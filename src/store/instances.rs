@@ -20,14 +20,20 @@ use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageStatus;
 
 impl Store {
-    /// Records this process as a live instance whose lease runs `lease` from now.
-    pub async fn register_instance(&self, id: Uuid, lease: Duration) -> StoreResult<()> {
+    /// Records this process as a live instance whose lease runs `lease` from now, holding
+    /// the liveness lock `liveness_key` (see `cluster::liveness`) when it has one.
+    pub async fn register_instance(
+        &self,
+        id: Uuid,
+        lease: Duration,
+        liveness_key: Option<i64>,
+    ) -> StoreResult<()> {
         self.db
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "INSERT INTO instances (id, started_at, lease_expires_at) \
-                 VALUES ($1, now(), now() + make_interval(secs => $2))",
-                [id.into(), lease.as_secs_f64().into()],
+                "INSERT INTO instances (id, started_at, lease_expires_at, liveness_key) \
+                 VALUES ($1, now(), now() + make_interval(secs => $2), $3)",
+                [id.into(), lease.as_secs_f64().into(), liveness_key.into()],
             ))
             .await
             .map_err(StoreError::from_db)?;
@@ -59,15 +65,20 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the rows of instances whose lease has expired and returns their ids. The
+    /// Deletes the rows of the other instances that are dead and returns their ids: those
+    /// whose liveness lock is free (their process's connection has closed: the lock is
+    /// taken for the length of this statement only) and those whose lease has expired. The
     /// delete is the claim: of several survivors sweeping at once, each dead row goes to
     /// exactly one.
-    pub async fn claim_expired_instances(&self) -> StoreResult<Vec<Uuid>> {
+    pub async fn claim_dead_instances(&self, me: Uuid) -> StoreResult<Vec<Uuid>> {
         let rows = self
             .db
-            .query_all_raw(Statement::from_string(
+            .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "DELETE FROM instances WHERE lease_expires_at < now() RETURNING id",
+                "DELETE FROM instances WHERE id <> $1 AND (lease_expires_at < now() \
+                 OR (liveness_key IS NOT NULL AND pg_try_advisory_xact_lock(liveness_key))) \
+                 RETURNING id",
+                [me.into()],
             ))
             .await
             .map_err(StoreError::from_db)?;

@@ -104,14 +104,52 @@ async fn a_second_instance_starting_on_postgres_leaves_the_first_ones_answer_run
     assert_eq!(row.content, full_reply());
 }
 
+/// How instance A stops serving in [`a_dead_instances_answer_is_ended_once_by_a_survivor`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Death {
+    /// `kill -9`: the process and its connections are gone, and PostgreSQL sees it at once
+    /// (its liveness lock is released).
+    Killed,
+    /// `SIGSTOP`, as a lost host or a cut network looks from the database: its connections
+    /// stay open and its lock held, so only its lease running out tells.
+    Frozen,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_instances_answer_is_ended_interrupted_once_by_a_survivor_within_the_lease() {
+async fn a_killed_instances_answer_is_ended_interrupted_once_by_a_survivor_within_a_second() {
+    // The default lease (15 s): only the liveness lock can tell this fast.
+    a_dead_instances_answer_is_ended_once_by_a_survivor(
+        Death::Killed,
+        15_000,
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_instances_answer_is_ended_interrupted_once_by_a_survivor_within_the_lease() {
+    const LEASE_MS: u64 = 1500;
+    // The bound, plus scheduling slack for a busy test machine.
+    a_dead_instances_answer_is_ended_once_by_a_survivor(
+        Death::Frozen,
+        LEASE_MS,
+        Duration::from_millis(LEASE_MS + 2000),
+    )
+    .await;
+}
+
+/// A runs an answer; B and C survive it. When A dies, one survivor ends its answer as
+/// `interrupted` with its checkpointed text, once, within `bound`.
+async fn a_dead_instances_answer_is_ended_once_by_a_survivor(
+    death: Death,
+    lease_ms: u64,
+    bound: Duration,
+) {
     let Some(mut survivors) = scratch(Backend::Postgres).await else {
         return;
     };
     let mock = MockLlm::start(Duration::from_millis(5)).await;
-    const LEASE_MS: u64 = 1500;
-    let env = mock_env(&mock, &LEASE_MS.to_string());
+    let env = mock_env(&mock, &lease_ms.to_string());
     // A is the binary, in a process of its own that can be killed; B and C survive it.
     let vars = test_env(
         &survivors.database_url,
@@ -151,7 +189,10 @@ async fn a_killed_instances_answer_is_ended_interrupted_once_by_a_survivor_withi
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    a.kill().await.expect("SIGKILL instance A");
+    match death {
+        Death::Killed => a.kill().await.expect("SIGKILL instance A"),
+        Death::Frozen => signal(&a, "-STOP"),
+    }
     let killed = Instant::now();
     drop(ws);
 
@@ -164,11 +205,18 @@ async fn a_killed_instances_answer_is_ended_interrupted_once_by_a_survivor_withi
     };
     let took = killed.elapsed();
     assert_eq!(row.status, "interrupted", "{row:?}");
-    // The bound, plus scheduling slack for a busy test machine.
     assert!(
-        took <= Duration::from_millis(LEASE_MS + 2000),
-        "the survivors took {took:?} to end a dead instance's answer (lease {LEASE_MS} ms)"
+        took <= bound,
+        "the survivors took {took:?} to end a {death:?} instance's answer (lease {lease_ms} ms)"
     );
+    if death == Death::Frozen {
+        assert!(
+            // Renewed every fifth of the lease, each renewal good for four fifths: the
+            // last one before the freeze runs out three fifths after it at the earliest.
+            took >= Duration::from_millis(lease_ms * 3 / 5),
+            "a frozen instance holds its lock: only its lease could end its answer, yet it took {took:?}"
+        );
+    }
     assert!(
         row.content.starts_with(&received),
         "{:?} lacks {received:?}",
@@ -177,7 +225,7 @@ async fn a_killed_instances_answer_is_ended_interrupted_once_by_a_survivor_withi
     assert!(full_reply().starts_with(&row.content) && row.content.len() < full_reply().len());
 
     // Two survivors swept; the answer ended once.
-    tokio::time::sleep(Duration::from_millis(LEASE_MS)).await;
+    tokio::time::sleep(Duration::from_millis(lease_ms.min(1500))).await;
     let db = survivors.db().await;
     let completions = entity::conversation_events::Entity::find()
         .filter(
@@ -197,6 +245,19 @@ async fn a_killed_instances_answer_is_ended_interrupted_once_by_a_survivor_withi
     let instances = entity::instances::Entity::find().all(&db).await.unwrap();
     assert_eq!(instances.len(), 2, "{instances:?}");
     let _ = db.close().await;
+    if death == Death::Frozen {
+        signal(&a, "-KILL");
+    }
+}
+
+/// Sends a signal to a child process with `kill(1)`.
+fn signal(child: &tokio::process::Child, which: &str) {
+    let pid = child.id().expect("the child is running").to_string();
+    let status = std::process::Command::new("kill")
+        .args([which, &pid])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {which} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +311,7 @@ async fn an_instance_that_missed_anothers_announcement_learns_of_it_from_the_lea
     // Another instance's lease appears, but its announcement never reached A.
     let store = chat_server::store::Store::from_connection(a.db().await);
     store
-        .register_instance(Uuid::now_v7(), Duration::from_secs(60))
+        .register_instance(Uuid::now_v7(), Duration::from_secs(60), None)
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
