@@ -10,6 +10,8 @@
 //! target/release/examples/loadgen realistic --clients 1000
 //! ulimit -n 65536 && target/release/examples/loadgen idle --clients 10000
 //! target/release/examples/loadgen history               # a 10,000-message conversation, 1,000 listed
+//! target/release/examples/loadgen long                  # one conversation of 5,000 turns: the
+//!                                                       # first chunk at turn 10 and at the end
 //! target/release/examples/loadgen appends               # 16 writers: own conversations, then one shared
 //! target/release/examples/loadgen cross --database-url postgres://…   # two instances: 200 streams
 //!                                                       # on A, read on A and on B
@@ -18,7 +20,7 @@
 //!
 //! Options: `--clients N`, `--tokens N`, `--delay-ms D` (between tokens), `--seconds S`
 //! (throughput), `--local-readers 0|1` (`cross`: a second reader on instance A, default 1),
-//! `--rounds R` (first), `--server PATH` (default `target/release/chat-server`),
+//! `--rounds R` (first; `long`: the turns), `--server PATH` (default `target/release/chat-server`),
 //! `--database-url URL` (default: a fresh SQLite file; a `postgres://` URL runs the server
 //! on PostgreSQL). Extra server settings pass through the environment.
 //!
@@ -73,13 +75,14 @@ fn parse_args() -> Args {
         "idle" => (1000, 0, 0),
         _ => (1, 200, 0),
     };
+    let rounds = if scenario == "long" { 5_000 } else { 50 };
     let mut args = Args {
         scenario,
         clients,
         tokens,
         delay: Duration::from_millis(delay_ms),
         seconds: 10,
-        rounds: 50,
+        rounds,
         port: 9100,
         server: PathBuf::from("target/release/chat-server"),
         database_url: None,
@@ -241,8 +244,18 @@ impl Stream {
 }
 
 async fn stream_direct(http: &reqwest::Client, base: &str, delay: Duration) -> Stream {
-    let body = json!({"model": "mock-model", "stream": true,
-        "messages": [{"role": "user", "content": "hello"}]});
+    let hello = [json!({"role": "user", "content": "hello"})];
+    stream_direct_with(http, base, delay, &hello).await
+}
+
+/// One answer read straight from the mock, asking with `messages`.
+async fn stream_direct_with(
+    http: &reqwest::Client,
+    base: &str,
+    delay: Duration,
+    messages: &[Value],
+) -> Stream {
+    let body = json!({"model": "mock-model", "stream": true, "messages": messages});
     let sent = Instant::now();
     let mut stream = Stream::default();
     let Ok(resp) = http
@@ -296,7 +309,21 @@ async fn connect(address: &str, token: &str) -> Socket {
 }
 
 async fn stream_through(socket: &mut Socket, delay: Duration) -> Stream {
-    let frame = json!({"type": "stream_chat", "message": "hello"}).to_string();
+    stream_in(socket, None, delay).await
+}
+
+/// One answer streamed through the server: in a new conversation, or as the next turn of
+/// `conversation`.
+async fn stream_in(
+    socket: &mut Socket,
+    conversation: Option<uuid::Uuid>,
+    delay: Duration,
+) -> Stream {
+    let frame = match conversation {
+        Some(id) => json!({"type": "stream_chat", "message": "hello", "conversationId": id}),
+        None => json!({"type": "stream_chat", "message": "hello"}),
+    }
+    .to_string();
     let sent = Instant::now();
     let mut stream = Stream::default();
     if socket.send(Message::text(frame)).await.is_err() {
@@ -671,6 +698,102 @@ async fn first(args: &Args, base: &str, server: &ServerProcess, token: &str) {
     }
     let through = Summary::of(through, started.elapsed());
     report(args, server, &direct, &through, before, usage(pid)).await;
+}
+
+/// One conversation, `rounds` turns long (default 5,000): the first chunk of each turn, at
+/// the start and at the end, beside new conversations' and the direct ceiling (a request
+/// with one message, and one as big as the turn's context).
+async fn long(args: &Args, base: &str, server: &ServerProcess, token: &str) {
+    const WINDOW: usize = 20;
+    let turns = args.rounds;
+    assert!(
+        turns >= 10 + WINDOW,
+        "--rounds must be at least {}",
+        10 + WINDOW
+    );
+    let http = reqwest::Client::new();
+    let first_ms = |streams: &[Stream]| -> Vec<Duration> {
+        assert!(streams.iter().all(|s| s.ok), "a stream failed");
+        let mut firsts: Vec<Duration> = streams.iter().filter_map(|s| s.first).collect();
+        firsts.sort();
+        firsts
+    };
+    let mut direct = Vec::new();
+    for _ in 0..WINDOW {
+        direct.push(stream_direct(&http, base, args.delay).await);
+    }
+    let direct = first_ms(&direct);
+    // The same mock, asked with a body the size of a full context (the default budget of
+    // 8,000 tokens at four characters a token, as the server sends at the end).
+    let big: Vec<Value> = (0..64)
+        .map(|i| json!({"role": if i % 2 == 0 { "user" } else { "assistant" }, "content": "x".repeat(500)}))
+        .collect();
+    let mut direct_big = Vec::new();
+    for _ in 0..WINDOW {
+        direct_big.push(stream_direct_with(&http, base, args.delay, &big).await);
+    }
+    let direct_big = first_ms(&direct_big);
+
+    let mut socket = connect(&server.address, token).await;
+    stream_through(&mut socket, args.delay).await; // warm-up
+    let mut new = Vec::new();
+    for _ in 0..WINDOW {
+        new.push(stream_through(&mut socket, args.delay).await);
+    }
+    let new = first_ms(&new);
+
+    let conversation = new_conversation(&http, server, token).await;
+    let started = Instant::now();
+    let (mut early, mut late) = (Vec::new(), Vec::new());
+    for turn in 1..=turns {
+        let stream = stream_in(&mut socket, Some(conversation), args.delay).await;
+        if (10..10 + WINDOW).contains(&turn) {
+            early.push(stream);
+        } else if turn > turns - WINDOW {
+            late.push(stream);
+        } else {
+            assert!(stream.ok, "turn {turn} failed");
+        }
+        if turn % 1000 == 0 {
+            println!("  {turn} turns in {:.1} s", started.elapsed().as_secs_f64());
+        }
+    }
+    let (early, late) = (first_ms(&early), first_ms(&late));
+    println!(
+        "scenario long: one conversation of {turns} turns ({} messages), {} tokens an answer, {} database",
+        turns * 2,
+        args.tokens,
+        match &args.database_url {
+            Some(url) if url.starts_with("postgres") => "postgres",
+            _ => "sqlite",
+        }
+    );
+    println!("first chunk, ms                          p50      p95");
+    let row = |name: &str, d: &[Duration]| {
+        println!(
+            "{name:<36}{:>9}{:>9}",
+            ms(percentile(d, 0.5)),
+            ms(percentile(d, 0.95))
+        )
+    };
+    row("direct, one message", &direct);
+    row("direct, a full context's body", &direct_big);
+    row("server, new conversations", &new);
+    row(&format!("server, turns 10-{}", 9 + WINDOW), &early);
+    row(
+        &format!("server, turns {}-{turns}", turns - WINDOW + 1),
+        &late,
+    );
+    let (e, l) = (percentile(&early, 0.5), percentile(&late, 0.5));
+    println!(
+        "late / early p50: {:.2}x; target: late <= 1.5 x early + 1 ms ({})",
+        l.as_secs_f64() / e.as_secs_f64(),
+        if l <= e.mul_f64(1.5) + Duration::from_millis(1) {
+            "met"
+        } else {
+            "missed"
+        }
+    );
 }
 
 /// Every client streams answers back to back for `seconds`.
@@ -1238,6 +1361,7 @@ async fn main() {
         "realistic" => realistic(&args, &base, &server, &tokens).await,
         "idle" => idle(&args, &server, &tokens).await,
         "history" => history(&server, &tokens[0]).await,
+        "long" => long(&args, &base, &server, &tokens[0]).await,
         "appends" => appends(&args, &server, &tokens[0]).await,
         "cross" => cross(&args, &base, &server, &tokens).await,
         other => panic!("unknown scenario {other}: first, throughput, realistic, idle, mock"),

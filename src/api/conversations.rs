@@ -156,6 +156,33 @@ impl ConversationsApi {
         Ok(Json(events.into_iter().map(Into::into).collect()))
     }
 
+    /// Read a conversation's messages a page at a time, newest first
+    ///
+    /// For long conversations: `GET /api/conversations/{id}` returns every message, this
+    /// returns `limit` of them, before the message `before` (omit it for the newest). Pass
+    /// the last (oldest) message's id of one page as `before` to get the next.
+    #[oai(path = "/:id/messages", method = "get", operation_id = "listMessages")]
+    async fn messages(
+        &self,
+        auth: BearerAuth,
+        id: Path<Uuid>,
+        /// Only messages older than this one (a message id of this conversation).
+        before: Query<Option<Uuid>>,
+        /// At most this many (default 50, at most 200).
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "200"))
+        )]
+        limit: Query<u64>,
+    ) -> ApiResult<Json<Vec<Message>>> {
+        let page = self
+            .state
+            .conversations
+            .messages_page(auth.user(), id.0, before.0, limit.0)
+            .await?;
+        Ok(Json(page.into_iter().map(Into::into).collect()))
+    }
+
     /// Edit one of your messages
     #[oai(
         path = "/:id/messages/:messageId",

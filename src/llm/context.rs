@@ -1,6 +1,7 @@
 //! What is sent upstream: the system prompt, then the conversation's complete messages in
 //! order, within a budget. When the history is too long the oldest turns are dropped first;
-//! the system prompt and the newest message always stay.
+//! the system prompt and the newest message always stay. [`ContextWindow`] fills it newest
+//! first, so a turn reads only as much history as the budget can hold.
 
 use super::ChatMessage;
 use crate::domain::projection::MessageRecord;
@@ -12,41 +13,86 @@ pub fn estimate_tokens(text: &str) -> usize {
     text.chars().count().div_ceil(4) + 4
 }
 
-/// Builds the context. `messages` are in conversation order; only `complete` ones are used
-/// (a failed or cancelled answer is not something the model said).
+/// Whether a message can be sent upstream at all: only `complete` ones with text (a failed
+/// or cancelled answer is not something the model said).
+pub fn usable(message: &MessageRecord) -> bool {
+    message.status == MessageStatus::Complete && !message.content.is_empty()
+}
+
+/// The context being filled from the newest usable message back: each older one is kept
+/// while it fits the budget, and the first that does not ends it. The system prompt and the
+/// newest message are always kept. Lets a caller read a long history newest first, page by
+/// page, and stop reading as soon as the window is full.
+pub struct ContextWindow {
+    system: Option<ChatMessage>,
+    remaining: usize,
+    /// Newest first.
+    kept: Vec<ChatMessage>,
+    full: bool,
+}
+
+impl ContextWindow {
+    pub fn new(system_prompt: Option<&str>, budget_tokens: usize) -> Self {
+        let system = system_prompt
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| ChatMessage {
+                role: MessageRole::System,
+                content: p.to_string(),
+            });
+        let remaining = budget_tokens
+            .saturating_sub(system.as_ref().map_or(0, |s| estimate_tokens(&s.content)));
+        Self {
+            system,
+            remaining,
+            kept: Vec::new(),
+            full: false,
+        }
+    }
+
+    /// Offers the next older usable message; `false` once the window is full (this message
+    /// and every older one are left out).
+    pub fn offer(&mut self, message: &MessageRecord) -> bool {
+        if self.full {
+            return false;
+        }
+        let cost = estimate_tokens(&message.content);
+        if cost > self.remaining && !self.kept.is_empty() {
+            self.full = true;
+            return false;
+        }
+        self.remaining = self.remaining.saturating_sub(cost);
+        self.kept.push(ChatMessage {
+            role: message.role,
+            content: message.content.clone(),
+        });
+        true
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// The system prompt, then the kept messages in conversation order.
+    pub fn into_messages(mut self) -> Vec<ChatMessage> {
+        self.kept.reverse();
+        self.system.into_iter().chain(self.kept).collect()
+    }
+}
+
+/// Builds the context from a whole history. `messages` are in conversation order; only
+/// [`usable`] ones are sent.
 pub fn build_context(
     system_prompt: Option<&str>,
     messages: &[MessageRecord],
     budget_tokens: usize,
 ) -> Vec<ChatMessage> {
-    let system = system_prompt
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| ChatMessage {
-            role: MessageRole::System,
-            content: p.to_string(),
-        });
-    let mut remaining =
-        budget_tokens.saturating_sub(system.as_ref().map_or(0, |s| estimate_tokens(&s.content)));
-
-    let usable: Vec<&MessageRecord> = messages
-        .iter()
-        .filter(|m| m.status == MessageStatus::Complete && !m.content.is_empty())
-        .collect();
-    let mut kept = Vec::new();
-    for (i, message) in usable.iter().enumerate().rev() {
-        let cost = estimate_tokens(&message.content);
-        let newest = i + 1 == usable.len();
-        if cost > remaining && !newest {
+    let mut window = ContextWindow::new(system_prompt, budget_tokens);
+    for message in messages.iter().rev().filter(|m| usable(m)) {
+        if !window.offer(message) {
             break;
         }
-        remaining = remaining.saturating_sub(cost);
-        kept.push(ChatMessage {
-            role: message.role,
-            content: message.content.clone(),
-        });
     }
-    kept.reverse();
-    system.into_iter().chain(kept).collect()
+    window.into_messages()
 }
 
 #[cfg(test)]

@@ -453,6 +453,7 @@ impl StreamHub {
                 assistant_message_id: message.id,
                 started_seq: 0,
                 model: message.model.clone().unwrap_or_default(),
+                system_prompt: None,
                 prepared: None,
             };
             let outcome = TurnOutcome {

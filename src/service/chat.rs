@@ -19,7 +19,7 @@ use crate::domain::events::{StreamCompleted, StreamError};
 use crate::domain::inputs::{bounded_text, MessageText, MAX_MODEL_CHARS};
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::{MessageStatus, Usage};
-use crate::llm::context::build_context;
+use crate::llm::context::{build_context, ContextWindow};
 use crate::llm::{ChatProvider, ChatRequest, ProviderError};
 use crate::store::{Load, Store, StoredTurn};
 
@@ -35,10 +35,16 @@ pub struct Turn {
     /// The `seq` of its `stream_started` event.
     pub started_seq: i64,
     pub model: String,
+    /// The conversation's system prompt as the turn's commit found it.
+    pub system_prompt: Option<String>,
     /// The upstream request, when the turn already held everything it needs: the turn that
     /// created its conversation knows the whole history (its one message) without a read.
     pub prepared: Option<ChatRequest>,
 }
+
+/// Messages read per page while filling a turn's context, newest first. Most contexts fit
+/// in one page; a long conversation's turn reads only the pages its budget can hold.
+const CONTEXT_PAGE: u64 = 64;
 
 pub enum TurnStart {
     Started(Turn),
@@ -227,27 +233,48 @@ impl ChatService {
             assistant_message_id: turn.assistant_message_id,
             started_seq: started.0,
             model: started.1,
+            system_prompt: committed
+                .state
+                .conversation
+                .as_ref()
+                .and_then(|c| c.system_prompt.clone()),
             prepared,
         }))
     }
 
-    /// The upstream request for a turn: system prompt, then the complete history in order.
+    /// The upstream request for a turn: system prompt, then the newest complete messages
+    /// that fit the budget, in order. The history is read newest first, a page at a time,
+    /// and only until the budget is spent: a turn costs the same at the 10th message and
+    /// at the 100,000th. The request is exactly what [`build_context`] makes of the whole
+    /// history.
     pub async fn context_for(&self, turn: &Turn) -> ServiceResult<ChatRequest> {
         if let Some(prepared) = &turn.prepared {
             return Ok(prepared.clone());
         }
-        let conversation = self
-            .store
-            .find_conversation(turn.conversation_id, turn.owner_id)
-            .await?
-            .ok_or(ServiceError::ConversationNotFound)?;
-        let messages = self.store.list_messages(turn.conversation_id).await?;
-        Ok(self.request(
-            turn.model.clone(),
-            conversation.system_prompt.as_deref(),
-            messages,
-            turn.assistant_message_id,
-        ))
+        let mut window =
+            ContextWindow::new(turn.system_prompt.as_deref(), self.context_budget_tokens);
+        let mut before = None;
+        loop {
+            let page = self
+                .store
+                .messages_newest_first(turn.conversation_id, before, CONTEXT_PAGE, true)
+                .await?;
+            for message in &page {
+                if message.id != turn.assistant_message_id && !window.offer(message) {
+                    break;
+                }
+            }
+            match page.last() {
+                Some(oldest) if !window.is_full() && page.len() as u64 == CONTEXT_PAGE => {
+                    before = Some(oldest.position)
+                }
+                _ => break,
+            }
+        }
+        Ok(ChatRequest {
+            model: turn.model.clone(),
+            messages: window.into_messages(),
+        })
     }
 
     /// The upstream request from the history in order, without the answer being asked for.

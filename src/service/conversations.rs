@@ -198,6 +198,32 @@ impl ConversationService {
         Ok(self.store.list_events(id, after, None, limit).await?)
     }
 
+    /// A page of the conversation's messages, newest first: the `limit` before the message
+    /// `before` (404 `MESSAGE_NOT_FOUND` if the conversation has no such message), or the
+    /// newest. One indexed range read, whatever the conversation's length.
+    pub async fn messages_page(
+        &self,
+        user: CurrentUser,
+        id: Uuid,
+        before: Option<Uuid>,
+        limit: u64,
+    ) -> ServiceResult<Vec<MessageRecord>> {
+        self.owned(user, id).await?;
+        let before = match before {
+            Some(message) => Some(
+                self.store
+                    .message_position(id, message)
+                    .await?
+                    .ok_or(ServiceError::MessageNotFound)?,
+            ),
+            None => None,
+        };
+        Ok(self
+            .store
+            .messages_newest_first(id, before, limit, false)
+            .await?)
+    }
+
     #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]
     pub async fn edit_message(
         &self,

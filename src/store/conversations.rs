@@ -13,6 +13,7 @@ use super::records::{conversation_from_row, message_from_row};
 use super::{Store, StoreError, StoreResult};
 use crate::domain::events::RecordedEvent;
 use crate::domain::projection::{ConversationRecord, MessageRecord};
+use crate::domain::types::MessageStatus;
 
 pub struct ConversationPage {
     pub limit: u64,
@@ -50,6 +51,49 @@ impl Store {
 
     pub async fn list_messages(&self, conversation_id: Uuid) -> StoreResult<Vec<MessageRecord>> {
         messages_in(&self.db, conversation_id).await
+    }
+
+    /// A page of the conversation's messages, newest first: the `limit` messages before
+    /// the one at `before` (a position), or the newest ones. `usable_only` keeps only
+    /// `complete` messages with text (what a model's context is built from).
+    pub async fn messages_newest_first(
+        &self,
+        conversation_id: Uuid,
+        before: Option<i64>,
+        limit: u64,
+        usable_only: bool,
+    ) -> StoreResult<Vec<MessageRecord>> {
+        let mut query = messages::Entity::find()
+            .filter(messages::Column::ConversationId.eq(conversation_id))
+            .order_by_desc(messages::Column::Position)
+            .order_by_desc(messages::Column::Id)
+            .limit(limit);
+        if let Some(before) = before {
+            query = query.filter(messages::Column::Position.lt(before));
+        }
+        if usable_only {
+            query = query
+                .filter(messages::Column::Status.eq(MessageStatus::Complete.as_str()))
+                .filter(messages::Column::Content.ne(""));
+        }
+        let rows = query.all(&self.db).await.map_err(StoreError::from_db)?;
+        Ok(rows.into_iter().map(message_from_row).collect())
+    }
+
+    /// The position of a message of this conversation, if it is there.
+    pub async fn message_position(
+        &self,
+        conversation_id: Uuid,
+        message_id: Uuid,
+    ) -> StoreResult<Option<i64>> {
+        messages::Entity::find_by_id(message_id)
+            .filter(messages::Column::ConversationId.eq(conversation_id))
+            .select_only()
+            .column(messages::Column::Position)
+            .into_tuple::<i64>()
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)
     }
 
     /// The conversation and its messages as of one moment: both read in one snapshot, so

@@ -11,6 +11,7 @@ mod auth;
 mod backpressure;
 mod bounded_work;
 mod concurrency;
+mod context;
 mod conversations;
 mod crash;
 mod db_writes;

@@ -261,3 +261,109 @@ backend_test!(
         assert_eq!(c["messages"].as_array().unwrap().len(), 2);
     }
 );
+
+/// `GET /api/conversations/{id}/messages` with `query`, as a list.
+async fn page(app: &TestApp, token: &str, id: &str, query: &str) -> Vec<serde_json::Value> {
+    let resp = app
+        .get(
+            &format!("/api/conversations/{id}/messages{query}"),
+            Some(token),
+        )
+        .await;
+    as_array(expect_json(resp, StatusCode::OK).await)
+}
+
+fn ids(messages: &[serde_json::Value]) -> Vec<String> {
+    messages.iter().map(|m| str_field(m, "id")).collect()
+}
+
+backend_test!(
+    messages_are_read_a_page_at_a_time_newest_first,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "long").await, "id");
+        app.add_user_messages(&user.id, &id, 110).await;
+        app.add_exchange(&user.id, &id, "question", "answer").await;
+        let whole = app.get_conversation(&user.access, &id).await;
+        let mut newest_first = ids(whole["messages"].as_array().unwrap());
+        newest_first.reverse();
+        assert_eq!(newest_first.len(), 112);
+
+        // The newest 50 by default, then page after page by `before`, to the very first.
+        let first = page(&app, &user.access, &id, "").await;
+        assert_eq!(ids(&first), newest_first[..50]);
+        assert_eq!(first[0]["content"], "answer");
+        assert_eq!(first[0]["role"], "assistant");
+        let mut read = ids(&first);
+        let mut before = read.last().unwrap().clone();
+        loop {
+            let next = page(
+                &app,
+                &user.access,
+                &id,
+                &format!("?before={before}&limit=40"),
+            )
+            .await;
+            if next.is_empty() {
+                break;
+            }
+            assert!(next.len() <= 40);
+            read.extend(ids(&next));
+            before = read.last().unwrap().clone();
+        }
+        assert_eq!(read, newest_first, "every message once, newest first");
+        assert_eq!(
+            ids(&page(&app, &user.access, &id, "?limit=200").await),
+            newest_first
+        );
+        assert_eq!(page(&app, &user.access, &id, "?limit=1").await.len(), 1);
+    }
+);
+
+backend_test!(
+    a_bad_messages_page_is_a_clear_error,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let other = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "mine").await, "id");
+        let elsewhere = str_field(&app.create_conversation(&user.access, "other").await, "id");
+        let (foreign, _) = app.add_exchange(&user.id, &elsewhere, "q", "a").await;
+        let path = |query: &str| format!("/api/conversations/{id}/messages{query}");
+
+        for query in ["?limit=0", "?limit=201", "?limit=x", "?before=not-a-uuid"] {
+            let err = expect_error(
+                app.get(&path(query), Some(&user.access)).await,
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+            )
+            .await;
+            let field = query[1..].split('=').next().unwrap();
+            assert!(
+                err["message"].as_str().unwrap().contains(field),
+                "{query}: {err}"
+            );
+        }
+        // A `before` that is not a message of this conversation.
+        for before in [uuid::Uuid::now_v7().to_string(), foreign] {
+            expect_not_found(
+                app.get(&path(&format!("?before={before}")), Some(&user.access))
+                    .await,
+                "MESSAGE_NOT_FOUND",
+            )
+            .await;
+        }
+        // Another user's conversation, and no token.
+        expect_not_found(
+            app.get(&path(""), Some(&other.access)).await,
+            "CONVERSATION_NOT_FOUND",
+        )
+        .await;
+        expect_error(
+            app.get(&path(""), None).await,
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+        )
+        .await;
+        assert!(page(&app, &user.access, &id, "").await.is_empty());
+    }
+);

@@ -1,0 +1,239 @@
+//! What a turn sends upstream (#23): the history is read newest first and only as far as the
+//! context budget reaches, and the request is exactly what the whole history made of it
+//! before (`build_context` over every message, the old path): the system prompt, then the
+//! newest `complete` messages with text that fit, in order, the newest always.
+
+use std::time::Duration;
+
+use chat_server::domain::events::*;
+use chat_server::domain::types::{MessageRole, MessageStatus};
+use chat_server::llm::context::build_context;
+use chat_server::llm::ChatMessage;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::*;
+use crate::mock_llm::MockLlm;
+
+/// Small, so that a few hundred short messages overflow it across several pages.
+const BUDGET: &str = "400";
+
+/// One message of a seeded history.
+enum Seeded {
+    User(String),
+    Answer(String, MessageStatus),
+    /// Adds a user message, then edits it.
+    Edited(String, String),
+    /// Adds a user message, then deletes it.
+    Deleted(String),
+}
+
+/// Appends the history through the store's one append path, in one command.
+async fn seed(app: &TestApp, owner: &str, conversation: &str, history: Vec<Seeded>) {
+    let owner: Uuid = owner.parse().unwrap();
+    let conversation: Uuid = conversation.parse().unwrap();
+    let mut events = Vec::new();
+    let added = |content: &str| {
+        let id = Uuid::now_v7();
+        let event = ConversationEvent::MessageAdded(MessageAdded {
+            message_id: id,
+            role: MessageRole::User,
+            content: content.into(),
+            client_message_id: None,
+        });
+        (id, event)
+    };
+    for item in history {
+        match item {
+            Seeded::User(text) => events.push(added(&text).1),
+            Seeded::Answer(text, status) => {
+                let id = Uuid::now_v7();
+                events.push(ConversationEvent::StreamStarted(StreamStarted {
+                    message_id: id,
+                    user_message_id: None,
+                    model: "mock-model".into(),
+                    instance_id: None,
+                }));
+                events.push(ConversationEvent::StreamCompleted(StreamCompleted {
+                    message_id: id,
+                    content: text,
+                    status,
+                    usage: None,
+                    error: None,
+                }));
+            }
+            Seeded::Edited(before, after) => {
+                let (id, event) = added(&before);
+                events.push(event);
+                events.push(ConversationEvent::MessageEdited(MessageEdited {
+                    message_id: id,
+                    content: after,
+                }));
+            }
+            Seeded::Deleted(text) => {
+                let (id, event) = added(&text);
+                events.push(event);
+                events.push(ConversationEvent::MessageDeleted(MessageDeleted {
+                    message_id: id,
+                }));
+            }
+        }
+    }
+    let store = chat_server::store::Store::from_connection(app.db().await);
+    store
+        .execute(conversation, Some(owner), &Default::default(), move |_| {
+            Ok::<_, std::convert::Infallible>(events.clone())
+        })
+        .await
+        .expect("seed the history");
+}
+
+/// Sends `message` in the conversation and returns the request the upstream received,
+/// beside what the whole history (read after the turn, its answer left out) makes of it.
+async fn sent_and_expected(
+    app: &TestApp,
+    mock: &MockLlm,
+    token: &str,
+    conversation: &str,
+    system_prompt: Option<&str>,
+    message: &str,
+) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    let before = mock.requests().len();
+    let resp = app
+        .post(
+            "/api/chat",
+            Some(token),
+            &json!({"message": message, "conversationId": conversation}),
+        )
+        .await;
+    let body = expect_json(resp, StatusCode::OK).await;
+    let answer: Uuid = body["message"]["id"].as_str().unwrap().parse().unwrap();
+    let requests = mock.requests();
+    assert_eq!(requests.len(), before + 1, "one upstream request per turn");
+    let sent = pairs_of(&requests[before]["messages"]);
+
+    let store = chat_server::store::Store::from_connection(app.db().await);
+    let history: Vec<_> = store
+        .list_messages(conversation.parse().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.id != answer)
+        .collect();
+    let budget: usize = BUDGET.parse().unwrap();
+    let expected = build_context(system_prompt, &history, budget)
+        .into_iter()
+        .map(|m: ChatMessage| (m.role.to_string(), m.content))
+        .collect();
+    (sent, expected)
+}
+
+fn pairs_of(messages: &Value) -> Vec<(String, String)> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().to_string(),
+                m["content"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+backend_test!(
+    the_upstream_request_is_what_the_whole_history_makes_of_it,
+    backend | backend: Backend | async move {
+        let mock = MockLlm::start(Duration::ZERO).await;
+        let mut env = mock.env();
+        env.push(("CONTEXT_BUDGET_TOKENS", BUDGET.into()));
+        env.push(("CHAT_RATE_PER_MINUTE", "1000".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let Some(app) = spawn_app_with(backend, &env).await else {
+            return;
+        };
+        let user = app.register_user(&unique_email()).await;
+        let prompt = "You are terse.";
+        let new = |title: &'static str, prompt: Option<&'static str>| {
+            let app = &app;
+            let token = user.access.clone();
+            async move {
+                let resp = app
+                    .post(
+                        "/api/conversations",
+                        Some(&token),
+                        &json!({"title": title, "systemPrompt": prompt}),
+                    )
+                    .await;
+                str_field(&expect_json(resp, StatusCode::CREATED).await, "id")
+            }
+        };
+
+        // Several hundred short messages, with answers that failed, were cancelled or
+        // came back empty among them: the window ends on the budget two pages back.
+        let many = new("many", Some(prompt)).await;
+        let mut history = Vec::new();
+        for i in 0..300 {
+            history.push(Seeded::User(format!("q{i}")));
+            history.push(match i % 7 {
+                3 => Seeded::Answer(format!("failed {i}"), MessageStatus::Failed),
+                5 => Seeded::Answer(format!("half {i}"), MessageStatus::Cancelled),
+                6 => Seeded::Answer(String::new(), MessageStatus::Complete),
+                _ => Seeded::Answer(format!("a{i}"), MessageStatus::Complete),
+            });
+        }
+        seed(&app, &user.id, &many, history).await;
+        let (sent, expected) =
+            sent_and_expected(&app, &mock, &user.access, &many, Some(prompt), "and now?").await;
+        assert!(sent.len() > 64, "the window spans more than one page: {}", sent.len());
+        assert!(sent.len() < 300, "and ends on the budget: {}", sent.len());
+        assert_eq!(sent, expected);
+
+        // A long message ends the window even with short ones older than it.
+        let long = new("long", None).await;
+        let mut history: Vec<_> = (0..20).map(|i| Seeded::User(format!("old {i}"))).collect();
+        history.push(Seeded::User("x".repeat(1_200)));
+        history.extend((0..30).map(|i| Seeded::Answer(format!("new {i}"), MessageStatus::Complete)));
+        seed(&app, &user.id, &long, history).await;
+        let (sent, expected) = sent_and_expected(&app, &mock, &user.access, &long, None, "next").await;
+        assert_eq!(sent.len(), 31, "{sent:?}");
+        assert_eq!(sent, expected);
+
+        // The newest message is sent even when it alone is over the budget.
+        let (sent, expected) = sent_and_expected(
+            &app, &mock, &user.access, &long, None, &"y".repeat(3_000),
+        )
+        .await;
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent, expected);
+
+        // A short history is sent whole, edits applied and deleted messages left out.
+        let short = new("short", Some(prompt)).await;
+        seed(
+            &app,
+            &user.id,
+            &short,
+            vec![
+                Seeded::Edited("first draft".into(), "first, edited".into()),
+                Seeded::Answer("an answer".into(), MessageStatus::Complete),
+                Seeded::Deleted("regretted".into()),
+                Seeded::Answer("interrupted".into(), MessageStatus::Interrupted),
+            ],
+        )
+        .await;
+        let (sent, expected) =
+            sent_and_expected(&app, &mock, &user.access, &short, Some(prompt), "last").await;
+        assert_eq!(
+            sent,
+            vec![
+                ("system".to_string(), prompt.to_string()),
+                ("user".into(), "first, edited".into()),
+                ("assistant".into(), "an answer".into()),
+                ("user".into(), "last".into()),
+            ]
+        );
+        assert_eq!(sent, expected);
+    }
+);
