@@ -737,15 +737,22 @@ async fn long(args: &Args, base: &str, server: &ServerProcess, token: &str) {
     let mut socket = connect(&server.address, token).await;
     stream_through(&mut socket, args.delay).await; // warm-up
     let mut new = Vec::new();
+    let before = FirstTokenSplit::read(&server.address).await;
     for _ in 0..WINDOW {
         new.push(stream_through(&mut socket, args.delay).await);
     }
+    let new_split = FirstTokenSplit::read(&server.address).await.since(before);
     let new = first_ms(&new);
 
     let conversation = new_conversation(&http, server, token).await;
     let started = Instant::now();
     let (mut early, mut late) = (Vec::new(), Vec::new());
+    let mut splits = Vec::new();
+    let mut split_from = None;
     for turn in 1..=turns {
+        if turn == 10 || turn == turns - WINDOW + 1 {
+            split_from = Some(FirstTokenSplit::read(&server.address).await);
+        }
         let stream = stream_in(&mut socket, Some(conversation), args.delay).await;
         if (10..10 + WINDOW).contains(&turn) {
             early.push(stream);
@@ -753,6 +760,10 @@ async fn long(args: &Args, base: &str, server: &ServerProcess, token: &str) {
             late.push(stream);
         } else {
             assert!(stream.ok, "turn {turn} failed");
+        }
+        if turn == 9 + WINDOW || turn == turns {
+            let from = split_from.take().expect("sampled at the window's start");
+            splits.push(FirstTokenSplit::read(&server.address).await.since(from));
         }
         if turn % 1000 == 0 {
             println!("  {turn} turns in {:.1} s", started.elapsed().as_secs_f64());
@@ -784,6 +795,18 @@ async fn long(args: &Args, base: &str, server: &ServerProcess, token: &str) {
         &format!("server, turns {}-{turns}", turns - WINDOW + 1),
         &late,
     );
+    println!("inside the server (means, ms)   server work  upstream wait");
+    for (name, split) in [
+        ("new conversations", new_split),
+        ("turns at the start", splits[0]),
+        ("turns at the end", splits[1]),
+    ] {
+        println!(
+            "{name:<32}{:>11.3}{:>15.3}",
+            split.server_ms(),
+            split.upstream_ms()
+        );
+    }
     let (e, l) = (percentile(&early, 0.5), percentile(&late, 0.5));
     println!(
         "late / early p50: {:.2}x; target: late <= 1.5 x early + 1 ms ({})",
@@ -794,6 +817,41 @@ async fn long(args: &Args, base: &str, server: &ServerProcess, token: &str) {
             "missed"
         }
     );
+}
+
+/// The server's first-token histograms' sums and count, to split a window's first chunk into
+/// the server's own work and the wait for the upstream.
+#[derive(Clone, Copy)]
+struct FirstTokenSplit {
+    server: f64,
+    upstream: f64,
+    count: f64,
+}
+
+impl FirstTokenSplit {
+    async fn read(address: &str) -> Self {
+        Self {
+            server: metric(address, "chat_first_token_server_seconds_sum").await,
+            upstream: metric(address, "chat_first_token_upstream_seconds_sum").await,
+            count: metric(address, "chat_first_token_server_seconds_count").await,
+        }
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            server: self.server - before.server,
+            upstream: self.upstream - before.upstream,
+            count: (self.count - before.count).max(1.0),
+        }
+    }
+
+    fn server_ms(&self) -> f64 {
+        self.server * 1e3 / self.count
+    }
+
+    fn upstream_ms(&self) -> f64 {
+        self.upstream * 1e3 / self.count
+    }
 }
 
 /// Every client streams answers back to back for `seconds`.

@@ -51,19 +51,19 @@ impl ContextWindow {
 
     /// Offers the next older usable message; `false` once the window is full (this message
     /// and every older one are left out).
-    pub fn offer(&mut self, message: &MessageRecord) -> bool {
+    pub fn offer(&mut self, role: MessageRole, content: &str) -> bool {
         if self.full {
             return false;
         }
-        let cost = estimate_tokens(&message.content);
+        let cost = estimate_tokens(content);
         if cost > self.remaining && !self.kept.is_empty() {
             self.full = true;
             return false;
         }
         self.remaining = self.remaining.saturating_sub(cost);
         self.kept.push(ChatMessage {
-            role: message.role,
-            content: message.content.clone(),
+            role,
+            content: content.to_string(),
         });
         true
     }
@@ -88,7 +88,7 @@ pub fn build_context(
 ) -> Vec<ChatMessage> {
     let mut window = ContextWindow::new(system_prompt, budget_tokens);
     for message in messages.iter().rev().filter(|m| usable(m)) {
-        if !window.offer(message) {
+        if !window.offer(message.role, &message.content) {
             break;
         }
     }

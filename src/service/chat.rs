@@ -42,9 +42,11 @@ pub struct Turn {
     pub prepared: Option<ChatRequest>,
 }
 
-/// Messages read per page while filling a turn's context, newest first. Most contexts fit
-/// in one page; a long conversation's turn reads only the pages its budget can hold.
-const CONTEXT_PAGE: u64 = 64;
+/// Messages read in the first page while filling a turn's context, newest first; each
+/// further page is twice the last, up to [`CONTEXT_MAX_PAGE`]. A turn reads only the pages
+/// its budget can hold, whatever the conversation's length.
+const CONTEXT_FIRST_PAGE: u64 = 32;
+const CONTEXT_MAX_PAGE: u64 = 256;
 
 pub enum TurnStart {
     Started(Turn),
@@ -254,19 +256,23 @@ impl ChatService {
         let mut window =
             ContextWindow::new(turn.system_prompt.as_deref(), self.context_budget_tokens);
         let mut before = None;
+        let mut page_size = CONTEXT_FIRST_PAGE;
         loop {
             let page = self
                 .store
-                .messages_newest_first(turn.conversation_id, before, CONTEXT_PAGE, true)
+                .context_messages(turn.conversation_id, before, page_size)
                 .await?;
             for message in &page {
-                if message.id != turn.assistant_message_id && !window.offer(message) {
+                if message.id != turn.assistant_message_id
+                    && !window.offer(message.role, &message.content)
+                {
                     break;
                 }
             }
             match page.last() {
-                Some(oldest) if !window.is_full() && page.len() as u64 == CONTEXT_PAGE => {
-                    before = Some(oldest.position)
+                Some(oldest) if !window.is_full() && page.len() as u64 == page_size => {
+                    before = Some(oldest.position);
+                    page_size = (page_size * 2).min(CONTEXT_MAX_PAGE);
                 }
                 _ => break,
             }

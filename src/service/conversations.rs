@@ -218,10 +218,7 @@ impl ConversationService {
             ),
             None => None,
         };
-        Ok(self
-            .store
-            .messages_newest_first(id, before, limit, false)
-            .await?)
+        Ok(self.store.messages_newest_first(id, before, limit).await?)
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]

@@ -13,7 +13,15 @@ use super::records::{conversation_from_row, message_from_row};
 use super::{Store, StoreError, StoreResult};
 use crate::domain::events::RecordedEvent;
 use crate::domain::projection::{ConversationRecord, MessageRecord};
-use crate::domain::types::MessageStatus;
+use crate::domain::types::{MessageRole, MessageStatus};
+
+/// A message as a model's context needs it.
+pub struct ContextRow {
+    pub id: Uuid,
+    pub position: i64,
+    pub role: MessageRole,
+    pub content: String,
+}
 
 pub struct ConversationPage {
     pub limit: u64,
@@ -54,14 +62,12 @@ impl Store {
     }
 
     /// A page of the conversation's messages, newest first: the `limit` messages before
-    /// the one at `before` (a position), or the newest ones. `usable_only` keeps only
-    /// `complete` messages with text (what a model's context is built from).
+    /// the one at `before` (a position), or the newest ones.
     pub async fn messages_newest_first(
         &self,
         conversation_id: Uuid,
         before: Option<i64>,
         limit: u64,
-        usable_only: bool,
     ) -> StoreResult<Vec<MessageRecord>> {
         let mut query = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation_id))
@@ -71,13 +77,47 @@ impl Store {
         if let Some(before) = before {
             query = query.filter(messages::Column::Position.lt(before));
         }
-        if usable_only {
-            query = query
-                .filter(messages::Column::Status.eq(MessageStatus::Complete.as_str()))
-                .filter(messages::Column::Content.ne(""));
-        }
         let rows = query.all(&self.db).await.map_err(StoreError::from_db)?;
         Ok(rows.into_iter().map(message_from_row).collect())
+    }
+
+    /// What a model's context is built from, newest first: the `limit` `complete` messages
+    /// with text before the position `before` (or the newest), with only the columns the
+    /// context needs.
+    pub async fn context_messages(
+        &self,
+        conversation_id: Uuid,
+        before: Option<i64>,
+        limit: u64,
+    ) -> StoreResult<Vec<ContextRow>> {
+        let mut query = messages::Entity::find()
+            .filter(messages::Column::ConversationId.eq(conversation_id))
+            .filter(messages::Column::Status.eq(MessageStatus::Complete.as_str()))
+            .filter(messages::Column::Content.ne(""))
+            .order_by_desc(messages::Column::Position)
+            .limit(limit)
+            .select_only()
+            .column(messages::Column::Id)
+            .column(messages::Column::Position)
+            .column(messages::Column::Role)
+            .column(messages::Column::Content);
+        if let Some(before) = before {
+            query = query.filter(messages::Column::Position.lt(before));
+        }
+        let rows: Vec<(Uuid, i64, String, String)> = query
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, position, role, content)| ContextRow {
+                id,
+                position,
+                role: role.parse().unwrap_or(MessageRole::User),
+                content,
+            })
+            .collect())
     }
 
     /// The position of a message of this conversation, if it is there.
