@@ -63,6 +63,8 @@ pub enum MessageStatus {
 pub struct User {
     pub id: Uuid,
     pub email: String,
+    /// `null` when the user gave none.
+    #[oai(nullable)]
     pub display_name: Option<String>,
     pub role: Role,
     /// A disabled account cannot log in, and its tokens stop working at once.
@@ -220,8 +222,11 @@ impl From<ConversationRecord> for ConversationSummary {
 pub struct Conversation {
     pub id: Uuid,
     pub title: String,
+    /// `null` when the conversation has none.
+    #[oai(nullable)]
     pub system_prompt: Option<String>,
     /// `null` means the server's default model.
+    #[oai(nullable)]
     pub model: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -312,6 +317,7 @@ pub struct Event {
     /// The event's fields (camelCase), by type.
     pub data: serde_json::Value,
     /// The user who caused it; `null` for the server itself (e.g. marking an interrupted stream).
+    #[oai(nullable)]
     pub actor_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }

@@ -15,13 +15,12 @@ use crate::helpers::*;
 
 /// `POST /api/auth/register` as if from `ip` (trusted `X-Forwarded-For`).
 async fn register_from(app: &TestApp, email: &str, ip: &str) -> reqwest::Response {
-    app.client
+    let req = app
+        .client
         .post(app.url("/api/auth/register"))
         .header("x-forwarded-for", ip)
-        .json(&json!({"email": email, "password": PASSWORD}))
-        .send()
-        .await
-        .expect("register request")
+        .json(&json!({"email": email, "password": PASSWORD}));
+    app.send(req).await
 }
 
 backend_test!(

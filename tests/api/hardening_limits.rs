@@ -95,15 +95,13 @@ backend_test!(
                 .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
                 .collect::<Vec<_>>(),
         );
-        let resp = app
+        let req = app
             .client
             .post(app.url("/api/conversations"))
             .bearer_auth(&user.access)
             .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(stream))
-            .send()
-            .await
-            .expect("chunked request");
+            .body(reqwest::Body::wrap_stream(stream));
+        let resp = app.send(req).await;
         expect_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE").await;
     }
 );
@@ -387,13 +385,12 @@ backend_test!(
 
 /// `POST /api/auth/login` from `ip` (sent as `X-Forwarded-For`).
 async fn login_from(app: &TestApp, email: &str, password: &str, ip: &str) -> reqwest::Response {
-    app.client
+    let req = app
+        .client
         .post(app.url("/api/auth/login"))
         .header("x-forwarded-for", ip)
-        .json(&json!({"email": email, "password": password}))
-        .send()
-        .await
-        .expect("login request")
+        .json(&json!({"email": email, "password": password}));
+    app.send(req).await
 }
 
 const LOGIN_ENV: &[(&str, &str)] = &[

@@ -10,6 +10,8 @@ use reqwest::{Response, StatusCode};
 use sea_orm::{Database, DatabaseConnection};
 use serde_json::{json, Value};
 
+use crate::spec::{assert_matches_spec, SentAs};
+
 /// A fixed secret so tests can forge tokens that differ from a valid one in exactly one way.
 pub const TEST_JWT_SECRET: &str = "integration-tests-only-secret-0123456789-abcdefghij";
 /// The password every helper-registered user gets.
@@ -205,34 +207,45 @@ impl TestApp {
         }
     }
 
-    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
-        self.with_auth(self.client.get(self.url(path)), token)
-            .send()
+    /// Sends a request built on any client and returns the answer, remembering the method so
+    /// that [`expect_json`] can check the body against the spec (see `spec.rs`). Every helper
+    /// below goes through here; a test that builds its own request should too.
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Response {
+        let (client, req) = req.build_split();
+        let req = req.expect("a valid request");
+        let (method, url) = (req.method().clone(), req.url().clone());
+        let mut resp = client
+            .execute(req)
             .await
-            .expect("GET request")
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        resp.extensions_mut().insert(SentAs(method));
+        resp
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Response {
+        self.send(self.with_auth(self.client.get(self.url(path)), token))
+            .await
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
-        self.with_auth(self.client.post(self.url(path)), token)
-            .json(body)
-            .send()
-            .await
-            .expect("POST request")
+        self.send(
+            self.with_auth(self.client.post(self.url(path)), token)
+                .json(body),
+        )
+        .await
     }
 
     pub async fn patch(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
-        self.with_auth(self.client.patch(self.url(path)), token)
-            .json(body)
-            .send()
-            .await
-            .expect("PATCH request")
+        self.send(
+            self.with_auth(self.client.patch(self.url(path)), token)
+                .json(body),
+        )
+        .await
     }
 
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Response {
-        self.with_auth(self.client.delete(self.url(path)), token)
-            .send()
+        self.send(self.with_auth(self.client.delete(self.url(path)), token))
             .await
-            .expect("DELETE request")
     }
 
     /// Sends a raw body with `Content-Type: application/json` (for malformed JSON tests).
@@ -243,12 +256,11 @@ impl TestApp {
         token: Option<&str>,
         body: &str,
     ) -> Response {
-        self.with_auth(self.client.request(method, self.url(path)), token)
+        let req = self
+            .with_auth(self.client.request(method, self.url(path)), token)
             .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("raw request")
+            .body(body.to_string());
+        self.send(req).await
     }
 
     /// `POST /api/auth/register`, returning the raw response.
@@ -465,15 +477,20 @@ fn is_json(resp: &Response) -> bool {
         .unwrap_or(false)
 }
 
-/// Asserts the status and a JSON body, and returns the body.
+/// Asserts the status and a JSON body that matches the spec for its operation and status
+/// (see `spec.rs`), and returns the body.
 pub async fn expect_json(resp: Response, status: StatusCode) -> Value {
     let actual = resp.status();
     let url = resp.url().clone();
     let json_type = is_json(&resp);
+    let sent_as = resp.extensions().get::<SentAs>().map(|s| s.0.clone());
     let text = resp.text().await.expect("response body");
     assert_eq!(actual, status, "{url}: unexpected status; body: {text}");
     assert!(json_type, "{url}: Content-Type is not JSON; body: {text}");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: body is not JSON ({e}): {text}"))
+    let body = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{url}: body is not JSON ({e}): {text}"));
+    assert_matches_spec(sent_as.as_ref(), &url, actual, &body);
+    body
 }
 
 /// Asserts an error answer: the status, a JSON `Content-Type`, a body with string `message`

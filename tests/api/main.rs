@@ -36,6 +36,7 @@ mod scale_out;
 mod sessions;
 mod sessions_across;
 mod shutdown;
+mod spec;
 mod streaming;
 mod streaming_chat;
 mod streaming_failures;

@@ -138,3 +138,139 @@ backend_test!(docs_serve_swagger_ui, |app: TestApp| async move {
         "not Swagger UI: {body:.200}"
     );
 });
+
+// Every JSON body the tests read is checked against the committed spec (`spec.rs`); the
+// tests below pin down that the check is there and that it bites.
+
+backend_test!(
+    fields_without_a_value_are_null_and_match_the_spec,
+    |app: TestApp| async move {
+        // No display name, no system prompt, no model: each is sent as `null`, which the spec
+        // must declare nullable (`expect_json` checks every body below against it).
+        let user = app.register_user(&unique_email()).await;
+        assert!(user.user["displayName"].is_null(), "{}", user.user);
+        let me = expect_json(
+            app.get("/api/auth/me", Some(&user.access)).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert!(me["displayName"].is_null(), "{me}");
+        app.login(&user.email).await;
+
+        let created = app.create_conversation(&user.access, "untouched").await;
+        for field in ["systemPrompt", "model"] {
+            assert!(created[field].is_null(), "`{field}` in {created}");
+        }
+        let id = str_field(&created, "id");
+        app.get_conversation(&user.access, &id).await;
+        app.patch_conversation(&user.access, &id, serde_json::json!({"title": "renamed"}))
+            .await;
+        app.list_conversations(&user.access, "").await;
+        app.events(&user.access, &id, "").await;
+    }
+);
+
+mod validator {
+    use serde_json::{json, Value};
+
+    use crate::spec::{Spec, SPEC, SPEC_PATH};
+
+    fn conversation(overrides: Value) -> Value {
+        let mut body = json!({
+            "id": "0193a3b4-0000-7000-8000-000000000001",
+            "title": "t",
+            "systemPrompt": null,
+            "model": null,
+            "createdAt": "2025-01-01T00:00:00Z",
+            "updatedAt": "2025-01-01T00:00:00Z",
+            "lastSeq": 1,
+            "messages": [],
+        });
+        for (key, value) in overrides.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        body
+    }
+
+    fn check(body: &Value) -> Result<(), String> {
+        SPEC.check(
+            &reqwest::Method::GET,
+            "/api/conversations/0193a3b4-0000-7000-8000-000000000001",
+            200,
+            body,
+        )
+    }
+
+    #[test]
+    fn accepts_a_conversation_with_nulls_where_the_spec_says_nullable() {
+        check(&conversation(json!({}))).unwrap();
+        check(&conversation(
+            json!({"systemPrompt": "be brief", "model": "m"}),
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn refuses_a_field_of_the_wrong_type_naming_operation_status_and_pointer() {
+        let err = check(&conversation(json!({"title": 42}))).unwrap_err();
+        for part in ["getConversation", "200", "\"/title\"", "\"title\":42"] {
+            assert!(err.contains(part), "`{part}` missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_null_where_the_spec_does_not_say_nullable() {
+        let err = check(&conversation(json!({"title": null}))).unwrap_err();
+        assert!(err.contains("\"/title\""), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_field_the_spec_does_not_declare() {
+        let err = check(&conversation(json!({"surprise": true}))).unwrap_err();
+        assert!(err.contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_malformed_uuid_or_timestamp() {
+        assert!(check(&conversation(json!({"id": "nope"}))).is_err());
+        assert!(check(&conversation(json!({"createdAt": "yesterday"}))).is_err());
+    }
+
+    #[test]
+    fn checks_an_undeclared_error_status_against_the_error_body_and_refuses_an_undeclared_success()
+    {
+        let put = reqwest::Method::PUT;
+        let path = "/api/conversations";
+        let error = json!({"message": "method not allowed", "code": "METHOD_NOT_ALLOWED"});
+        SPEC.check(&put, path, 405, &error).unwrap();
+        assert!(SPEC
+            .check(&put, path, 405, &json!({"message": "no code"}))
+            .is_err());
+        let err = SPEC
+            .check(&reqwest::Method::GET, "/api/health", 202, &json!({}))
+            .unwrap_err();
+        assert!(err.contains("does not declare this status"), "{err}");
+    }
+
+    /// The spec before the nullable declarations: the same body is refused, naming the field.
+    #[test]
+    fn without_the_nullable_declaration_a_null_is_refused() {
+        let mut spec: Value =
+            serde_json::from_str(&std::fs::read_to_string(SPEC_PATH).unwrap()).unwrap();
+        let properties = &mut spec["components"]["schemas"]["Conversation"]["properties"];
+        assert_eq!(properties["systemPrompt"]["nullable"], true);
+        properties["systemPrompt"]
+            .as_object_mut()
+            .unwrap()
+            .remove("nullable");
+        let err = Spec::from_openapi(&spec)
+            .check(
+                &reqwest::Method::GET,
+                "/api/conversations/0193a3b4-0000-7000-8000-000000000001",
+                200,
+                &conversation(json!({})),
+            )
+            .unwrap_err();
+        assert!(err.contains("\"/systemPrompt\""), "{err}");
+    }
+}

@@ -482,16 +482,12 @@ async fn chat_sends_per_minute_count_across_instances() {
     app.address = a.clone();
     let user = app.register_user(&unique_email()).await;
     let send = |address: String| {
-        let token = user.access.clone();
-        async move {
-            reqwest::Client::new()
-                .post(format!("{address}/api/chat"))
-                .bearer_auth(token)
-                .json(&json!({"message": "hello"}))
-                .send()
-                .await
-                .unwrap()
-        }
+        let req = app
+            .client
+            .post(format!("{address}/api/chat"))
+            .bearer_auth(&user.access)
+            .json(&json!({"message": "hello"}));
+        app.send(req)
     };
     for address in [&a, &a, &b] {
         assert_eq!(send(address.clone()).await.status(), 200);

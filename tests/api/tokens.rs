@@ -77,13 +77,11 @@ backend_test!(garbage_token_is_401, |app: TestApp| async move {
     }
     // A scheme other than Bearer is not a token either.
     let user = app.register_user(&unique_email()).await;
-    let resp = app
+    let req = app
         .client
         .get(app.url("/api/auth/me"))
-        .header("authorization", format!("Basic {}", user.access))
-        .send()
-        .await
-        .unwrap();
+        .header("authorization", format!("Basic {}", user.access));
+    let resp = app.send(req).await;
     expect_error(resp, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
 });
 

@@ -390,9 +390,10 @@ export interface components {
             /** Format: uuid */
             id: string;
             title: string;
-            systemPrompt?: string;
+            /** @description `null` when the conversation has none. */
+            systemPrompt?: string | null;
             /** @description `null` means the server's default model. */
-            model?: string;
+            model?: string | null;
             /** Format: date-time */
             createdAt: string;
             /** Format: date-time */
@@ -467,7 +468,7 @@ export interface components {
              * Format: uuid
              * @description The user who caused it; `null` for the server itself (e.g. marking an interrupted stream).
              */
-            actorId?: string;
+            actorId?: string | null;
             /** Format: date-time */
             createdAt: string;
         };
@@ -566,7 +567,8 @@ export interface components {
             /** Format: uuid */
             id: string;
             email: string;
-            displayName?: string;
+            /** @description `null` when the user gave none. */
+            displayName?: string | null;
             role: components["schemas"]["Role"];
             /** @description A disabled account cannot log in, and its tokens stop working at once. */
             disabled: boolean;
