@@ -1271,6 +1271,46 @@ async fn history(server: &ServerProcess, token: &str) {
     };
     row("read 10,000 messages p50 ms", &direct, &through);
     println!("  (the response: {body_bytes} bytes)");
+    // The same conversation a page at a time: the newest 50, and 50 from its middle.
+    let newest = format!(
+        "{}/api/conversations/{long}/messages?limit=50",
+        server.address
+    );
+    let page: Value = http
+        .get(&newest)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("page")
+        .json()
+        .await
+        .expect("page body");
+    assert_eq!(page.as_array().map(Vec::len), Some(50), "{page}");
+    let last_seq = store
+        .find_conversation(long, owner)
+        .await
+        .expect("the conversation")
+        .expect("it exists")
+        .last_seq;
+    let direct = timed(20, || async {
+        // The first range the server reads for a page of 50.
+        store
+            .messages_between(long, last_seq + 1 - 100, last_seq + 1)
+            .await
+            .expect("a page");
+    })
+    .await;
+    let through = timed(20, || async {
+        let resp = http
+            .get(&newest)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("get");
+        resp.bytes().await.expect("page body");
+    })
+    .await;
+    row("read the newest 50 (one page) p50 ms", &direct, &through);
     let offsets = [0u64, 200, 400, 600, 800];
     let direct = timed(20, || async {
         for offset in offsets {

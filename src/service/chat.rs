@@ -42,11 +42,12 @@ pub struct Turn {
     pub prepared: Option<ChatRequest>,
 }
 
-/// Messages read in the first page while filling a turn's context, newest first; each
-/// further page is twice the last, up to [`CONTEXT_MAX_PAGE`]. A turn reads only the pages
-/// its budget can hold, whatever the conversation's length.
-const CONTEXT_FIRST_PAGE: u64 = 32;
-const CONTEXT_MAX_PAGE: u64 = 256;
+/// The positions (event seqs) read first while filling a turn's context, newest first; each
+/// further range is twice the last, up to [`CONTEXT_MAX_RANGE`]. A turn reads only the
+/// ranges its budget can hold, whatever the conversation's length. A turn takes three seqs
+/// for two messages, so the first range holds about 32 messages.
+const CONTEXT_FIRST_RANGE: i64 = 48;
+const CONTEXT_MAX_RANGE: i64 = 384;
 
 pub enum TurnStart {
     Started(Turn),
@@ -255,27 +256,25 @@ impl ChatService {
         }
         let mut window =
             ContextWindow::new(turn.system_prompt.as_deref(), self.context_budget_tokens);
-        let mut before = None;
-        let mut page_size = CONTEXT_FIRST_PAGE;
-        loop {
-            let page = self
+        // Positions are event seqs: the newest message of the turn is at most its
+        // `stream_started`. Ranges of positions, each twice the last, from there back.
+        let mut to = turn.started_seq + 1;
+        let mut width = CONTEXT_FIRST_RANGE;
+        while to > 0 && !window.is_full() {
+            let from = (to - width).max(0);
+            let older = self
                 .store
-                .context_messages(turn.conversation_id, before, page_size)
+                .context_messages(turn.conversation_id, from, to)
                 .await?;
-            for message in &page {
+            for message in &older {
                 if message.id != turn.assistant_message_id
                     && !window.offer(message.role, &message.content)
                 {
                     break;
                 }
             }
-            match page.last() {
-                Some(oldest) if !window.is_full() && page.len() as u64 == page_size => {
-                    before = Some(oldest.position);
-                    page_size = (page_size * 2).min(CONTEXT_MAX_PAGE);
-                }
-                _ => break,
-            }
+            to = from;
+            width = (width * 2).min(CONTEXT_MAX_RANGE);
         }
         Ok(ChatRequest {
             model: turn.model.clone(),

@@ -200,7 +200,8 @@ impl ConversationService {
 
     /// A page of the conversation's messages, newest first: the `limit` before the message
     /// `before` (404 `MESSAGE_NOT_FOUND` if the conversation has no such message), or the
-    /// newest. One indexed range read, whatever the conversation's length.
+    /// newest. Read in ranges of positions from the newest back, each twice the last, so
+    /// the cost follows the page, not the conversation's length.
     pub async fn messages_page(
         &self,
         user: CurrentUser,
@@ -208,17 +209,27 @@ impl ConversationService {
         before: Option<Uuid>,
         limit: u64,
     ) -> ServiceResult<Vec<MessageRecord>> {
-        self.owned(user, id).await?;
-        let before = match before {
-            Some(message) => Some(
-                self.store
-                    .message_position(id, message)
-                    .await?
-                    .ok_or(ServiceError::MessageNotFound)?,
-            ),
-            None => None,
+        let conversation = self.owned(user, id).await?;
+        let mut to = match before {
+            Some(message) => self
+                .store
+                .message_position(id, message)
+                .await?
+                .ok_or(ServiceError::MessageNotFound)?,
+            None => conversation.last_seq + 1,
         };
-        Ok(self.store.messages_newest_first(id, before, limit).await?)
+        let limit = limit as usize;
+        let mut width = (limit as i64 * 2).max(16);
+        let mut page = Vec::with_capacity(limit);
+        while to > 0 && page.len() < limit {
+            let from = (to - width).max(0);
+            let mut older = self.store.messages_between(id, from, to).await?;
+            older.truncate(limit - page.len());
+            page.extend(older);
+            to = from;
+            width = width.saturating_mul(2);
+        }
+        Ok(page)
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]

@@ -61,50 +61,50 @@ impl Store {
         messages_in(&self.db, conversation_id).await
     }
 
-    /// A page of the conversation's messages, newest first: the `limit` messages before
-    /// the one at `before` (a position), or the newest ones.
-    pub async fn messages_newest_first(
+    /// The conversation's messages with `from <= position < to`, newest first. A range of
+    /// positions (they are event `seq`s, so the range holds at most `to - from` messages)
+    /// bounds what any plan reads: with `ORDER BY … LIMIT` alone, PostgreSQL may pick a
+    /// bitmap scan and a sort over every message of a conversation its statistics think is
+    /// short, which made the 5,000th turn of a fresh conversation read all 10,000 rows.
+    pub async fn messages_between(
         &self,
         conversation_id: Uuid,
-        before: Option<i64>,
-        limit: u64,
+        from: i64,
+        to: i64,
     ) -> StoreResult<Vec<MessageRecord>> {
-        let mut query = messages::Entity::find()
+        let rows = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation_id))
+            .filter(messages::Column::Position.gte(from))
+            .filter(messages::Column::Position.lt(to))
             .order_by_desc(messages::Column::Position)
             .order_by_desc(messages::Column::Id)
-            .limit(limit);
-        if let Some(before) = before {
-            query = query.filter(messages::Column::Position.lt(before));
-        }
-        let rows = query.all(&self.db).await.map_err(StoreError::from_db)?;
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
         Ok(rows.into_iter().map(message_from_row).collect())
     }
 
-    /// What a model's context is built from, newest first: the `limit` `complete` messages
-    /// with text before the position `before` (or the newest), with only the columns the
-    /// context needs.
+    /// What a model's context is built from, newest first: the `complete` messages with text
+    /// whose position is in `from..to` (see [`Store::messages_between`] for why a range),
+    /// with only the columns the context needs.
     pub async fn context_messages(
         &self,
         conversation_id: Uuid,
-        before: Option<i64>,
-        limit: u64,
+        from: i64,
+        to: i64,
     ) -> StoreResult<Vec<ContextRow>> {
-        let mut query = messages::Entity::find()
+        let rows: Vec<(Uuid, i64, String, String)> = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation_id))
+            .filter(messages::Column::Position.gte(from))
+            .filter(messages::Column::Position.lt(to))
             .filter(messages::Column::Status.eq(MessageStatus::Complete.as_str()))
             .filter(messages::Column::Content.ne(""))
             .order_by_desc(messages::Column::Position)
-            .limit(limit)
             .select_only()
             .column(messages::Column::Id)
             .column(messages::Column::Position)
             .column(messages::Column::Role)
-            .column(messages::Column::Content);
-        if let Some(before) = before {
-            query = query.filter(messages::Column::Position.lt(before));
-        }
-        let rows: Vec<(Uuid, i64, String, String)> = query
+            .column(messages::Column::Content)
             .into_tuple()
             .all(&self.db)
             .await

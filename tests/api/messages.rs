@@ -282,7 +282,14 @@ backend_test!(
     |app: TestApp| async move {
         let user = app.register_user(&unique_email()).await;
         let id = str_field(&app.create_conversation(&user.access, "long").await, "id");
-        app.add_user_messages(&user.id, &id, 110).await;
+        app.add_user_messages(&user.id, &id, 60).await;
+        // A long stretch of the log with no message in it (pages are read by ranges of
+        // positions, which are event seqs).
+        for i in 0..150 {
+            app.patch_conversation(&user.access, &id, json!({"title": format!("t{i}")}))
+                .await;
+        }
+        app.add_user_messages(&user.id, &id, 50).await;
         app.add_exchange(&user.id, &id, "question", "answer").await;
         let whole = app.get_conversation(&user.access, &id).await;
         let mut newest_first = ids(whole["messages"].as_array().unwrap());
