@@ -15,12 +15,16 @@ use super::{ServiceError, ServiceResult};
 use crate::config::UpstreamConfig;
 use crate::domain::codes::ErrorCode;
 use crate::domain::commands::{self, NewTurn};
+use crate::domain::events::{ConversationEvent, RecordedEvent};
 use crate::domain::events::{StreamCompleted, StreamError};
 use crate::domain::inputs::{bounded_text, MessageText, MAX_MODEL_CHARS};
 use crate::domain::projection::MessageRecord;
+use crate::domain::types::MessageRole;
 use crate::domain::types::{MessageStatus, Usage};
 use crate::llm::context::{build_context, ContextWindow};
+use crate::llm::ChatMessage;
 use crate::llm::{ChatProvider, ChatRequest, ProviderError};
+use crate::store::ContextRow;
 use crate::store::{Load, Store, StoredTurn};
 
 pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 100;
@@ -42,12 +46,40 @@ pub struct Turn {
     pub prepared: Option<ChatRequest>,
 }
 
-/// The positions (event seqs) read first while filling a turn's context, newest first; each
-/// further range is twice the last, up to [`CONTEXT_MAX_RANGE`]. A turn reads only the
-/// ranges its budget can hold, whatever the conversation's length. A turn takes three seqs
-/// for two messages, so the first range holds about 32 messages.
-const CONTEXT_FIRST_RANGE: i64 = 48;
-const CONTEXT_MAX_RANGE: i64 = 384;
+/// A context read before the turn's commit: the newest usable messages, newest first, as
+/// of the conversation's `last_seq`.
+struct ReadAhead {
+    last_seq: i64,
+    rows: Vec<ContextRow>,
+}
+
+impl ReadAhead {
+    /// Whether the turn's commit came right after the read: its events are the user
+    /// message and the answer's start, at the two seqs after the one read at. Anything
+    /// else (another writer in between) and the read may miss a message.
+    fn still_current(&self, events: &[RecordedEvent]) -> bool {
+        matches!(
+            events,
+            [added, started] if added.seq == self.last_seq + 1
+                && started.seq == self.last_seq + 2
+                && matches!(added.event, ConversationEvent::MessageAdded(_))
+                && matches!(started.event, ConversationEvent::StreamStarted(_))
+        )
+    }
+
+    /// The context: the system prompt, the turn's message (always kept), then the rows
+    /// that fit, exactly as reading after the commit would make it.
+    fn context(self, system_prompt: Option<&str>, text: &str, budget: usize) -> Vec<ChatMessage> {
+        let mut window = ContextWindow::new(system_prompt, budget);
+        window.offer(MessageRole::User, text);
+        for row in &self.rows {
+            if !window.offer(row.role, &row.content) {
+                break;
+            }
+        }
+        window.into_messages()
+    }
+}
 
 pub enum TurnStart {
     Started(Turn),
@@ -179,13 +211,20 @@ impl ChatService {
             messages: vec![],
             client_message_id: client_message_id.clone(),
         };
-        let committed = self
-            .store
-            .execute(conversation_id, Some(user.id), &load, {
-                let turn = turn.clone();
-                move |state| commands::start_turn(state, user.id, &turn)
-            })
-            .await?;
+        let commit = self.store.execute(conversation_id, Some(user.id), &load, {
+            let turn = turn.clone();
+            move |state| commands::start_turn(state, user.id, &turn)
+        });
+        // A turn in an existing conversation reads its context while its commit is written,
+        // instead of after it; the read is used only if nothing else was appended between.
+        let read_ahead = async {
+            match request.conversation_id {
+                Some(id) => self.read_context_ahead(id, user.id, &turn.text).await,
+                None => None,
+            }
+        };
+        let (committed, read_ahead) = tokio::join!(commit, read_ahead);
+        let committed = committed?;
 
         let Some(started) = committed.events.iter().find_map(|e| match &e.event {
             crate::domain::events::ConversationEvent::StreamStarted(s) => {
@@ -227,6 +266,16 @@ impl ChatService {
                     turn.assistant_message_id,
                 ))
             }
+            (false, Some(conversation)) => read_ahead
+                .filter(|ahead| ahead.still_current(&committed.events))
+                .map(|ahead| ChatRequest {
+                    model: started.1.clone(),
+                    messages: ahead.context(
+                        conversation.system_prompt.as_deref(),
+                        &turn.text,
+                        self.context_budget_tokens,
+                    ),
+                }),
             _ => None,
         };
         Ok(TurnStart::Started(Turn {
@@ -245,6 +294,36 @@ impl ChatService {
         }))
     }
 
+    /// The newest usable messages of the conversation before a turn is committed, enough
+    /// for any system prompt (a prompt only leaves less room), as of the `last_seq` they
+    /// were read at. `None` if it cannot be read (the turn's own path then reads after
+    /// the commit).
+    async fn read_context_ahead(
+        &self,
+        conversation_id: Uuid,
+        owner_id: Uuid,
+        text: &str,
+    ) -> Option<ReadAhead> {
+        let mut probe = ContextWindow::new(None, self.context_budget_tokens);
+        probe.offer(MessageRole::User, text);
+        let mut rows = Vec::new();
+        let read = self
+            .store
+            .context_snapshot(conversation_id, owner_id, |row| {
+                rows.push(row.clone());
+                probe.offer(row.role, &row.content)
+            })
+            .await;
+        match read {
+            Ok(Some(last_seq)) => Some(ReadAhead { last_seq, rows }),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::debug!(error = %err, "reading the context ahead failed; reading it after the commit");
+                None
+            }
+        }
+    }
+
     /// The upstream request for a turn: system prompt, then the newest complete messages
     /// that fit the budget, in order. The history is read newest first, a page at a time,
     /// and only until the budget is spent: a turn costs the same at the 10th message and
@@ -257,25 +336,13 @@ impl ChatService {
         let mut window =
             ContextWindow::new(turn.system_prompt.as_deref(), self.context_budget_tokens);
         // Positions are event seqs: the newest message of the turn is at most its
-        // `stream_started`. Ranges of positions, each twice the last, from there back.
-        let mut to = turn.started_seq + 1;
-        let mut width = CONTEXT_FIRST_RANGE;
-        while to > 0 && !window.is_full() {
-            let from = (to - width).max(0);
-            let older = self
-                .store
-                .context_messages(turn.conversation_id, from, to)
-                .await?;
-            for message in &older {
-                if message.id != turn.assistant_message_id
-                    && !window.offer(message.role, &message.content)
-                {
-                    break;
-                }
-            }
-            to = from;
-            width = (width * 2).min(CONTEXT_MAX_RANGE);
-        }
+        // `stream_started`.
+        self.store
+            .context_messages(turn.conversation_id, turn.started_seq + 1, |message| {
+                message.id == turn.assistant_message_id
+                    || window.offer(message.role, &message.content)
+            })
+            .await?;
         Ok(ChatRequest {
             model: turn.model.clone(),
             messages: window.into_messages(),

@@ -16,6 +16,7 @@ use crate::domain::projection::{ConversationRecord, MessageRecord};
 use crate::domain::types::{MessageRole, MessageStatus};
 
 /// A message as a model's context needs it.
+#[derive(Clone, Debug)]
 pub struct ContextRow {
     pub id: Uuid,
     pub position: i64,
@@ -84,40 +85,37 @@ impl Store {
         Ok(rows.into_iter().map(message_from_row).collect())
     }
 
-    /// What a model's context is built from, newest first: the `complete` messages with text
-    /// whose position is in `from..to` (see [`Store::messages_between`] for why a range),
-    /// with only the columns the context needs.
+    /// What a model's context is built from: the `complete` messages with text before the
+    /// position `to`, handed to `take` newest first until it returns `false` (the context
+    /// is full). Read in ranges of positions (see [`Store::messages_between`] for why a
+    /// range), [`CONTEXT_FIRST_RANGE`] first and each further range twice the last, with
+    /// only the columns a context needs: a turn reads what its budget holds, whatever the
+    /// conversation's length.
     pub async fn context_messages(
         &self,
         conversation_id: Uuid,
-        from: i64,
         to: i64,
-    ) -> StoreResult<Vec<ContextRow>> {
-        let rows: Vec<(Uuid, i64, String, String)> = messages::Entity::find()
-            .filter(messages::Column::ConversationId.eq(conversation_id))
-            .filter(messages::Column::Position.gte(from))
-            .filter(messages::Column::Position.lt(to))
-            .filter(messages::Column::Status.eq(MessageStatus::Complete.as_str()))
-            .filter(messages::Column::Content.ne(""))
-            .order_by_desc(messages::Column::Position)
-            .select_only()
-            .column(messages::Column::Id)
-            .column(messages::Column::Position)
-            .column(messages::Column::Role)
-            .column(messages::Column::Content)
-            .into_tuple()
-            .all(&self.db)
-            .await
-            .map_err(StoreError::from_db)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, position, role, content)| ContextRow {
-                id,
-                position,
-                role: role.parse().unwrap_or(MessageRole::User),
-                content,
-            })
-            .collect())
+        take: impl FnMut(&ContextRow) -> bool,
+    ) -> StoreResult<()> {
+        context_rows_in(&self.db, conversation_id, to, take).await
+    }
+
+    /// The same, as of one snapshot taken with the conversation's `last_seq` (which it
+    /// returns; `None` if the conversation is not `owner_id`'s): reads a context while
+    /// another transaction appends, and says which state of the log it was read at.
+    pub async fn context_snapshot(
+        &self,
+        conversation_id: Uuid,
+        owner_id: Uuid,
+        take: impl FnMut(&ContextRow) -> bool,
+    ) -> StoreResult<Option<i64>> {
+        let txn = self.read_snapshot().await?;
+        let Some(conversation) = conversation_in(&txn, conversation_id, owner_id).await? else {
+            return Ok(None);
+        };
+        context_rows_in(&txn, conversation_id, conversation.last_seq + 1, take).await?;
+        txn.commit().await.map_err(StoreError::from_db)?;
+        Ok(Some(conversation.last_seq))
     }
 
     /// The position of a message of this conversation, if it is there.
@@ -145,20 +143,7 @@ impl Store {
         id: Uuid,
         owner_id: Uuid,
     ) -> StoreResult<Option<(ConversationRecord, Vec<MessageRecord>)>> {
-        // PostgreSQL's default (read committed) takes a snapshot per statement; SQLite's
-        // read transaction keeps one from its first read (and takes no settings).
-        let (isolation, access) = match self.db.get_database_backend() {
-            DbBackend::Postgres => (
-                Some(IsolationLevel::RepeatableRead),
-                Some(AccessMode::ReadOnly),
-            ),
-            _ => (None, None),
-        };
-        let txn = self
-            .db
-            .begin_with_config(isolation, access)
-            .await
-            .map_err(StoreError::from_db)?;
+        let txn = self.read_snapshot().await?;
         let Some(conversation) = conversation_in(&txn, id, owner_id).await? else {
             return Ok(None);
         };
@@ -187,6 +172,72 @@ impl Store {
         let rows = query.all(&self.db).await.map_err(StoreError::from_db)?;
         rows.into_iter().map(event_from_row).collect()
     }
+}
+
+impl Store {
+    /// A read transaction whose reads all see one snapshot. PostgreSQL's default (read
+    /// committed) takes a snapshot per statement; SQLite's read transaction keeps one from
+    /// its first read (and takes no settings).
+    async fn read_snapshot(&self) -> StoreResult<sea_orm::DatabaseTransaction> {
+        let (isolation, access) = match self.db.get_database_backend() {
+            DbBackend::Postgres => (
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            ),
+            _ => (None, None),
+        };
+        self.db
+            .begin_with_config(isolation, access)
+            .await
+            .map_err(StoreError::from_db)
+    }
+}
+
+/// The positions read first for a context (a turn takes three seqs for two messages, so
+/// about 32 messages), and the most read at once.
+const CONTEXT_FIRST_RANGE: i64 = 48;
+const CONTEXT_MAX_RANGE: i64 = 384;
+
+async fn context_rows_in(
+    db: &impl ConnectionTrait,
+    conversation_id: Uuid,
+    mut to: i64,
+    mut take: impl FnMut(&ContextRow) -> bool,
+) -> StoreResult<()> {
+    let mut width = CONTEXT_FIRST_RANGE;
+    while to > 0 {
+        let from = (to - width).max(0);
+        let rows: Vec<(Uuid, i64, String, String)> = messages::Entity::find()
+            .filter(messages::Column::ConversationId.eq(conversation_id))
+            .filter(messages::Column::Position.gte(from))
+            .filter(messages::Column::Position.lt(to))
+            .filter(messages::Column::Status.eq(MessageStatus::Complete.as_str()))
+            .filter(messages::Column::Content.ne(""))
+            .order_by_desc(messages::Column::Position)
+            .select_only()
+            .column(messages::Column::Id)
+            .column(messages::Column::Position)
+            .column(messages::Column::Role)
+            .column(messages::Column::Content)
+            .into_tuple()
+            .all(db)
+            .await
+            .map_err(StoreError::from_db)?;
+        for (id, position, role, content) in rows {
+            let row = ContextRow {
+                id,
+                position,
+                role: role.parse().unwrap_or(MessageRole::User),
+                content,
+            };
+            if !take(&row) {
+                return Ok(());
+            }
+        }
+        to = from;
+        width = (width * 2).min(CONTEXT_MAX_RANGE);
+    }
+    Ok(())
 }
 
 async fn conversation_in(

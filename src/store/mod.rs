@@ -19,7 +19,7 @@ use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, SqlErr};
 use tokio::sync::Mutex;
 
-pub use conversations::ConversationPage;
+pub use conversations::{ContextRow, ConversationPage};
 pub use events::{rebuild_projections, Committed, ExecuteError, Load, RebuildReport};
 pub use refresh_tokens::RotateOutcome;
 pub use streams::StoredTurn;

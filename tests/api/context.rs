@@ -209,6 +209,17 @@ backend_test!(
         assert_eq!(sent.len(), 1);
         assert_eq!(sent, expected);
 
+        // Messages that fill the budget exactly are all sent (each costs a quarter of its
+        // characters plus 4: "now" 5, and five of 300 characters 79 each, 400 in all), and
+        // the one before them is not.
+        let exact = new("exact", None).await;
+        let mut history = vec![Seeded::User("old".into())];
+        history.extend((0..5).map(|i| Seeded::User(format!("{i}{}", "z".repeat(299)))));
+        seed(&app, &user.id, &exact, history).await;
+        let (sent, expected) = sent_and_expected(&app, &mock, &user.access, &exact, None, "now").await;
+        assert_eq!(sent.len(), 6, "{sent:?}");
+        assert_eq!(sent, expected);
+
         // A short history is sent whole, edits applied and deleted messages left out.
         let short = new("short", Some(prompt)).await;
         seed(
@@ -235,5 +246,55 @@ backend_test!(
             ]
         );
         assert_eq!(sent, expected);
+    }
+);
+
+backend_test!(
+    turns_sent_at_once_each_see_the_messages_committed_before_them,
+    backend | backend: Backend | async move {
+        // A turn reads its context while its commit is written; another turn committed in
+        // between must still be in its context (the read is then done again after the
+        // commit).
+        let mock = MockLlm::start(Duration::ZERO).await;
+        let mut env = mock.env();
+        env.push(("CHAT_RATE_PER_MINUTE", "1000".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let Some(app) = spawn_app_with(backend, &env).await else {
+            return;
+        };
+        let user = app.register_user(&unique_email()).await;
+        let id = str_field(&app.create_conversation(&user.access, "at once").await, "id");
+        for round in 0..10 {
+            let send = |text: String| {
+                let (app, token, id) = (&app, user.access.clone(), id.clone());
+                async move {
+                    let resp = app
+                        .post(
+                            "/api/chat",
+                            Some(&token),
+                            &json!({"message": text, "conversationId": id}),
+                        )
+                        .await;
+                    expect_json(resp, StatusCode::OK).await
+                }
+            };
+            let (a, b) = (format!("a{round}"), format!("b{round}"));
+            let _ = tokio::join!(send(a.clone()), send(b.clone()));
+            // Whichever of the two was committed second saw the other's message.
+            let store = chat_server::store::Store::from_connection(app.db().await);
+            let messages = store.list_messages(id.parse().unwrap()).await.unwrap();
+            let position = |text: &str| messages.iter().find(|m| m.content == text).unwrap().position;
+            let (first, second) = if position(&a) < position(&b) { (a, b) } else { (b, a) };
+            let request = mock
+                .requests()
+                .into_iter()
+                .find(|r| pairs_of(&r["messages"]).last().unwrap().1 == second)
+                .unwrap();
+            let sent = pairs_of(&request["messages"]);
+            assert!(
+                sent.iter().any(|(_, content)| *content == first),
+                "round {round}: the turn {second:?} was committed after {first:?} but its context lacks it: {sent:?}"
+            );
+        }
     }
 );
