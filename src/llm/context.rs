@@ -68,10 +68,6 @@ impl ContextWindow {
         true
     }
 
-    pub fn is_full(&self) -> bool {
-        self.full
-    }
-
     /// The system prompt, then the kept messages in conversation order.
     pub fn into_messages(mut self) -> Vec<ChatMessage> {
         self.kept.reverse();
