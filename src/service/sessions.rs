@@ -277,13 +277,19 @@ mod tests {
             sid: None,
             generation: 0,
         };
-        let _c = registry.open(user, none).unwrap();
+        let c = registry.open(user, none).unwrap();
         assert!(registry.open(user, none).is_none(), "three open: the limit");
         drop(on_a);
-        assert!(
-            registry.open(user, none).is_some(),
-            "a closed socket frees its slot"
+        let d = registry
+            .open(user, none)
+            .expect("a closed socket frees its slot");
+        // The sockets still open are still known: ending the user's sessions ends them.
+        assert_eq!(
+            registry.end(ended(user, Sessions::All, SessionEnd::SignedOut)),
+            3
         );
+        assert_eq!(c.ended().now_or_never(), Some(SessionEnd::SignedOut));
+        assert_eq!(d.ended().now_or_never(), Some(SessionEnd::SignedOut));
     }
 
     #[test]

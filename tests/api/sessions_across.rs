@@ -305,3 +305,38 @@ backend_test!(
         still_serves(&app, &mut ws, &user.access).await;
     }
 );
+
+backend_test!(
+    an_auth_frame_moves_the_socket_to_its_new_sign_in,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let again = app.login(&user.email).await; // a second sign-in
+        let mut ws = socket(&app.address, &user.access).await;
+        ws.send(json!({"type": "auth", "token": again.access}))
+            .await;
+        ws.expect_type("ready").await;
+
+        // The first sign-in ends: the socket now belongs to the second and stays.
+        let resp = app
+            .post(
+                "/api/auth/logout",
+                Some(&user.access),
+                &json!({"refreshToken": user.refresh}),
+            )
+            .await;
+        expect_status(resp, StatusCode::NO_CONTENT).await;
+        still_serves(&app, &mut ws, &again.access).await;
+
+        // The second ends: the socket closes.
+        let resp = app
+            .post(
+                "/api/auth/logout",
+                Some(&again.access),
+                &json!({"refreshToken": again.refresh}),
+            )
+            .await;
+        expect_status(resp, StatusCode::NO_CONTENT).await;
+        let (reason, _) = ended(&mut ws, Instant::now()).await;
+        assert!(reason.contains("signed out"), "{reason}");
+    }
+);
