@@ -475,7 +475,7 @@ impl Session {
             match self
                 .state
                 .auth
-                .recheck(self.user, self.live.sign_in())
+                .recheck(self.user.id, self.live.sign_in())
                 .await
             {
                 Ok(user) => self.user = user,

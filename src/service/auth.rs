@@ -367,30 +367,26 @@ impl AuthService {
             .keys
             .verify(access_token, TokenType::Access)
             .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
-        let user = self
-            .store
-            .find_session_user(claims.sub, claims.gen, claims.sid)
-            .await?
-            .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
+        let sign_in = SignIn {
+            sid: claims.sid,
+            generation: claims.gen,
+        };
         Ok(Authenticated {
-            user: CurrentUser {
-                id: user.id,
-                role: user.role,
-            },
+            user: self.recheck(claims.sub, sign_in).await?,
             sid: claims.sid,
             generation: claims.gen,
             expires_at: claims.exp,
         })
     }
 
-    /// The caller of a long-lived socket as of now: still there, not disabled, with their
+    /// The user of a long-lived socket as of now: still there, not disabled, with their
     /// current role, in the session generation and sign-in the socket belongs to. Sockets
     /// call this before acting on a frame, so a session ended elsewhere stops here even if
     /// the command that closes its sockets was lost.
-    pub async fn recheck(&self, user: CurrentUser, sign_in: SignIn) -> ServiceResult<CurrentUser> {
+    pub async fn recheck(&self, user_id: Uuid, sign_in: SignIn) -> ServiceResult<CurrentUser> {
         let user = self
             .store
-            .find_session_user(user.id, sign_in.generation, sign_in.sid)
+            .find_session_user(user_id, sign_in.generation, sign_in.sid)
             .await?
             .ok_or(ServiceError::Unauthorized(BAD_TOKEN))?;
         Ok(CurrentUser {

@@ -227,9 +227,7 @@ impl ChatService {
         let committed = committed?;
 
         let Some(started) = committed.events.iter().find_map(|e| match &e.event {
-            crate::domain::events::ConversationEvent::StreamStarted(s) => {
-                Some((e.seq, s.model.clone()))
-            }
+            ConversationEvent::StreamStarted(s) => Some((e.seq, s.model.clone())),
             _ => None,
         }) else {
             // Nothing appended: a repeated clientMessageId. Find what it started before.
@@ -248,12 +246,10 @@ impl ChatService {
                 previous,
             });
         };
-        let created = committed.events.iter().any(|e| {
-            matches!(
-                e.event,
-                crate::domain::events::ConversationEvent::ConversationCreated(_)
-            )
-        });
+        let created = committed
+            .events
+            .iter()
+            .any(|e| matches!(e.event, ConversationEvent::ConversationCreated(_)));
         let prepared = match (created, &committed.state.conversation) {
             (true, Some(conversation)) => {
                 let mut history: Vec<MessageRecord> =
@@ -325,7 +321,7 @@ impl ChatService {
     }
 
     /// The upstream request for a turn: system prompt, then the newest complete messages
-    /// that fit the budget, in order. The history is read newest first, a page at a time,
+    /// that fit the budget, in order. The history is read newest first, a range at a time,
     /// and only until the budget is spent: a turn costs the same at the 10th message and
     /// at the 100,000th. The request is exactly what [`build_context`] makes of the whole
     /// history.

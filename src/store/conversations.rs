@@ -19,7 +19,6 @@ use crate::domain::types::{MessageRole, MessageStatus};
 #[derive(Clone, Debug)]
 pub struct ContextRow {
     pub id: Uuid,
-    pub position: i64,
     pub role: MessageRole,
     pub content: String,
 }
@@ -88,7 +87,7 @@ impl Store {
     /// What a model's context is built from: the `complete` messages with text before the
     /// position `to`, handed to `take` newest first until it returns `false` (the context
     /// is full). Read in ranges of positions (see [`Store::messages_between`] for why a
-    /// range), [`CONTEXT_FIRST_RANGE`] first and each further range twice the last, with
+    /// range), 48 positions first and each further range twice the last, with
     /// only the columns a context needs: a turn reads what its budget holds, whatever the
     /// conversation's length.
     pub async fn context_messages(
@@ -207,7 +206,7 @@ async fn context_rows_in(
     let mut width = CONTEXT_FIRST_RANGE;
     while to > 0 {
         let from = (to - width).max(0);
-        let rows: Vec<(Uuid, i64, String, String)> = messages::Entity::find()
+        let rows: Vec<(Uuid, String, String)> = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation_id))
             .filter(messages::Column::Position.gte(from))
             .filter(messages::Column::Position.lt(to))
@@ -216,17 +215,15 @@ async fn context_rows_in(
             .order_by_desc(messages::Column::Position)
             .select_only()
             .column(messages::Column::Id)
-            .column(messages::Column::Position)
             .column(messages::Column::Role)
             .column(messages::Column::Content)
             .into_tuple()
             .all(db)
             .await
             .map_err(StoreError::from_db)?;
-        for (id, position, role, content) in rows {
+        for (id, role, content) in rows {
             let row = ContextRow {
                 id,
-                position,
                 role: role.parse().unwrap_or(MessageRole::User),
                 content,
             };

@@ -85,15 +85,14 @@ async fn nothing_started(app: &TestApp, conversation_id: Uuid) {
     assert!(messages.is_empty(), "a refused frame stored {messages:?}");
 }
 
-/// Checks both sockets of an ended sign-in on B: the idle one closed within [`WITHIN`], the
-/// one that sent a frame closed too, and nothing started. Returns the idle one's reason.
-async fn assert_ended_on_b(
-    app: &TestApp,
-    idle: &mut WsClient,
-    sender: &mut WsClient,
-    conversation_id: Uuid,
-    since: Instant,
-) -> String {
+/// Right after the session ended on A: `sender` sends a frame (before or after the command
+/// reaches B), then both sockets of the ended sign-in on B are checked: the idle one closed
+/// within [`WITHIN`], the sender closed too, and its frame started nothing. Returns the idle
+/// one's reason.
+async fn assert_ended_on_b(app: &TestApp, idle: &mut WsClient, sender: &mut WsClient) -> String {
+    let since = Instant::now();
+    let conversation_id = Uuid::now_v7();
+    send_in_between(sender, conversation_id).await;
     let (reason, took) = ended(idle, since).await;
     assert!(
         took < WITHIN,
@@ -137,10 +136,7 @@ async fn every_way_a_session_ends_through_one_instance_closes_its_sockets_on_ano
         )
         .await;
     expect_status(resp, StatusCode::NO_CONTENT).await;
-    let since = Instant::now();
-    let cid = Uuid::now_v7();
-    send_in_between(&mut sender, cid).await;
-    let reason = assert_ended_on_b(&app, &mut idle, &mut sender, cid, since).await;
+    let reason = assert_ended_on_b(&app, &mut idle, &mut sender).await;
     assert!(reason.contains("signed out"), "{reason}");
     still_serves(&app, &mut kept, &other.access).await;
 
@@ -159,10 +155,7 @@ async fn every_way_a_session_ends_through_one_instance_closes_its_sockets_on_ano
         )
         .await;
     expect_status(resp, StatusCode::NO_CONTENT).await;
-    let since = Instant::now();
-    let cid = Uuid::now_v7();
-    send_in_between(&mut sender, cid).await;
-    let reason = assert_ended_on_b(&app, &mut idle, &mut sender, cid, since).await;
+    let reason = assert_ended_on_b(&app, &mut idle, &mut sender).await;
     assert!(reason.contains("signed out"), "{reason}");
 
     // A password change: the other sign-ins end, the caller's own socket on B stays and
@@ -182,10 +175,7 @@ async fn every_way_a_session_ends_through_one_instance_closes_its_sockets_on_ano
         )
         .await;
     let tokens = expect_json(resp, StatusCode::OK).await;
-    let since = Instant::now();
-    let cid = Uuid::now_v7();
-    send_in_between(&mut sender, cid).await;
-    let reason = assert_ended_on_b(&app, &mut idle, &mut sender, cid, since).await;
+    let reason = assert_ended_on_b(&app, &mut idle, &mut sender).await;
     assert!(reason.contains("password changed"), "{reason}");
     still_serves(&app, &mut mine, &str_field(&tokens, "accessToken")).await;
 
@@ -203,10 +193,7 @@ async fn every_way_a_session_ends_through_one_instance_closes_its_sockets_on_ano
         )
         .await;
     expect_status(resp, StatusCode::NO_CONTENT).await;
-    let since = Instant::now();
-    let cid = Uuid::now_v7();
-    send_in_between(&mut sender, cid).await;
-    let reason = assert_ended_on_b(&app, &mut idle, &mut sender, cid, since).await;
+    let reason = assert_ended_on_b(&app, &mut idle, &mut sender).await;
     assert!(reason.contains("password reset"), "{reason}");
 
     // Disabling the account.
@@ -223,10 +210,7 @@ async fn every_way_a_session_ends_through_one_instance_closes_its_sockets_on_ano
         )
         .await;
     expect_json(resp, StatusCode::OK).await;
-    let since = Instant::now();
-    let cid = Uuid::now_v7();
-    send_in_between(&mut sender, cid).await;
-    let reason = assert_ended_on_b(&app, &mut idle, &mut sender, cid, since).await;
+    let reason = assert_ended_on_b(&app, &mut idle, &mut sender).await;
     assert!(reason.contains("disabled"), "{reason}");
 
     // The admin's own socket on B was never touched.
