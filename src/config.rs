@@ -62,6 +62,9 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// How much history is sent upstream, in estimated tokens; the oldest turns go first.
     pub context_budget_tokens: usize,
+    /// The memory kept for recent conversations' contexts, so a turn reads no history
+    /// before asking upstream (0: none kept).
+    pub context_cache_bytes: usize,
     /// The demo provider's pause between words.
     pub demo_delay: Duration,
     /// The largest WebSocket message accepted.
@@ -305,6 +308,8 @@ impl Config {
                 breaker_cooldown: millis("BREAKER_COOLDOWN_MS", 30_000)?,
             },
             context_budget_tokens: parse_or(&get, "CONTEXT_BUDGET_TOKENS", 8_000)?,
+            context_cache_bytes: parse_or::<usize>(&get, "CONTEXT_CACHE_MB", 32)?
+                .saturating_mul(1024 * 1024),
             demo_delay: millis("DEMO_DELAY_MS", 40)?,
             ws_max_frame_bytes: parse_or(&get, "WS_MAX_FRAME_BYTES", 512 * 1024)?,
             ws_send_queue_frames: parse_or::<usize>(&get, "WS_SEND_QUEUE_FRAMES", 1024)?.max(1),
@@ -605,6 +610,7 @@ mod tests {
             "BREAKER_FAILURE_THRESHOLD" => cfg.upstream.breaker_threshold.to_string(),
             "BREAKER_COOLDOWN_MS" => ms(cfg.upstream.breaker_cooldown),
             "CONTEXT_BUDGET_TOKENS" => cfg.context_budget_tokens.to_string(),
+            "CONTEXT_CACHE_MB" => (cfg.context_cache_bytes / (1024 * 1024)).to_string(),
             "DEMO_DELAY_MS" => ms(cfg.demo_delay),
             "WS_MAX_FRAME_BYTES" => cfg.ws_max_frame_bytes.to_string(),
             "WS_SEND_QUEUE_FRAMES" => cfg.ws_send_queue_frames.to_string(),

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub tokens_relayed: IntCounter,
     pub upstream_errors: IntCounterVec,
     pub upstream_retries: IntCounter,
+    pub context_reads: IntCounterVec,
     pub circuit_state: IntGauge,
     pub rate_limited: IntCounterVec,
     pub db_pool_connections: IntGauge,
@@ -136,6 +137,13 @@ impl Metrics {
             upstream_retries: register!(IntCounter::new(
                 "chat_upstream_retries_total",
                 "Upstream requests retried before the first token"
+            )),
+            context_reads: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_context_reads_total",
+                    "Where a turn's upstream context came from: cache, read (beside the commit) or after_commit (read again)"
+                ),
+                &["source"]
             )),
             circuit_state: register!(IntGauge::new(
                 "chat_upstream_circuit_state",

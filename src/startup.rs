@@ -167,7 +167,8 @@ pub async fn build_state(
         config.upstream.clone(),
         limits.clone(),
         config.limits.max_message_chars,
-    );
+    )
+    .with_context_cache(config.context_cache_bytes, metrics.clone());
     let chat = match instance_id {
         Some(id) => chat.run_by(id, peers.clone()),
         None => chat,

@@ -31,7 +31,9 @@ use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageStatus;
 use crate::metrics::Metrics;
 use crate::service::auth::CurrentUser;
-use crate::service::chat::{ChatService, Turn, TurnOutcome, TurnRequest, TurnStart};
+use crate::service::chat::{
+    Answering, ChatService, EarlyStream, Turn, TurnOutcome, TurnRequest, TurnStart,
+};
 use crate::service::{ServiceError, ServiceResult};
 
 struct Inner {
@@ -185,8 +187,13 @@ impl StreamHub {
             ));
         }
         let slot = self.slot(user.id).await?;
-        match self.inner.chat.start_turn(user, request).await? {
-            TurnStart::Started(turn) => {
+        match self
+            .inner
+            .chat
+            .start_turn(user, request, Answering::Streamed)
+            .await?
+        {
+            TurnStart::Started { turn, early } => {
                 let conversation_id = turn.conversation_id;
                 let stream = Arc::new(RunningStream {
                     turn: turn.clone(),
@@ -220,7 +227,7 @@ impl StreamHub {
                     conversation_id = %conversation_id,
                     message_id = %turn.assistant_message_id,
                 );
-                tokio::spawn(self.clone().run(stream).instrument(span));
+                tokio::spawn(self.clone().run(stream, early).instrument(span));
                 Ok(Started {
                     receiver,
                     conversation_id,
@@ -367,11 +374,11 @@ impl StreamHub {
             .publish(conversation_id, Arc::new(OutFrame::new(frame)));
     }
 
-    async fn run(self, stream: Arc<RunningStream>) {
+    async fn run(self, stream: Arc<RunningStream>, early: Option<EarlyStream>) {
         let turn = stream.turn.clone();
         let metrics = self.inner.metrics.clone();
         metrics.streams_running.inc();
-        let outcome = self.relay().drive(&stream).await;
+        let outcome = self.relay().drive(&stream, early).await;
         let seq = self.relay().commit(&turn, &outcome).await;
         {
             let mut state = stream.lock();

@@ -21,7 +21,7 @@ use crate::domain::events::StreamError;
 use crate::domain::types::MessageStatus;
 use crate::llm::{ProviderError, StreamItem};
 use crate::metrics::Metrics;
-use crate::service::chat::{stream_error, ChatService, Turn, TurnOutcome};
+use crate::service::chat::{stream_error, ChatService, EarlyStream, Turn, TurnOutcome};
 use crate::service::ServiceError;
 
 /// The most text one chunk carries when deltas are joined.
@@ -65,7 +65,8 @@ impl Relay<'_> {
     }
 
     /// Relays the upstream's deltas until it ends, fails, times out or is cancelled.
-    pub async fn drive(&self, stream: &RunningStream) -> TurnOutcome {
+    /// `early`: the stream, if the turn's start already asked for it.
+    pub async fn drive(&self, stream: &RunningStream, early: Option<EarlyStream>) -> TurnOutcome {
         let chat = self.chat;
         let turn = &stream.turn;
         let limits = chat.upstream().clone();
@@ -77,28 +78,34 @@ impl Relay<'_> {
             error: error.map(stream_error),
         };
 
-        let request = match chat.context_for(turn).await {
-            Ok(request) => request,
-            Err(err) => {
-                tracing::error!(error = %err, "building the context failed");
-                let mut outcome = end(MessageStatus::Failed, None, None);
-                outcome.error = Some(StreamError {
-                    code: ErrorCode::InternalError,
-                    message: "the request could not be prepared".into(),
-                });
-                return outcome;
+        // The request was asked for while the turn was committed, or is asked for now.
+        let (asked, opening) = match early {
+            Some(early) => (early.asked, early.opened().boxed()),
+            None => {
+                let request = match chat.context_for(turn).await {
+                    Ok(request) => request,
+                    Err(err) => {
+                        tracing::error!(error = %err, "building the context failed");
+                        let mut outcome = end(MessageStatus::Failed, None, None);
+                        outcome.error = Some(StreamError {
+                            code: ErrorCode::InternalError,
+                            message: "the request could not be prepared".into(),
+                        });
+                        return outcome;
+                    }
+                };
+                (Instant::now(), chat.provider().stream(request))
             }
         };
 
         // Each attempt has the first-token limit (the resilient provider enforces it, so a
         // timeout counts toward the breaker and may be retried); this outer bound also
         // covers providers without one. After that, the gap between tokens.
-        let asked = Instant::now();
-        let opening = asked + limits.with_retries(limits.first_token_timeout);
+        let opening_by = asked + limits.with_retries(limits.first_token_timeout);
         let opened = tokio::select! {
             _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
             _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
-            opened = tokio::time::timeout_at(opening, chat.provider().stream(request)) => opened,
+            opened = tokio::time::timeout_at(opening_by, opening) => opened,
         };
         let mut deadline = Instant::now() + limits.first_token_timeout;
         let mut upstream = match opened {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::auth::CurrentUser;
+use super::context_cache::{CachedRow, ContextCache};
 use super::conversations::ConversationView;
 use super::limits::RateLimits;
 use super::peers::Peers;
@@ -22,9 +23,8 @@ use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageRole;
 use crate::domain::types::{MessageStatus, Usage};
 use crate::llm::context::{build_context, ContextWindow};
-use crate::llm::ChatMessage;
-use crate::llm::{ChatProvider, ChatRequest, ProviderError};
-use crate::store::ContextRow;
+use crate::llm::{ChatProvider, ChatRequest, ChatStream, ProviderError};
+use crate::metrics::Metrics;
 use crate::store::{Load, Store, StoredTurn};
 
 pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 100;
@@ -46,17 +46,30 @@ pub struct Turn {
     pub prepared: Option<ChatRequest>,
 }
 
-/// A context read before the turn's commit: the newest usable messages, newest first, as
-/// of the conversation's `last_seq`.
+/// A context read before the turn's commit: the request it makes, as of the conversation's
+/// `last_seq` (and the system prompt and model the same snapshot had).
 struct ReadAhead {
     last_seq: i64,
-    rows: Vec<ContextRow>,
+    request: ChatRequest,
+    /// What was read, when it did not come from the cache.
+    read: Option<ReadRows>,
+    /// The turn is known to be appended (its `clientMessageId`, if any, is not a repeat):
+    /// its answer may be asked for before the commit ends. A repeat asked for early would
+    /// be a request upstream thrown away.
+    surely_new: bool,
+}
+
+/// The rows a read ahead took, newest first, and whether they reach the first message.
+struct ReadRows {
+    rows: Vec<CachedRow>,
+    whole: bool,
 }
 
 impl ReadAhead {
     /// Whether the turn's commit came right after the read: its events are the user
     /// message and the answer's start, at the two seqs after the one read at. Anything
-    /// else (another writer in between) and the read may miss a message.
+    /// else (another writer in between) and the read may miss a message, or a new system
+    /// prompt or model.
     fn still_current(&self, events: &[RecordedEvent]) -> bool {
         matches!(
             events,
@@ -66,23 +79,69 @@ impl ReadAhead {
                 && matches!(started.event, ConversationEvent::StreamStarted(_))
         )
     }
+}
 
-    /// The context: the system prompt, the turn's message (always kept), then the rows
-    /// that fit, exactly as reading after the commit would make it.
-    fn context(self, system_prompt: Option<&str>, text: &str, budget: usize) -> Vec<ChatMessage> {
-        let mut window = ContextWindow::new(system_prompt, budget);
-        window.offer(MessageRole::User, text);
-        for row in &self.rows {
-            if !window.offer(row.role, &row.content) {
-                break;
+/// How a turn's answer is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answering {
+    /// Streamed (the WebSocket): the upstream request may go out while the turn's commit
+    /// is written (see [`EarlyStream`]).
+    Streamed,
+    /// Whole (`POST /api/chat`): asked for after the commit.
+    Whole,
+}
+
+/// A streamed answer asked for while its turn was being committed, so that the upstream's
+/// wait for its first token overlaps the commit instead of following it. It is used only
+/// if the commit shows the request was built from the state the turn was appended to (a
+/// new conversation, or a read with nothing appended between it and the commit); otherwise
+/// it is dropped, which aborts the request. Nothing of it reaches a client before the
+/// commit: its first token waits in the task until the stream is registered.
+pub struct EarlyStream {
+    /// When the request went out (the server's share of the first token ends here).
+    pub asked: tokio::time::Instant,
+    model: String,
+    opening: tokio::task::JoinHandle<Result<ChatStream, ProviderError>>,
+}
+
+impl EarlyStream {
+    fn open(provider: &Arc<dyn ChatProvider>, request: ChatRequest) -> Self {
+        let provider = provider.clone();
+        Self {
+            asked: tokio::time::Instant::now(),
+            model: request.model.clone(),
+            opening: tokio::spawn(async move { provider.stream(request).await }),
+        }
+    }
+
+    /// The opened stream, or why it did not open: what `ChatProvider::stream` answered.
+    pub async fn opened(mut self) -> Result<ChatStream, ProviderError> {
+        match (&mut self.opening).await {
+            Ok(opened) => opened,
+            Err(err) => {
+                tracing::error!(error = %err, "the upstream request task failed");
+                Err(ProviderError::Upstream(
+                    "the request ended unexpectedly".into(),
+                ))
             }
         }
-        window.into_messages()
+    }
+}
+
+impl Drop for EarlyStream {
+    fn drop(&mut self) {
+        // Unused (or already finished): a request still in flight is abandoned, and its
+        // connection closed.
+        self.opening.abort();
     }
 }
 
 pub enum TurnStart {
-    Started(Turn),
+    /// `early`: the answer's stream, already asked for (only for [`Answering::Streamed`]).
+    Started {
+        turn: Turn,
+        early: Option<EarlyStream>,
+    },
     /// The `clientMessageId` was used before in this conversation: nothing new started.
     Duplicate {
         conversation_id: Uuid,
@@ -122,6 +181,10 @@ pub struct ChatService {
     instance_id: Option<Uuid>,
     /// Whether other instances share the database (their answers then count too).
     peers: Peers,
+    /// What the next turn of each recent conversation sends, kept by the append path.
+    contexts: Arc<ContextCache>,
+    /// Counts where contexts come from, once a cache is set up.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl ChatService {
@@ -144,7 +207,26 @@ impl ChatService {
             upstream,
             instance_id: None,
             peers: Peers::default(),
+            contexts: Arc::new(ContextCache::new(context_budget_tokens, 0)),
+            metrics: None,
         }
+    }
+
+    /// Keeps up to `max_bytes` of recent conversations' contexts in memory, current with
+    /// every commit through the store (see [`ContextCache`]), and counts in `metrics` where
+    /// each turn's context came from. Call once per store.
+    pub fn with_context_cache(mut self, max_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        let contexts = Arc::new(ContextCache::new(self.context_budget_tokens, max_bytes));
+        let kept = contexts.clone();
+        let hook =
+            Box::new(move |id, owner, events: &[RecordedEvent]| kept.appended(id, owner, events));
+        if self.store.on_append(hook).is_err() {
+            tracing::warn!("the store already reports its commits elsewhere; no context cache");
+            return self;
+        }
+        self.contexts = contexts;
+        self
     }
 
     /// The user's answers that other instances are running (0 while this instance is alone,
@@ -184,6 +266,7 @@ impl ChatService {
         &self,
         user: CurrentUser,
         request: TurnRequest,
+        answering: Answering,
     ) -> ServiceResult<TurnStart> {
         let text =
             MessageText::parse("message", &request.message, self.max_message_chars)?.into_inner();
@@ -211,17 +294,37 @@ impl ChatService {
             messages: vec![],
             client_message_id: client_message_id.clone(),
         };
+        let streamed = answering == Answering::Streamed;
+        // A new conversation's request is known before anything is stored: its one message.
+        let early_new = (streamed && request.conversation_id.is_none()).then(|| {
+            let model = turn
+                .model_override
+                .clone()
+                .unwrap_or_else(|| self.default_model.clone());
+            let mut window = ContextWindow::new(None, self.context_budget_tokens);
+            window.offer(MessageRole::User, &turn.text);
+            EarlyStream::open(
+                &self.provider,
+                ChatRequest {
+                    model,
+                    messages: window.into_messages(),
+                },
+            )
+        });
         let commit = self.store.execute(conversation_id, Some(user.id), &load, {
             let turn = turn.clone();
             move |state| commands::start_turn(state, user.id, &turn)
         });
         // A turn in an existing conversation reads its context while its commit is written,
-        // instead of after it; the read is used only if nothing else was appended between.
+        // instead of after it, and a streamed one asks upstream as soon as it has read; the
+        // read is used only if nothing else was appended between.
         let read_ahead = async {
-            match request.conversation_id {
-                Some(id) => self.read_context_ahead(id, user.id, &turn.text).await,
-                None => None,
-            }
+            let ahead = self
+                .context_ahead(request.conversation_id?, user.id, &turn)
+                .await?;
+            let early = (streamed && ahead.surely_new)
+                .then(|| EarlyStream::open(&self.provider, ahead.request.clone()));
+            Some((ahead, early))
         };
         let (committed, read_ahead) = tokio::join!(commit, read_ahead);
         let committed = committed?;
@@ -250,73 +353,165 @@ impl ChatService {
             .events
             .iter()
             .any(|e| matches!(e.event, ConversationEvent::ConversationCreated(_)));
-        let prepared = match (created, &committed.state.conversation) {
+        let (prepared, early) = match (created, &committed.state.conversation) {
             (true, Some(conversation)) => {
                 let mut history: Vec<MessageRecord> =
                     committed.state.messages.values().cloned().collect();
                 history.sort_by_key(|m| m.position);
-                Some(self.request(
+                let prepared = self.request(
                     started.1.clone(),
                     conversation.system_prompt.as_deref(),
                     history,
                     turn.assistant_message_id,
-                ))
+                );
+                (Some(prepared), early_new)
             }
-            (false, Some(conversation)) => read_ahead
-                .filter(|ahead| ahead.still_current(&committed.events))
-                .map(|ahead| ChatRequest {
-                    model: started.1.clone(),
-                    messages: ahead.context(
-                        conversation.system_prompt.as_deref(),
-                        &turn.text,
-                        self.context_budget_tokens,
-                    ),
-                }),
-            _ => None,
+            (false, Some(conversation)) => match read_ahead {
+                Some((ahead, early)) if ahead.still_current(&committed.events) => {
+                    if let Some(read) = ahead.read {
+                        // A read, now known current: what the conversation's next turn
+                        // starts from, with this turn's events applied on top.
+                        self.contexts.offer(
+                            conversation_id,
+                            user.id,
+                            ahead.last_seq,
+                            conversation.system_prompt.clone(),
+                            conversation.model.clone(),
+                            read.rows,
+                            read.whole,
+                        );
+                        self.contexts
+                            .appended(conversation_id, None, &committed.events);
+                    }
+                    (Some(ahead.request), early)
+                }
+                _ => (None, None),
+            },
+            _ => (None, None),
         };
-        Ok(TurnStart::Started(Turn {
-            owner_id: user.id,
-            conversation_id,
-            user_message_id: turn.user_message_id,
-            assistant_message_id: turn.assistant_message_id,
-            started_seq: started.0,
-            model: started.1,
-            system_prompt: committed
-                .state
-                .conversation
-                .as_ref()
-                .and_then(|c| c.system_prompt.clone()),
-            prepared,
-        }))
+        // The request asked for early must be the one the commit decided on.
+        let early = early.filter(|e| e.model == started.1);
+        Ok(TurnStart::Started {
+            turn: Turn {
+                owner_id: user.id,
+                conversation_id,
+                user_message_id: turn.user_message_id,
+                assistant_message_id: turn.assistant_message_id,
+                started_seq: started.0,
+                model: started.1,
+                system_prompt: committed
+                    .state
+                    .conversation
+                    .as_ref()
+                    .and_then(|c| c.system_prompt.clone()),
+                prepared,
+            },
+            early,
+        })
     }
 
-    /// The newest usable messages of the conversation before a turn is committed, enough
-    /// for any system prompt (a prompt only leaves less room), as of the `last_seq` they
-    /// were read at. `None` if it cannot be read (the turn's own path then reads after
-    /// the commit).
+    /// The request for a turn before it is committed, from the context cache or a read.
+    /// The cache is not used while other instances share the database: their turns do not
+    /// reach it, and an entry they made stale would cost an early request thrown away.
+    async fn context_ahead(
+        &self,
+        conversation_id: Uuid,
+        owner_id: Uuid,
+        turn: &NewTurn,
+    ) -> Option<ReadAhead> {
+        let model = |own: Option<String>| {
+            turn.model_override
+                .clone()
+                .or(own)
+                .unwrap_or_else(|| self.default_model.clone())
+        };
+        if !self.peers.seen() {
+            let client_message_id = turn.client_message_id.as_deref();
+            if let Some(cached) =
+                self.contexts
+                    .context(conversation_id, owner_id, &turn.text, client_message_id)
+            {
+                self.count_context("cache");
+                return Some(ReadAhead {
+                    last_seq: cached.last_seq,
+                    request: ChatRequest {
+                        model: model(cached.model),
+                        messages: cached.messages,
+                    },
+                    read: None,
+                    surely_new: cached.surely_new,
+                });
+            }
+        }
+        self.read_context_ahead(conversation_id, owner_id, turn, model)
+            .await
+    }
+
+    /// The request for a turn before it is committed: the conversation's system prompt and
+    /// model, and the newest usable messages that fit beside the turn's own, all from one
+    /// snapshot whose `last_seq` it records. `None` if it cannot be read (not there, not
+    /// the user's, or an error: the turn's own path then reads after the commit).
     async fn read_context_ahead(
         &self,
         conversation_id: Uuid,
         owner_id: Uuid,
-        text: &str,
+        turn: &NewTurn,
+        model: impl FnOnce(Option<String>) -> String,
     ) -> Option<ReadAhead> {
+        // The snapshot's system prompt is known only once read: fill the window without
+        // it, keeping every row it takes, then refill with the prompt (a prompt only leaves
+        // less room, so the rows it takes are a prefix of these).
         let mut probe = ContextWindow::new(None, self.context_budget_tokens);
-        probe.offer(MessageRole::User, text);
+        probe.offer(MessageRole::User, &turn.text);
         let mut rows = Vec::new();
+        let mut whole = true;
         let read = self
             .store
             .context_snapshot(conversation_id, owner_id, |row| {
-                rows.push(row.clone());
-                probe.offer(row.role, &row.content)
+                rows.push(CachedRow {
+                    position: row.position,
+                    role: row.role,
+                    content: row.content.clone(),
+                });
+                whole = probe.offer(row.role, &row.content);
+                whole
             })
             .await;
-        match read {
-            Ok(Some(last_seq)) => Some(ReadAhead { last_seq, rows }),
-            Ok(None) => None,
+        let conversation = match read {
+            Ok(Some(conversation)) => {
+                self.count_context("read");
+                conversation
+            }
+            Ok(None) => return None,
             Err(err) => {
                 tracing::debug!(error = %err, "reading the context ahead failed; reading it after the commit");
-                None
+                return None;
             }
+        };
+        let mut window = ContextWindow::new(
+            conversation.system_prompt.as_deref(),
+            self.context_budget_tokens,
+        );
+        window.offer(MessageRole::User, &turn.text);
+        for row in &rows {
+            if !window.offer(row.role, &row.content) {
+                break;
+            }
+        }
+        Some(ReadAhead {
+            last_seq: conversation.last_seq,
+            request: ChatRequest {
+                model: model(conversation.model),
+                messages: window.into_messages(),
+            },
+            read: Some(ReadRows { rows, whole }),
+            surely_new: turn.client_message_id.is_none(),
+        })
+    }
+
+    fn count_context(&self, source: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics.context_reads.with_label_values(&[source]).inc();
         }
     }
 
@@ -329,6 +524,7 @@ impl ChatService {
         if let Some(prepared) = &turn.prepared {
             return Ok(prepared.clone());
         }
+        self.count_context("after_commit");
         let mut window =
             ContextWindow::new(turn.system_prompt.as_deref(), self.context_budget_tokens);
         // Positions are event seqs: the newest message of the turn is at most its
@@ -396,8 +592,8 @@ impl ChatService {
         user: CurrentUser,
         request: TurnRequest,
     ) -> ServiceResult<(MessageRecord, ConversationView)> {
-        let turn = match self.start_turn(user, request).await? {
-            TurnStart::Started(turn) => turn,
+        let turn = match self.start_turn(user, request, Answering::Whole).await? {
+            TurnStart::Started { turn, .. } => turn,
             TurnStart::Duplicate { .. } => {
                 return Err(ServiceError::Conflict(
                     "this clientMessageId was already sent".into(),

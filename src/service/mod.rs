@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod chat;
+pub mod context_cache;
 pub mod conversations;
 pub mod limits;
 pub mod passwords;

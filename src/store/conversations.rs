@@ -19,6 +19,8 @@ use crate::domain::types::{MessageRole, MessageStatus};
 #[derive(Clone, Debug)]
 pub struct ContextRow {
     pub id: Uuid,
+    /// Its place in the conversation (the `seq` of the event that added it).
+    pub position: i64,
     pub role: MessageRole,
     pub content: String,
 }
@@ -99,22 +101,23 @@ impl Store {
         context_rows_in(&self.db, conversation_id, to, take).await
     }
 
-    /// The same, as of one snapshot taken with the conversation's `last_seq` (which it
-    /// returns; `None` if the conversation is not `owner_id`'s): reads a context while
-    /// another transaction appends, and says which state of the log it was read at.
+    /// The same, as of one snapshot, with the conversation as that snapshot has it (`None`
+    /// if it is not `owner_id`'s): reads a context while another transaction appends, and
+    /// says which state of the log (`last_seq`) and which system prompt and model it was
+    /// read with.
     pub async fn context_snapshot(
         &self,
         conversation_id: Uuid,
         owner_id: Uuid,
         take: impl FnMut(&ContextRow) -> bool,
-    ) -> StoreResult<Option<i64>> {
+    ) -> StoreResult<Option<ConversationRecord>> {
         let txn = self.read_snapshot().await?;
         let Some(conversation) = conversation_in(&txn, conversation_id, owner_id).await? else {
             return Ok(None);
         };
         context_rows_in(&txn, conversation_id, conversation.last_seq + 1, take).await?;
         txn.commit().await.map_err(StoreError::from_db)?;
-        Ok(Some(conversation.last_seq))
+        Ok(Some(conversation))
     }
 
     /// The position of a message of this conversation, if it is there.
@@ -206,7 +209,7 @@ async fn context_rows_in(
     let mut width = CONTEXT_FIRST_RANGE;
     while to > 0 {
         let from = (to - width).max(0);
-        let rows: Vec<(Uuid, String, String)> = messages::Entity::find()
+        let rows: Vec<(Uuid, i64, String, String)> = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation_id))
             .filter(messages::Column::Position.gte(from))
             .filter(messages::Column::Position.lt(to))
@@ -215,15 +218,17 @@ async fn context_rows_in(
             .order_by_desc(messages::Column::Position)
             .select_only()
             .column(messages::Column::Id)
+            .column(messages::Column::Position)
             .column(messages::Column::Role)
             .column(messages::Column::Content)
             .into_tuple()
             .all(db)
             .await
             .map_err(StoreError::from_db)?;
-        for (id, role, content) in rows {
+        for (id, position, role, content) in rows {
             let row = ContextRow {
                 id,
+                position,
                 role: role.parse().unwrap_or(MessageRole::User),
                 content,
             };

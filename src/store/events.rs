@@ -104,6 +104,13 @@ impl Store {
                 Err(ExecuteError::Store(err)) if is_retryable(&err) => {
                     return Err(StoreError::Contention(attempt).into())
                 }
+                Ok(committed) => {
+                    if let Some(hook) = self.on_append.get() {
+                        let owner = committed.state.conversation.as_ref().map(|c| c.owner_id);
+                        hook(conversation_id, owner, &committed.events);
+                    }
+                    return Ok(committed);
+                }
                 other => return other,
             }
         }

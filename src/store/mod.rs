@@ -18,6 +18,7 @@ use anyhow::Context;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, SqlErr};
 use tokio::sync::Mutex;
+use uuid::Uuid;
 
 pub use conversations::{ContextRow, ConversationPage};
 pub use events::{rebuild_projections, Committed, ExecuteError, Load, RebuildReport};
@@ -25,7 +26,8 @@ pub use refresh_tokens::RotateOutcome;
 pub use streams::StoredTurn;
 pub use users::{NewRole, NewUser, UserPatch, UserUpdate};
 
-use crate::domain::{events::DecodeError, projection::ApplyError};
+use crate::domain::events::{DecodeError, RecordedEvent};
+use crate::domain::projection::ApplyError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,7 +69,13 @@ pub struct Store {
     /// Event appends and checkpoints go through one group-committing writer per process.
     group: Arc<group_commit::GroupWriter>,
     writes: Arc<WriteCounts>,
+    /// Told of every commit of [`Store::execute`], once it is durable.
+    on_append: Arc<std::sync::OnceLock<AppendHook>>,
 }
+
+/// What [`Store::on_append`] calls: the conversation, its owner, and the events just
+/// committed to it, in `seq` order.
+pub type AppendHook = Box<dyn Fn(Uuid, Option<Uuid>, &[RecordedEvent]) + Send + Sync>;
 
 /// What the store has written since it started, for `/metrics`: commands that appended
 /// events, the transactions that committed them (fewer, when commits are grouped), the
@@ -119,7 +127,15 @@ impl Store {
             sqlite_writer,
             group,
             writes,
+            on_append: Arc::default(),
         }
+    }
+
+    /// Has `hook` told of every commit through this store (and its clones) from now on,
+    /// after it is durable and before its caller hears of it. Set once; a later call is
+    /// refused.
+    pub fn on_append(&self, hook: AppendHook) -> Result<(), AppendHook> {
+        self.on_append.set(hook)
     }
 
     pub fn writes(&self) -> &WriteCounts {

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::mock_llm::MockLlm;
+use crate::ws_client::WsClient;
 
 /// Small, so that a few hundred short messages overflow it across several pages.
 const BUDGET: &str = "400";
@@ -298,3 +299,205 @@ backend_test!(
         }
     }
 );
+
+/// What the whole history (read now, `answer` left out) makes of the conversation's context,
+/// with its current system prompt.
+async fn expected_context(
+    app: &TestApp,
+    token: &str,
+    conversation: &str,
+    answer: &str,
+) -> Vec<(String, String)> {
+    let prompt = app.get_conversation(token, conversation).await["systemPrompt"]
+        .as_str()
+        .map(str::to_string);
+    let store = chat_server::store::Store::from_connection(app.db().await);
+    let history: Vec<_> = store
+        .list_messages(conversation.parse().unwrap())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.id.to_string() != answer)
+        .collect();
+    build_context(prompt.as_deref(), &history, BUDGET.parse().unwrap())
+        .into_iter()
+        .map(|m: ChatMessage| (m.role.to_string(), m.content))
+        .collect()
+}
+
+backend_test!(
+    streamed_turns_send_what_the_whole_history_makes_of_it_whatever_happens_between_them,
+    backend | backend: Backend | async move {
+        // A streamed turn asks upstream before its commit ends, from the context this
+        // instance keeps of the conversation (or a read beside the commit). Whatever
+        // happened to the conversation between turns (answers failed, cancelled, edits,
+        // deletions, a new system prompt), the request is what the whole history makes.
+        let env = [
+            ("CONTEXT_BUDGET_TOKENS", BUDGET),
+            ("CHAT_RATE_PER_MINUTE", "1000"),
+            ("UPSTREAM_MAX_RETRIES", "0"),
+        ];
+        let Some((app, mock)) = crate::streaming::streaming_app_with(backend, 0, &env).await else {
+            return;
+        };
+        let user = app.register_user(&unique_email()).await;
+        let token = user.access.clone();
+        let mut ws = WsClient::authed(&app.address, &token).await;
+
+        let first = ws.chat(None, "hello there").await;
+        let id = str_field(&first.complete, "conversationId");
+        let mut user_messages = Vec::new();
+        for i in 0..40 {
+            let messages = app.get_conversation(&token, &id).await["messages"].clone();
+            user_messages = as_array(messages)
+                .into_iter()
+                .filter(|m| m["role"] == "user")
+                .map(|m| str_field(&m, "id"))
+                .collect();
+            match i % 10 {
+                3 => {
+                    app.patch_conversation(&token, &id, json!({"systemPrompt": format!("Be terse ({i}).")}))
+                        .await;
+                }
+                5 => {
+                    app.patch_conversation(&token, &id, json!({"title": format!("title {i}")})).await;
+                }
+                6 => {
+                    let edited = &user_messages[user_messages.len() - 2];
+                    let resp = app
+                        .patch(
+                            &format!("/api/conversations/{id}/messages/{edited}"),
+                            Some(&token),
+                            &json!({"content": format!("edited at {i}")}),
+                        )
+                        .await;
+                    expect_json(resp, StatusCode::OK).await;
+                }
+                7 => {
+                    let deleted = &user_messages[user_messages.len() - 3];
+                    let resp = app
+                        .delete(&format!("/api/conversations/{id}/messages/{deleted}"), Some(&token))
+                        .await;
+                    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+                }
+                9 => {
+                    app.patch_conversation(&token, &id, json!({"systemPrompt": ""})).await;
+                }
+                _ => {}
+            }
+            let text = format!("turn {i} {}", "w".repeat((i * 37) % 300));
+            // Failed and cancelled answers are not sent upstream again.
+            let (text, answer) = match i % 10 {
+                2 => {
+                    let text = format!("[[fail500]] {text}");
+                    let frames = ws.chat(Some(&id), &text).await;
+                    assert_eq!(frames.complete["status"], "failed", "{}", frames.complete);
+                    (text, str_field(&frames.complete, "messageId"))
+                }
+                4 => {
+                    let text = format!("[[slow:50]] {text}");
+                    ws.send(json!({"type": "stream_chat", "conversationId": id, "message": text}))
+                        .await;
+                    let start = ws.expect_type("stream_start").await;
+                    let answer = str_field(&start, "messageId");
+                    ws.until("stream_chunk").await;
+                    ws.send(json!({"type": "cancel_stream", "messageId": answer})).await;
+                    let frames = ws.collect_stream(Some(&answer)).await;
+                    assert_eq!(frames.complete["status"], "cancelled", "{}", frames.complete);
+                    (text, answer)
+                }
+                _ => {
+                    let frames = ws.chat(Some(&id), &text).await;
+                    assert_eq!(frames.complete["status"], "complete", "{}", frames.complete);
+                    (text, str_field(&frames.complete, "messageId"))
+                }
+            };
+            let requests: Vec<_> = mock
+                .requests()
+                .into_iter()
+                .filter(|r| pairs_of(&r["messages"]).last().unwrap().1 == text)
+                .collect();
+            assert_eq!(requests.len(), 1, "turn {i}: one request upstream, none thrown away");
+            let sent = pairs_of(&requests[0]["messages"]);
+            let expected = expected_context(&app, &token, &id, &answer).await;
+            assert_eq!(sent, expected, "turn {i}");
+        }
+        assert!(user_messages.len() > 20);
+
+        // Most turns found their context kept, none had to read it again after the commit.
+        let metrics = crate::hardening_support::metrics_text(&app).await;
+        let reads = |source| {
+            crate::hardening_support::metric_or_zero(&metrics, "chat_context_reads_total", &[("source", source)])
+        };
+        assert!(reads("cache") >= 25.0, "{metrics}");
+        assert!(reads("read") >= 3.0, "after each edit and deletion: {metrics}");
+        assert_eq!(reads("after_commit"), 0.0);
+    }
+);
+
+backend_test!(
+    streamed_turns_sent_at_once_each_see_the_messages_committed_before_them,
+    backend | backend: Backend | async move {
+        // Two sockets send into one conversation at once, ten times: both may ask upstream
+        // from the same kept context before either commit ends. The one committed second
+        // must not use that request (it lacks the other's message): it asks again.
+        let env = [("CHAT_RATE_PER_MINUTE", "1000")];
+        let Some((app, mock)) = crate::streaming::streaming_app_with(backend, 0, &env).await else {
+            return;
+        };
+        let user = app.register_user(&unique_email()).await;
+        // Watches the conversation's room: it sees both streams of each round.
+        let mut watcher = WsClient::authed(&app.address, &user.access).await;
+        let id = str_field(&watcher.chat(None, "start").await.complete, "conversationId");
+        for round in 0..10 {
+            let mut x = WsClient::authed(&app.address, &user.access).await;
+            let mut y = WsClient::authed(&app.address, &user.access).await;
+            let send = |text: String| json!({"type": "stream_chat", "conversationId": id, "message": text});
+            tokio::join!(
+                x.send(send(format!("x{round}"))),
+                y.send(send(format!("y{round}")))
+            );
+            let mut starts = Vec::new();
+            while starts.len() < 2 || watcher_pending(&starts) {
+                let frame = watcher.recv().await.expect("the watcher's socket closed");
+                match frame["type"].as_str().unwrap() {
+                    "stream_start" => starts.push((frame, false)),
+                    "stream_complete" => {
+                        for (start, done) in starts.iter_mut() {
+                            if start["messageId"] == frame["messageId"] {
+                                *done = true;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            starts.sort_by_key(|(s, _)| s["seq"].as_i64().unwrap());
+            let messages = app.get_conversation(&user.access, &id).await["messages"].clone();
+            let text_of = |start: &Value| {
+                as_array(messages.clone())
+                    .into_iter()
+                    .find(|m| m["id"] == start["userMessageId"])
+                    .map(|m| str_field(&m, "content"))
+                    .unwrap()
+            };
+            let (first, second) = (text_of(&starts[0].0), text_of(&starts[1].0));
+            // The request whose answer the client got is the last one asked for it.
+            let request = mock
+                .requests()
+                .into_iter()
+                .rfind(|r| pairs_of(&r["messages"]).last().unwrap().1 == second)
+                .unwrap();
+            let sent = pairs_of(&request["messages"]);
+            assert!(
+                sent.iter().any(|(_, content)| *content == first),
+                "round {round}: {second:?} was committed after {first:?} but its context lacks it: {sent:?}"
+            );
+        }
+    }
+);
+
+/// Whether a stream the watcher saw start has not completed yet.
+fn watcher_pending(starts: &[(Value, bool)]) -> bool {
+    starts.iter().any(|(_, done)| !done)
+}

@@ -33,7 +33,6 @@ pub async fn streaming_app_with(
         ("UPSTREAM_RETRY_BASE_MS", "5".to_string()),
     ]);
     vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    vars.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let app = spawn_app_with(backend, &overrides).await?;
     Some((app, mock))
