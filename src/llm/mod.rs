@@ -1,6 +1,7 @@
 //! LLM providers: one trait for chat completion, streamed or whole, with an
 //! OpenAI-compatible implementation (async-openai) and a built-in demo provider.
 
+pub mod catalogue;
 pub mod context;
 pub mod demo;
 pub mod openai;
