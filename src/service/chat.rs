@@ -465,9 +465,17 @@ impl ChatService {
         probe.offer(MessageRole::User, &turn.text);
         let mut rows = Vec::new();
         let mut whole = true;
+        // The read runs beside the turn's commit and may see it: then the turn's own
+        // message is among the rows. Left out, the rows are the state just before the
+        // commit (if nothing came after it, which the seq check then confirms).
+        let mut saw_own = false;
         let read = self
             .store
             .context_snapshot(conversation_id, owner_id, |row| {
+                if row.id == turn.user_message_id {
+                    saw_own = true;
+                    return true;
+                }
                 rows.push(CachedRow {
                     position: row.position,
                     role: row.role,
@@ -499,7 +507,8 @@ impl ChatService {
             }
         }
         Some(ReadAhead {
-            last_seq: conversation.last_seq,
+            // Seen with the turn's own two events last, the rows are as of two seqs back.
+            last_seq: conversation.last_seq - if saw_own { 2 } else { 0 },
             request: ChatRequest {
                 model: model(conversation.model),
                 messages: window.into_messages(),
