@@ -7,6 +7,9 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context};
 
+use crate::llm::catalogue::{Catalogue, ProviderConfig, DEFAULT_PROVIDER};
+use crate::llm::demo::DEMO_MODEL;
+
 /// A value that must never reach a log: `Debug` prints a placeholder.
 #[derive(Clone)]
 pub struct Secret(String);
@@ -53,6 +56,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub jwt: JwtConfig,
     pub openai: OpenAiConfig,
+    /// `MODELS_FILE`, when set.
+    pub models_file: Option<PathBuf>,
+    /// The models users may name (from `MODELS_FILE`, or the one model of `OPENAI_*`).
+    pub catalogue: Catalogue,
     pub cors_origins: Vec<String>,
     pub allow_registration: bool,
     /// Who becomes an admin by signing up (see [`AdminBootstrap`]).
@@ -253,6 +260,33 @@ impl Config {
             Ok(Duration::from_millis(parse_or(&get, key, default)?))
         };
 
+        let openai = OpenAiConfig {
+            api_key: get("OPENAI_API_KEY").map(Secret::new),
+            base_url: get("OPENAI_BASE_URL"),
+            model: get("OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
+        };
+        let default_provider = ProviderConfig {
+            id: DEFAULT_PROVIDER.into(),
+            base_url: openai.base_url.clone(),
+            api_key: openai.api_key.clone(),
+            max_concurrent: None,
+            tokens_per_minute: None,
+        };
+        let models_file = get("MODELS_FILE").map(PathBuf::from);
+        let catalogue = match &models_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("MODELS_FILE: reading {}", path.display()))?;
+                let file = toml::from_str(&text)
+                    .with_context(|| format!("MODELS_FILE: {}", path.display()))?;
+                Catalogue::from_file(file, default_provider, |key| get(key))
+                    .with_context(|| format!("MODELS_FILE: {}", path.display()))?
+            }
+            // Without a key the default provider is the demo provider, with its one model.
+            None if openai.api_key.is_none() => Catalogue::single(DEMO_MODEL, default_provider),
+            None => Catalogue::single(&openai.model, default_provider),
+        };
+
         Ok(Self {
             app_env,
             host: get("HOST").unwrap_or_else(|| "127.0.0.1".into()),
@@ -272,11 +306,9 @@ impl Config {
                     30 * 24 * 3600,
                 )?),
             },
-            openai: OpenAiConfig {
-                api_key: get("OPENAI_API_KEY").map(Secret::new),
-                base_url: get("OPENAI_BASE_URL"),
-                model: get("OPENAI_MODEL").unwrap_or_else(|| "gpt-4o-mini".into()),
-            },
+            openai,
+            models_file,
+            catalogue,
             cors_origins,
             allow_registration: parse_bool(get("ALLOW_REGISTRATION"), "ALLOW_REGISTRATION", true)?,
             admin_bootstrap: match get("ADMIN_EMAIL") {
@@ -593,6 +625,10 @@ mod tests {
             "OPENAI_API_KEY" => match cfg.openai.api_key {
                 None => "none".into(),
                 Some(_) => "a key".into(),
+            },
+            "MODELS_FILE" => match &cfg.models_file {
+                None => "none".into(),
+                Some(path) => path.display().to_string(),
             },
             "OPENAI_BASE_URL" => match &cfg.openai.base_url {
                 None => "the OpenAI API".into(),

@@ -14,7 +14,7 @@ use crate::api::{self, AppState};
 use crate::cluster::pg_bus::PgRoomBus;
 use crate::cluster::Instance;
 use crate::config::Config;
-use crate::llm::{self, demo::DEMO_MODEL};
+use crate::llm;
 use crate::metrics::Metrics;
 use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus};
 use crate::realtime::hub::StreamHub;
@@ -22,6 +22,7 @@ use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
 use crate::service::limits::RateLimits;
+use crate::service::models::ModelService;
 use crate::service::sessions::LiveSessions;
 use crate::service::tokens::TokenKeys;
 use crate::store::Store;
@@ -147,11 +148,8 @@ pub async fn build_state(
     let keys = TokenKeys::new(&config.jwt);
     let metrics = Arc::new(Metrics::new());
     let provider = llm::from_config(config, metrics.clone())?;
-    let default_model = match config.openai.api_key {
-        Some(_) => config.openai.model.clone(),
-        None => DEMO_MODEL.to_string(),
-    };
-    tracing::info!(provider = provider.name(), model = %default_model, "LLM provider configured");
+    let catalogue = Arc::new(config.catalogue.clone());
+    tracing::info!(provider = provider.name(), default_model = %catalogue.default_model().id, models = catalogue.models().len(), "LLM providers configured");
     let limits = RateLimits::new(&config.limits, metrics.clone());
     // With several instances on PostgreSQL, the limits that protect accounts are shared.
     let limits = Arc::new(match instance_id {
@@ -162,7 +160,7 @@ pub async fn build_state(
     let chat = ChatService::new(
         store.clone(),
         provider,
-        default_model,
+        catalogue.clone(),
         config.context_budget_tokens,
         config.upstream.clone(),
         limits.clone(),
@@ -210,7 +208,12 @@ pub async fn build_state(
             .counted(&metrics),
             sessions.clone(),
         ),
-        conversations: ConversationService::new(store.clone(), config.limits.max_message_chars),
+        models: ModelService::new(catalogue.clone()),
+        conversations: ConversationService::new(
+            store.clone(),
+            config.limits.max_message_chars,
+            catalogue.clone(),
+        ),
         limits,
         sessions,
         hub: StreamHub::new(

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod catalogue;
 pub mod chat;
 pub mod conversations;
 pub mod drain;
@@ -42,6 +43,7 @@ type Apis = (
     admin::AdminApi,
     conversations::ConversationsApi,
     chat::ChatApi,
+    catalogue::CatalogueApi,
 );
 
 fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
@@ -58,7 +60,10 @@ fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
         conversations::ConversationsApi {
             state: state.clone(),
         },
-        chat::ChatApi { state },
+        chat::ChatApi {
+            state: state.clone(),
+        },
+        catalogue::CatalogueApi { state },
     );
     OpenApiService::new(apis, "Chat Server API", env!("CARGO_PKG_VERSION"))
         .description(

@@ -512,8 +512,9 @@ impl Session {
                 message,
                 conversation_id,
                 client_message_id,
+                model,
             } => {
-                self.stream_chat(message, conversation_id, client_message_id)
+                self.stream_chat(message, conversation_id, client_message_id, model)
                     .await
             }
         }
@@ -593,13 +594,14 @@ impl Session {
         message: String,
         conversation_id: Option<Uuid>,
         client_message_id: Option<String>,
+        model: Option<String>,
     ) {
         let request = TurnRequest {
             conversation_id,
             create_if_missing: true,
             message,
             client_message_id,
-            model: None,
+            model,
         };
         let rooms = &self.rooms;
         let bus = self.state.hub.bus().clone();

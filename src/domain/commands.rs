@@ -2,6 +2,9 @@
 //! that record it (or a refusal). The store runs them inside the append transaction, so the
 //! state they see is the state the events are appended to.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::events::*;
@@ -116,8 +119,27 @@ pub struct NewTurn {
     /// The model for this answer: the request's, else the conversation's, else this default.
     pub model_override: Option<String>,
     pub default_model: String,
+    /// The models a conversation's own model may still be (the catalogue's); one that left
+    /// it answers with the default. `None`: any.
+    pub usable_models: Option<Arc<HashSet<String>>>,
     /// The server instance that will run the answer (recorded in `stream_started`).
     pub instance_id: Option<Uuid>,
+}
+
+impl NewTurn {
+    /// The model that answers: the turn's own (checked when it was sent), else the
+    /// conversation's while it is still usable, else the default.
+    pub fn model(&self, conversation_model: Option<&str>) -> String {
+        let usable = |m: &&str| {
+            self.usable_models
+                .as_ref()
+                .is_none_or(|ids| ids.contains(*m))
+        };
+        self.model_override
+            .clone()
+            .or_else(|| conversation_model.filter(usable).map(str::to_string))
+            .unwrap_or_else(|| self.default_model.clone())
+    }
 }
 
 /// Titles of conversations started by a message are its first 50 characters.
@@ -163,11 +185,7 @@ pub fn start_turn(state: &ConversationState, actor: Uuid, turn: &NewTurn) -> Dec
             state.conversation.as_ref().and_then(|c| c.model.clone())
         }
     };
-    let model = turn
-        .model_override
-        .clone()
-        .or(conversation_model)
-        .unwrap_or_else(|| turn.default_model.clone());
+    let model = turn.model(conversation_model.as_deref());
     events.push(ConversationEvent::MessageAdded(MessageAdded {
         message_id: turn.user_message_id,
         role: MessageRole::User,
@@ -274,6 +292,7 @@ mod tests {
             client_message_id: client_message_id.map(Into::into),
             create_if_missing,
             model_override: None,
+            usable_models: None,
             default_model: "default-model".into(),
             instance_id: Some(INSTANCE),
         }

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod openai;
 pub mod resilience;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -84,25 +85,38 @@ pub trait ChatProvider: Send + Sync + 'static {
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>>;
 }
 
-/// The provider the configuration asks for: OpenAI-compatible with an API key (behind retries
-/// and a circuit breaker), else the demo provider.
+/// The provider every model call goes through: each catalogue model routed to its own
+/// provider (OpenAI-compatible behind retries and a circuit breaker, one breaker per
+/// provider; the default provider without a key is the demo provider).
 pub fn from_config(
     config: &Config,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Arc<dyn ChatProvider>> {
-    Ok(match &config.openai.api_key {
-        Some(key) => {
-            let openai = openai::OpenAiProvider::new(
-                key.expose(),
-                config.openai.base_url.as_deref(),
-                config.upstream.connect_timeout,
-            )?;
-            Arc::new(resilience::ResilientProvider::new(
-                Arc::new(openai),
-                &config.upstream,
-                metrics,
-            ))
-        }
-        None => Arc::new(demo::DemoProvider::new(config.demo_delay)),
-    })
+    let mut clients: HashMap<String, Arc<dyn ChatProvider>> = HashMap::new();
+    for provider in config.catalogue.providers() {
+        let client: Arc<dyn ChatProvider> = match &provider.api_key {
+            None if provider.id == catalogue::DEFAULT_PROVIDER => {
+                Arc::new(demo::DemoProvider::new(config.demo_delay))
+            }
+            key => {
+                // A local server (Ollama, vLLM) may need no key: an empty one is sent.
+                let key = key.as_ref().map_or("", |k| k.expose());
+                let openai = openai::OpenAiProvider::new(
+                    key,
+                    provider.base_url.as_deref(),
+                    config.upstream.connect_timeout,
+                )?;
+                Arc::new(resilience::ResilientProvider::new(
+                    Arc::new(openai),
+                    &config.upstream,
+                    metrics.clone(),
+                ))
+            }
+        };
+        clients.insert(provider.id.clone(), client);
+    }
+    Ok(Arc::new(catalogue::RoutedProvider::new(
+        &config.catalogue,
+        &clients,
+    )?))
 }

@@ -26,6 +26,8 @@ pub enum ClientFrame {
         message: String,
         conversation_id: Option<Uuid>,
         client_message_id: Option<String>,
+        /// A catalogue model for this answer (else the conversation's, else the default).
+        model: Option<String>,
     },
     CancelStream {
         message_id: Uuid,
@@ -388,7 +390,8 @@ mod tests {
             ClientFrame::StreamChat {
                 message: "hi".into(),
                 conversation_id: None,
-                client_message_id: None
+                client_message_id: None,
+                model: None,
             }
         );
         assert_eq!(

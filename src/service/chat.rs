@@ -3,6 +3,7 @@
 //! finishing it appends one `stream_completed`. `POST /api/chat` and the WebSocket streams
 //! share this, so both leave the same history and both survive a crash the same way.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -11,6 +12,7 @@ use super::auth::CurrentUser;
 use super::context_cache::{CachedRow, ContextCache};
 use super::conversations::ConversationView;
 use super::limits::RateLimits;
+use super::models::known_model;
 use super::peers::Peers;
 use super::{ServiceError, ServiceResult};
 use crate::config::UpstreamConfig;
@@ -18,10 +20,11 @@ use crate::domain::codes::ErrorCode;
 use crate::domain::commands::{self, NewTurn};
 use crate::domain::events::{ConversationEvent, RecordedEvent};
 use crate::domain::events::{StreamCompleted, StreamError};
-use crate::domain::inputs::{bounded_text, MessageText, MAX_MODEL_CHARS};
+use crate::domain::inputs::{bounded_text, MessageText};
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageRole;
 use crate::domain::types::{MessageStatus, Usage};
+use crate::llm::catalogue::Catalogue;
 use crate::llm::context::{build_context, ContextWindow};
 use crate::llm::{ChatProvider, ChatRequest, ChatStream, ProviderError};
 use crate::metrics::Metrics;
@@ -174,7 +177,9 @@ pub struct ChatService {
     max_message_chars: usize,
     store: Store,
     provider: Arc<dyn ChatProvider>,
-    default_model: String,
+    /// The models users may name; what a turn answers with when it names none.
+    catalogue: Arc<Catalogue>,
+    model_ids: Arc<HashSet<String>>,
     context_budget_tokens: usize,
     upstream: UpstreamConfig,
     /// This server instance: recorded in every answer it starts, as the one that runs it.
@@ -191,7 +196,7 @@ impl ChatService {
     pub fn new(
         store: Store,
         provider: Arc<dyn ChatProvider>,
-        default_model: String,
+        catalogue: Arc<Catalogue>,
         context_budget_tokens: usize,
         upstream: UpstreamConfig,
         limits: Arc<RateLimits>,
@@ -202,7 +207,8 @@ impl ChatService {
             max_message_chars,
             store,
             provider,
-            default_model,
+            model_ids: Arc::new(catalogue.models().iter().map(|m| m.id.clone()).collect()),
+            catalogue,
             context_budget_tokens,
             upstream,
             instance_id: None,
@@ -249,6 +255,11 @@ impl ChatService {
         self
     }
 
+    /// `model` as a request names it: one of the catalogue's, or 400 naming `model`.
+    pub fn known_model(&self, model: &str) -> ServiceResult<String> {
+        known_model(&self.catalogue, model)
+    }
+
     pub fn provider(&self) -> &Arc<dyn ChatProvider> {
         &self.provider
     }
@@ -275,10 +286,7 @@ impl ChatService {
             .client_message_id
             .map(|c| bounded_text("clientMessageId", &c, MAX_CLIENT_MESSAGE_ID_CHARS, false))
             .transpose()?;
-        let model_override = request
-            .model
-            .map(|m| bounded_text("model", &m, MAX_MODEL_CHARS, false))
-            .transpose()?;
+        let model_override = request.model.map(|m| self.known_model(&m)).transpose()?;
         let conversation_id = request.conversation_id.unwrap_or_else(Uuid::now_v7);
         let turn = NewTurn {
             user_message_id: Uuid::now_v7(),
@@ -287,7 +295,8 @@ impl ChatService {
             client_message_id: client_message_id.clone(),
             create_if_missing: request.create_if_missing || request.conversation_id.is_none(),
             model_override,
-            default_model: self.default_model.clone(),
+            default_model: self.catalogue.default_model().id.clone(),
+            usable_models: Some(self.model_ids.clone()),
             instance_id: self.instance_id,
         };
         let load = Load {
@@ -297,10 +306,7 @@ impl ChatService {
         let streamed = answering == Answering::Streamed;
         // A new conversation's request is known before anything is stored: its one message.
         let early_new = (streamed && request.conversation_id.is_none()).then(|| {
-            let model = turn
-                .model_override
-                .clone()
-                .unwrap_or_else(|| self.default_model.clone());
+            let model = turn.model(None);
             let mut window = ContextWindow::new(None, self.context_budget_tokens);
             window.offer(MessageRole::User, &turn.text);
             EarlyStream::open(
@@ -419,12 +425,7 @@ impl ChatService {
         owner_id: Uuid,
         turn: &NewTurn,
     ) -> Option<ReadAhead> {
-        let model = |own: Option<String>| {
-            turn.model_override
-                .clone()
-                .or(own)
-                .unwrap_or_else(|| self.default_model.clone())
-        };
+        let model = |own: Option<String>| turn.model(own.as_deref());
         if !self.peers.seen() {
             let client_message_id = turn.client_message_id.as_deref();
             if let Some(cached) =

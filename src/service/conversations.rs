@@ -1,17 +1,20 @@
 //! Conversations and their messages: reads straight from the projections (owner-filtered),
 //! writes through the store's one append path with the pure commands of `domain::commands`.
 
+use std::sync::Arc;
+
 use uuid::Uuid;
 
 use super::auth::CurrentUser;
+use super::models::known_model;
 use super::{ServiceError, ServiceResult};
 use crate::domain::commands;
 use crate::domain::events::{ConversationCreated, ConversationUpdated, RecordedEvent};
 use crate::domain::inputs::{
-    bounded_prose, bounded_text, MessageText, MAX_MODEL_CHARS, MAX_SYSTEM_PROMPT_CHARS,
-    MAX_TITLE_CHARS,
+    bounded_prose, bounded_text, MessageText, MAX_SYSTEM_PROMPT_CHARS, MAX_TITLE_CHARS,
 };
 use crate::domain::projection::{apply, ConversationRecord, ConversationState, MessageRecord};
+use crate::llm::catalogue::Catalogue;
 use crate::store::{ConversationPage, Load, Store};
 
 /// Events read at a time when a long log is folded.
@@ -35,7 +38,9 @@ pub struct ConversationFields {
 }
 
 impl ConversationFields {
-    fn validate(self) -> ServiceResult<ConversationUpdated> {
+    /// `model`, when given and not empty (which means the default), must be a catalogue
+    /// model.
+    fn validate(self, catalogue: &Catalogue) -> ServiceResult<ConversationUpdated> {
         Ok(ConversationUpdated {
             title: self
                 .title
@@ -47,7 +52,10 @@ impl ConversationFields {
                 .transpose()?,
             model: self
                 .model
-                .map(|m| bounded_text("model", &m, MAX_MODEL_CHARS, true))
+                .map(|m| match m.is_empty() {
+                    true => Ok(m),
+                    false => known_model(catalogue, &m),
+                })
                 .transpose()?,
         })
     }
@@ -57,13 +65,15 @@ impl ConversationFields {
 pub struct ConversationService {
     store: Store,
     max_message_chars: usize,
+    catalogue: Arc<Catalogue>,
 }
 
 impl ConversationService {
-    pub fn new(store: Store, max_message_chars: usize) -> Self {
+    pub fn new(store: Store, max_message_chars: usize, catalogue: Arc<Catalogue>) -> Self {
         Self {
             store,
             max_message_chars,
+            catalogue,
         }
     }
 
@@ -86,7 +96,7 @@ impl ConversationService {
         user: CurrentUser,
         fields: ConversationFields,
     ) -> ServiceResult<ConversationView> {
-        let fields = fields.validate()?;
+        let fields = fields.validate(&self.catalogue)?;
         let created = ConversationCreated {
             title: fields.title.unwrap_or_else(|| DEFAULT_TITLE.to_string()),
             system_prompt: fields.system_prompt.filter(|p| !p.is_empty()),
@@ -168,7 +178,7 @@ impl ConversationService {
         id: Uuid,
         fields: ConversationFields,
     ) -> ServiceResult<ConversationView> {
-        let patch = fields.validate()?;
+        let patch = fields.validate(&self.catalogue)?;
         self.store
             .execute(id, Some(user.id), &Load::default(), move |state| {
                 commands::update_conversation(state, user.id, patch.clone())

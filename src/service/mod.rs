@@ -6,6 +6,7 @@ pub mod chat;
 pub mod context_cache;
 pub mod conversations;
 pub mod limits;
+pub mod models;
 pub mod passwords;
 pub mod peers;
 pub mod sessions;

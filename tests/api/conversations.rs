@@ -32,7 +32,12 @@ async fn tick() {
 
 backend_test!(
     create_returns_201_with_the_given_fields,
-    |app: TestApp| async move {
+    backend | backend: Backend | async move {
+        // The models the requests below name are the catalogue's.
+        let models = models_file(&["demo", "gpt-4o"]);
+        let Some(app) = spawn_app_with(backend, &[("MODELS_FILE", &models)]).await else {
+            return;
+        };
         let user = app.register_user(&unique_email()).await;
         let resp = app
         .post(
@@ -237,7 +242,12 @@ backend_test!(get_unknown_conversation_is_404, |app: TestApp| async move {
 
 backend_test!(
     patch_updates_only_the_given_fields,
-    |app: TestApp| async move {
+    backend | backend: Backend | async move {
+        // The models the requests below name are the catalogue's.
+        let models = models_file(&["demo", "llama3"]);
+        let Some(app) = spawn_app_with(backend, &[("MODELS_FILE", &models)]).await else {
+            return;
+        };
         let user = app.register_user(&unique_email()).await;
         let c = app.create_conversation(&user.access, "before").await;
         let id = str_field(&c, "id");

@@ -223,7 +223,12 @@ async fn wipe_projections(db: &DatabaseConnection) {
 
 backend_test!(
     rebuilding_projections_reproduces_them_exactly,
-    |app: TestApp| async move {
+    backend | backend: Backend | async move {
+        // The models the requests below name are the catalogue's.
+        let models = models_file(&["demo", "gpt-4o", "llama3"]);
+        let Some(app) = spawn_app_with(backend, &[("MODELS_FILE", &models)]).await else {
+            return;
+        };
         // A mixed history from two users.
         let alice = app.register_user(&unique_email()).await;
         let bob = app.register_user(&unique_email()).await;

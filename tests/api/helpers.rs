@@ -549,3 +549,18 @@ pub fn assert_uuid(v: &Value, field: &str) -> uuid::Uuid {
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
 }
+
+/// Writes a `MODELS_FILE` declaring `ids` on the default provider (the first is the
+/// default) and returns its path.
+pub fn models_file(ids: &[&str]) -> String {
+    let mut text = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        text.push_str(&format!(
+            "[[models]]\nid = \"{id}\"\ndefault = {}\n",
+            i == 0
+        ));
+    }
+    let path = std::env::temp_dir().join(format!("models-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, text).expect("write the models file");
+    path.display().to_string()
+}

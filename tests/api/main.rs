@@ -10,6 +10,7 @@ mod asyncapi;
 mod auth;
 mod backpressure;
 mod bounded_work;
+mod catalogue;
 mod concurrency;
 mod context;
 mod conversations;

@@ -31,11 +31,14 @@ pub const TOKENS: usize = 12;
 pub struct MockLlm {
     pub base_url: String,
     requests: Arc<Mutex<Vec<Value>>>,
+    keys: Arc<Mutex<Vec<String>>>,
 }
 
 #[derive(Clone)]
 struct MockState {
     requests: Arc<Mutex<Vec<Value>>>,
+    /// The `Authorization` header of each request, in the same order.
+    keys: Arc<Mutex<Vec<String>>>,
     delay: Duration,
 }
 
@@ -43,8 +46,10 @@ impl MockLlm {
     /// Starts the mock with `delay` between streamed tokens.
     pub async fn start(delay: Duration) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let keys = Arc::new(Mutex::new(Vec::new()));
         let state = MockState {
             requests: requests.clone(),
+            keys: keys.clone(),
             delay,
         };
         let acceptor = TcpListener::bind("127.0.0.1:0")
@@ -62,7 +67,13 @@ impl MockLlm {
         Self {
             base_url: format!("http://127.0.0.1:{port}/v1"),
             requests,
+            keys,
         }
+    }
+
+    /// The `Authorization` header of each request received so far.
+    pub fn keys(&self) -> Vec<String> {
+        self.keys.lock().unwrap().clone()
     }
 
     /// The JSON bodies received so far.
@@ -107,8 +118,17 @@ fn marker<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 }
 
 #[handler]
-async fn completions(body: Json<Value>, state: poem::web::Data<&MockState>) -> Response {
+async fn completions(
+    body: Json<Value>,
+    headers: &poem::http::HeaderMap,
+    state: poem::web::Data<&MockState>,
+) -> Response {
     let request = body.0;
+    let key = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    state.keys.lock().unwrap().push(key.to_string());
     state.requests.lock().unwrap().push(request.clone());
     let last_user = request["messages"]
         .as_array()

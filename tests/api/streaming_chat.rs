@@ -288,7 +288,10 @@ backend_test!(
 backend_test!(
     the_conversations_model_and_prompt_reach_upstream_and_empty_strings_reset_them,
     backend | backend: Backend | async move {
-        let Some((app, mock)) = streaming_app(backend, 0).await else { return };
+        let models = models_file(&["mock-model", "conv-model", "request-model"]);
+        let Some((app, mock)) = streaming_app_with(backend, 0, &[("MODELS_FILE", &models)]).await else {
+            return;
+        };
         let user = app.register_user(&unique_email()).await;
         let token = Some(user.access.as_str());
         let resp = app

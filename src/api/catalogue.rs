@@ -1,0 +1,64 @@
+//! `GET /api/models`: the models a user may name.
+
+use poem_openapi::{payload::Json, Object, OpenApi};
+
+use super::error::ApiResult;
+use super::security::BearerAuth;
+use super::state::AppState;
+use super::Tags;
+use crate::llm::catalogue::ModelEntry;
+
+pub struct CatalogueApi {
+    pub state: AppState,
+}
+
+/// A model users may name as `model` (in conversations, `POST /api/chat` and `stream_chat`).
+#[derive(Debug, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct Model {
+    /// What to send as `model`; what messages record.
+    pub id: String,
+    /// A name to show.
+    pub name: String,
+    /// Its context window in tokens, when the operator declared it.
+    #[oai(nullable)]
+    pub context_window: Option<u32>,
+    pub vision: bool,
+    pub reasoning: bool,
+    pub tools: bool,
+    /// The model that answers when none is named.
+    pub is_default: bool,
+}
+
+impl Model {
+    fn new(entry: ModelEntry, is_default: bool) -> Self {
+        Self {
+            id: entry.id,
+            name: entry.name,
+            context_window: entry.context_window,
+            vision: entry.vision,
+            reasoning: entry.reasoning,
+            tools: entry.tools,
+            is_default,
+        }
+    }
+}
+
+#[OpenApi(tag = "Tags::Chat")]
+impl CatalogueApi {
+    /// The models you may use
+    ///
+    /// Any other `model`, anywhere one can be named, is 400 `VALIDATION_ERROR` naming
+    /// `model`. A conversation whose model has left the catalogue answers with the default,
+    /// and its messages record that model.
+    #[oai(path = "/models", method = "get", operation_id = "listModels")]
+    async fn list(&self, _auth: BearerAuth) -> ApiResult<Json<Vec<Model>>> {
+        let models = self.state.models.list();
+        Ok(Json(
+            models
+                .into_iter()
+                .map(|(entry, is_default)| Model::new(entry, is_default))
+                .collect(),
+        ))
+    }
+}

@@ -1,0 +1,259 @@
+//! The model catalogue (#24): the one list of models users may name, each model served by
+//! its own provider under its own name and key.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::*;
+use crate::mock_llm::MockLlm;
+use crate::ws_client::WsClient;
+
+/// The server's view of the catalogue.
+async fn models(app: &TestApp, token: &str) -> Vec<Value> {
+    as_array(expect_json(app.get("/api/models", Some(token)).await, StatusCode::OK).await)
+}
+
+backend_test!(
+    a_model_outside_the_catalogue_is_refused_everywhere_and_nothing_is_stored,
+    |app: TestApp| async move {
+        let user = app.register_user(&unique_email()).await;
+        let token = user.access.as_str();
+        // Without MODELS_FILE and a key: the demo provider's one model.
+        assert_eq!(
+            models(&app, token).await,
+            vec![
+                json!({"id": "demo", "name": "demo", "contextWindow": null, "vision": false,
+                        "reasoning": false, "tools": false, "isDefault": true})
+            ]
+        );
+        expect_error(
+            app.get("/api/models", None).await,
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+        )
+        .await;
+
+        let refused = |body: Value| async move {
+            let message = str_field(&body, "message");
+            assert!(message.starts_with("model:"), "{body}");
+        };
+        let resp = app
+            .post(
+                "/api/conversations",
+                Some(token),
+                &json!({"title": "t", "model": "gpt-4o"}),
+            )
+            .await;
+        refused(expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await).await;
+        let resp = app
+            .post(
+                "/api/chat",
+                Some(token),
+                &json!({"message": "hi", "model": "gpt-4o"}),
+            )
+            .await;
+        refused(expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await).await;
+        let mut ws = WsClient::authed(&app.address, token).await;
+        ws.send(json!({"type": "stream_chat", "message": "hi", "model": "gpt-4o"}))
+            .await;
+        let frame = ws.expect_type("error").await;
+        assert_eq!(frame["code"], "VALIDATION_ERROR", "{frame}");
+        assert!(
+            frame["message"].as_str().unwrap().starts_with("model:"),
+            "{frame}"
+        );
+        assert!(
+            app.list_conversations(token, "").await.is_empty(),
+            "nothing was stored"
+        );
+
+        // In an existing conversation: refused, and the conversation is as it was.
+        let c = app.create_conversation(token, "kept").await;
+        let id = str_field(&c, "id");
+        let resp = app
+            .patch(
+                &format!("/api/conversations/{id}"),
+                Some(token),
+                &json!({"model": "gpt-4o"}),
+            )
+            .await;
+        refused(expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await).await;
+        let resp = app
+            .post(
+                "/api/chat",
+                Some(token),
+                &json!({"message": "hi", "conversationId": id, "model": "x"}),
+            )
+            .await;
+        refused(expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await).await;
+        ws.send(
+            json!({"type": "stream_chat", "conversationId": id, "message": "hi", "model": "x"}),
+        )
+        .await;
+        assert_eq!(ws.expect_type("error").await["code"], "VALIDATION_ERROR");
+        let after = app.get_conversation(token, &id).await;
+        assert_eq!(after["lastSeq"], c["lastSeq"], "{after}");
+        assert_eq!(after["messages"], json!([]));
+
+        // The catalogue's own model is accepted everywhere, and "" means the default.
+        let resp = app
+            .post(
+                "/api/chat",
+                Some(token),
+                &json!({"message": "hi", "conversationId": id, "model": "demo"}),
+            )
+            .await;
+        assert_eq!(
+            expect_json(resp, StatusCode::OK).await["message"]["model"],
+            "demo"
+        );
+        let patched = app
+            .patch_conversation(token, &id, json!({"model": ""}))
+            .await;
+        assert_eq!(patched["model"], Value::Null);
+    }
+);
+
+backend_test!(
+    each_model_reaches_its_own_provider_under_its_own_name_and_key,
+    backend | backend: Backend | async move {
+        let (first, second) = (MockLlm::start(Duration::ZERO).await, MockLlm::start(Duration::ZERO).await);
+        let file = std::env::temp_dir().join(format!("models-{}.toml", Uuid::new_v4()));
+        std::fs::write(
+            &file,
+            format!(
+                r#"
+                [[providers]]
+                id = "second"
+                base_url = "{}"
+                api_key_env = "SECOND_PROVIDER_KEY"
+
+                [[models]]
+                id = "house"
+                upstream = "house-upstream"
+                name = "The house model"
+                context_window = 8192
+                vision = true
+                default = true
+
+                [[models]]
+                id = "other"
+                provider = "second"
+                upstream = "other-upstream"
+                reasoning = true
+                tools = true
+                "#,
+                second.base_url
+            ),
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        let mut env = first.env();
+        env.push(("MODELS_FILE", file));
+        env.push(("SECOND_PROVIDER_KEY", "second-secret".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let Some(app) = spawn_app_with(backend, &env).await else {
+            return;
+        };
+        let user = app.register_user(&unique_email()).await;
+        let token = user.access.as_str();
+        assert_eq!(
+            models(&app, token).await,
+            vec![
+                json!({"id": "house", "name": "The house model", "contextWindow": 8192, "vision": true,
+                       "reasoning": false, "tools": false, "isDefault": true}),
+                json!({"id": "other", "name": "other", "contextWindow": null, "vision": false,
+                       "reasoning": true, "tools": true, "isDefault": false}),
+            ]
+        );
+
+        // The default model, whole and streamed: the first provider, the OPENAI_* key.
+        let resp = app.post("/api/chat", Some(token), &json!({"message": "one"})).await;
+        let body = expect_json(resp, StatusCode::OK).await;
+        assert_eq!(body["message"]["model"], "house");
+        let id = str_field(&body["conversation"], "id");
+        let mut ws = WsClient::authed(&app.address, token).await;
+        let frames = ws.chat(Some(&id), "two").await;
+        assert_eq!(frames.complete["status"], "complete");
+        // The other model, named by the request and then by the conversation.
+        let resp = app
+            .post("/api/chat", Some(token), &json!({"message": "three", "conversationId": id, "model": "other"}))
+            .await;
+        assert_eq!(expect_json(resp, StatusCode::OK).await["message"]["model"], "other");
+        app.patch_conversation(token, &id, json!({"model": "other"})).await;
+        let frames = ws.chat(Some(&id), "four").await;
+        assert_eq!(frames.complete["status"], "complete");
+
+        let models_of = |mock: &MockLlm| -> Vec<String> {
+            mock.requests().iter().map(|r| str_field(r, "model")).collect()
+        };
+        assert_eq!(models_of(&first), ["house-upstream", "house-upstream"]);
+        assert_eq!(first.keys(), ["Bearer test-key", "Bearer test-key"]);
+        assert_eq!(models_of(&second), ["other-upstream", "other-upstream"]);
+        assert_eq!(second.keys(), ["Bearer second-secret", "Bearer second-secret"]);
+        let stored = app.get_conversation(token, &id).await;
+        let answered: Vec<&str> = stored["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .map(|m| m["model"].as_str().unwrap())
+            .collect();
+        assert_eq!(answered, ["house", "house", "other", "other"]);
+    }
+);
+
+backend_test!(
+    a_conversation_whose_model_left_the_catalogue_answers_with_the_default,
+    backend | backend: Backend | async move {
+        let mock = MockLlm::start(Duration::ZERO).await;
+        let env = mock.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let Some(app) = spawn_app_with(backend, &env).await else {
+            return;
+        };
+        let user = app.register_user(&unique_email()).await;
+        // Created while another catalogue listed "retired" (written as that server did).
+        let id = Uuid::now_v7();
+        let store = chat_server::store::Store::from_connection(app.db().await);
+        let owner: Uuid = user.id.parse().unwrap();
+        store
+            .execute(id, Some(owner), &Default::default(), |_| {
+                Ok::<_, std::convert::Infallible>(vec![
+                    chat_server::domain::events::ConversationEvent::ConversationCreated(
+                        chat_server::domain::events::ConversationCreated {
+                            title: "old".into(),
+                            system_prompt: None,
+                            model: Some("retired".into()),
+                        },
+                    ),
+                ])
+            })
+            .await
+            .unwrap();
+        let id = id.to_string();
+        assert_eq!(app.get_conversation(&user.access, &id).await["model"], "retired");
+
+        let mut ws = WsClient::authed(&app.address, &user.access).await;
+        let frames = ws.chat(Some(&id), "still there?").await;
+        assert_eq!(frames.complete["status"], "complete");
+        let resp = app
+            .post("/api/chat", Some(&user.access), &json!({"message": "and now?", "conversationId": id}))
+            .await;
+        assert_eq!(expect_json(resp, StatusCode::OK).await["message"]["model"], "mock-model");
+        let stored = app.get_conversation(&user.access, &id).await;
+        let answered: Vec<&str> = stored["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .map(|m| m["model"].as_str().unwrap())
+            .collect();
+        assert_eq!(answered, ["mock-model", "mock-model"], "the message says which model answered");
+        let sent: Vec<String> = mock.requests().iter().map(|r| str_field(r, "model")).collect();
+        assert_eq!(sent, ["mock-model", "mock-model"], "nothing named `retired` went upstream");
+    }
+);
