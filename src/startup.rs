@@ -22,7 +22,7 @@ use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
 use crate::service::limits::RateLimits;
-use crate::service::models::ModelService;
+use crate::service::models::ModelRegistry;
 use crate::service::sessions::LiveSessions;
 use crate::service::tokens::TokenKeys;
 use crate::store::Store;
@@ -52,6 +52,12 @@ impl Application {
         store.migrate().await?;
         instance.register(&store).await?;
         let state = build_state(&config, store, Some(&instance)).await?;
+        // The admin's changes to the catalogue (the tables exist once migrated).
+        state
+            .models
+            .reload()
+            .await
+            .context("reading the model settings")?;
         let interrupted = instance.recover(&state.store, &state.hub).await?;
         if interrupted > 0 {
             tracing::warn!(
@@ -149,6 +155,7 @@ pub async fn build_state(
     let metrics = Arc::new(Metrics::new());
     let provider = llm::from_config(config, metrics.clone())?;
     let catalogue = Arc::new(config.catalogue.clone());
+    let models = Arc::new(ModelRegistry::new(catalogue.clone(), store.clone()));
     tracing::info!(provider = provider.name(), default_model = %catalogue.default_model().id, models = catalogue.models().len(), "LLM providers configured");
     let limits = RateLimits::new(&config.limits, metrics.clone());
     // With several instances on PostgreSQL, the limits that protect accounts are shared.
@@ -160,7 +167,7 @@ pub async fn build_state(
     let chat = ChatService::new(
         store.clone(),
         provider,
-        catalogue.clone(),
+        models.clone(),
         config.context_budget_tokens,
         config.upstream.clone(),
         limits.clone(),
@@ -191,6 +198,27 @@ pub async fn build_state(
     sessions.relay_to(Box::new(move |ended| {
         relay.command(ClusterCommand::EndSessions(ended))
     }));
+    let announce = bus.clone();
+    models.announce_with(Box::new(move || {
+        announce.command(ClusterCommand::ModelsChanged)
+    }));
+    // A lost notification is made good within MODEL_SETTINGS_RELOAD.
+    if instance_id.is_some() && !config.is_sqlite() {
+        let models = Arc::downgrade(&models);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(MODEL_SETTINGS_RELOAD);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(models) = models.upgrade() else {
+                    return;
+                };
+                if let Err(err) = models.reload().await {
+                    tracing::debug!(error = %err, "reading the model settings failed");
+                }
+            }
+        });
+    }
     let state = AppState {
         config: Arc::new(config.clone()),
         metrics: metrics.clone(),
@@ -208,11 +236,11 @@ pub async fn build_state(
             .counted(&metrics),
             sessions.clone(),
         ),
-        models: ModelService::new(catalogue.clone()),
+        models: models.clone(),
         conversations: ConversationService::new(
             store.clone(),
             config.limits.max_message_chars,
-            catalogue.clone(),
+            models.clone(),
         ),
         limits,
         sessions,
@@ -230,11 +258,20 @@ pub async fn build_state(
     if let Some(mut commands) = commands {
         let hub = state.hub.clone();
         let sessions = state.sessions.clone();
+        let models = state.models.clone();
         tokio::spawn(async move {
             while let Some(command) = commands.recv().await {
                 match command {
                     ClusterCommand::EndSessions(ended) => {
                         sessions.end_here(ended);
+                    }
+                    ClusterCommand::ModelsChanged => {
+                        let models = models.clone();
+                        tokio::spawn(async move {
+                            if let Err(err) = models.reload().await {
+                                tracing::warn!(error = %err, "reading the model settings failed");
+                            }
+                        });
                     }
                     command => hub.apply(command),
                 }
@@ -243,6 +280,10 @@ pub async fn build_state(
     }
     Ok(state)
 }
+
+/// How often an instance that shares its database reads the model settings again, should
+/// an admin's change have missed it on the bus.
+const MODEL_SETTINGS_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Every minute, the limiters drop keys that no longer count against anything, so a flood
 /// of distinct e-mails or addresses holds memory only for the length of its window (and,

@@ -8,5 +8,6 @@ pub mod conversation_events;
 pub mod conversations;
 pub mod instances;
 pub mod messages;
+pub mod model_settings;
 pub mod refresh_tokens;
 pub mod users;

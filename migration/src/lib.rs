@@ -9,6 +9,7 @@ mod m20261126_000001_session_generation;
 mod m20261126_000002_instances;
 mod m20261126_000003_limit_hits;
 mod m20261204_000001_instance_liveness;
+mod m20261204_000002_model_settings;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_instances::Migration),
             Box::new(m20261126_000003_limit_hits::Migration),
             Box::new(m20261204_000001_instance_liveness::Migration),
+            Box::new(m20261204_000002_model_settings::Migration),
         ]
     }
 }

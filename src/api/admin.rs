@@ -3,6 +3,7 @@
 use poem_openapi::{param::Path, payload::Json, OpenApi};
 use uuid::Uuid;
 
+use super::catalogue::{AdminModelView, UpdateModelRequest};
 use super::error::ApiResult;
 use super::json::JsonBody;
 use super::models::{ResetPasswordRequest, UpdateUserRequest, User};
@@ -51,6 +52,43 @@ impl AdminApi {
                 .await?
                 .into(),
         ))
+    }
+
+    /// The model catalogue, with what is turned off
+    ///
+    /// Every model of `MODELS_FILE` (or the one configured model), on or off, with its
+    /// provider's base URL and the budgets the file declares; never a key.
+    #[oai(path = "/models", method = "get", operation_id = "adminListModels")]
+    async fn list_models(&self, auth: BearerAuth) -> ApiResult<Json<Vec<AdminModelView>>> {
+        auth.require(Role::Admin)?;
+        let models = self.state.models.admin_list();
+        Ok(Json(models.into_iter().map(Into::into).collect()))
+    }
+
+    /// Turn a model on or off, or make it the default
+    ///
+    /// Kept in the database: it survives a restart and reaches every instance. 400 when it
+    /// would leave no model on, turn off the default (make another the default first), or
+    /// make a model that is off the default; 404 `NOT_FOUND` for a model the catalogue does
+    /// not have. Conversations whose model is turned off answer with the default.
+    #[oai(
+        path = "/models/:id",
+        method = "patch",
+        operation_id = "adminUpdateModel"
+    )]
+    async fn update_model(
+        &self,
+        auth: BearerAuth,
+        id: Path<String>,
+        body: JsonBody<UpdateModelRequest>,
+    ) -> ApiResult<Json<AdminModelView>> {
+        auth.require(Role::Admin)?;
+        let model = self
+            .state
+            .models
+            .update(&id.0, body.0.enabled, body.0.is_default)
+            .await?;
+        Ok(Json(model.into()))
     }
 
     /// Set a user's password

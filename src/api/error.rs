@@ -104,6 +104,11 @@ impl From<ServiceError> for ApiError {
                 ErrorCode::UserNotFound,
                 "user not found",
             ),
+            E::ModelNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such model in the catalogue",
+            ),
             E::Conflict(message) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message),
             E::AlreadyFinished => Self::new(
                 StatusCode::CONFLICT,

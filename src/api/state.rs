@@ -10,7 +10,7 @@ use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
 use crate::service::limits::RateLimits;
-use crate::service::models::ModelService;
+use crate::service::models::ModelRegistry;
 use crate::service::sessions::LiveSessions;
 use crate::store::{Store, WriteCounts};
 
@@ -23,7 +23,7 @@ pub struct AppState {
     pub store: Store,
     pub auth: AuthService,
     pub conversations: ConversationService,
-    pub models: ModelService,
+    pub models: Arc<ModelRegistry>,
     pub limits: Arc<RateLimits>,
     /// Every open WebSocket, so ended sessions close theirs (and for
     /// `WS_MAX_CONNECTIONS_PER_USER`).

@@ -153,8 +153,16 @@ impl Catalogue {
         }
         let mut models: Vec<ModelEntry> = Vec::new();
         for spec in &file.models {
-            if spec.id.trim().is_empty() || spec.id.chars().count() > 100 {
-                bail!("a model id must be 1 to 100 characters: `{}`", spec.id);
+            // Ids are path segments of the admin API, and what users type.
+            if spec.id.trim().is_empty()
+                || spec.id.chars().count() > 100
+                || spec.id.contains(['/', '?', '#'])
+                || spec.id.chars().any(char::is_control)
+            {
+                bail!(
+                    "a model id must be 1 to 100 characters, without `/`, `?` or `#`: `{}`",
+                    spec.id
+                );
             }
             if models.iter().any(|m| m.id == spec.id) {
                 bail!("model `{}` is declared twice", spec.id);
@@ -374,6 +382,7 @@ mod tests {
             ),
             ("[[models]]\nid = \"a\"\ndefault = true\nkey = \"sk-1\"\n", "unknown field"),
             ("models = []\n", "no models"),
+            ("[[models]]\nid = \"a/b\"\ndefault = true\n", "without `/`"),
         ];
         for (text, reason) in cases {
             let err = format!("{:#}", parse(text).unwrap_err());

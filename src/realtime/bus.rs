@@ -31,6 +31,8 @@ pub enum ClusterCommand {
     /// Close these sessions' sockets (a logout, a password change or reset, a disabled
     /// account on the asking instance; the database already says so).
     EndSessions(SessionsEnded),
+    /// An admin changed the model catalogue's settings: read them again.
+    ModelsChanged,
 }
 
 pub trait RoomBus: Send + Sync + 'static {

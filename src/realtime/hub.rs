@@ -351,7 +351,7 @@ impl StreamHub {
                 }
             }
             // Sockets, not streams: the command loop hands these to `LiveSessions`.
-            ClusterCommand::EndSessions(_) => {}
+            ClusterCommand::EndSessions(_) | ClusterCommand::ModelsChanged => {}
         }
     }
 

@@ -3,7 +3,6 @@
 //! finishing it appends one `stream_completed`. `POST /api/chat` and the WebSocket streams
 //! share this, so both leave the same history and both survive a crash the same way.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -12,7 +11,7 @@ use super::auth::CurrentUser;
 use super::context_cache::{CachedRow, ContextCache};
 use super::conversations::ConversationView;
 use super::limits::RateLimits;
-use super::models::known_model;
+use super::models::ModelRegistry;
 use super::peers::Peers;
 use super::{ServiceError, ServiceResult};
 use crate::config::UpstreamConfig;
@@ -24,7 +23,6 @@ use crate::domain::inputs::{bounded_text, MessageText};
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageRole;
 use crate::domain::types::{MessageStatus, Usage};
-use crate::llm::catalogue::Catalogue;
 use crate::llm::context::{build_context, ContextWindow};
 use crate::llm::{ChatProvider, ChatRequest, ChatStream, ProviderError};
 use crate::metrics::Metrics;
@@ -178,8 +176,7 @@ pub struct ChatService {
     store: Store,
     provider: Arc<dyn ChatProvider>,
     /// The models users may name; what a turn answers with when it names none.
-    catalogue: Arc<Catalogue>,
-    model_ids: Arc<HashSet<String>>,
+    models: Arc<ModelRegistry>,
     context_budget_tokens: usize,
     upstream: UpstreamConfig,
     /// This server instance: recorded in every answer it starts, as the one that runs it.
@@ -196,7 +193,7 @@ impl ChatService {
     pub fn new(
         store: Store,
         provider: Arc<dyn ChatProvider>,
-        catalogue: Arc<Catalogue>,
+        models: Arc<ModelRegistry>,
         context_budget_tokens: usize,
         upstream: UpstreamConfig,
         limits: Arc<RateLimits>,
@@ -207,8 +204,7 @@ impl ChatService {
             max_message_chars,
             store,
             provider,
-            model_ids: Arc::new(catalogue.models().iter().map(|m| m.id.clone()).collect()),
-            catalogue,
+            models,
             context_budget_tokens,
             upstream,
             instance_id: None,
@@ -257,7 +253,7 @@ impl ChatService {
 
     /// `model` as a request names it: one of the catalogue's, or 400 naming `model`.
     pub fn known_model(&self, model: &str) -> ServiceResult<String> {
-        known_model(&self.catalogue, model)
+        self.models.check(model)
     }
 
     pub fn provider(&self) -> &Arc<dyn ChatProvider> {
@@ -295,8 +291,8 @@ impl ChatService {
             client_message_id: client_message_id.clone(),
             create_if_missing: request.create_if_missing || request.conversation_id.is_none(),
             model_override,
-            default_model: self.catalogue.default_model().id.clone(),
-            usable_models: Some(self.model_ids.clone()),
+            default_model: self.models.default_id(),
+            usable_models: Some(self.models.usable()),
             instance_id: self.instance_id,
         };
         let load = Load {

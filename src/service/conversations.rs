@@ -6,7 +6,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::auth::CurrentUser;
-use super::models::known_model;
+use super::models::ModelRegistry;
 use super::{ServiceError, ServiceResult};
 use crate::domain::commands;
 use crate::domain::events::{ConversationCreated, ConversationUpdated, RecordedEvent};
@@ -14,7 +14,6 @@ use crate::domain::inputs::{
     bounded_prose, bounded_text, MessageText, MAX_SYSTEM_PROMPT_CHARS, MAX_TITLE_CHARS,
 };
 use crate::domain::projection::{apply, ConversationRecord, ConversationState, MessageRecord};
-use crate::llm::catalogue::Catalogue;
 use crate::store::{ConversationPage, Load, Store};
 
 /// Events read at a time when a long log is folded.
@@ -40,7 +39,7 @@ pub struct ConversationFields {
 impl ConversationFields {
     /// `model`, when given and not empty (which means the default), must be a catalogue
     /// model.
-    fn validate(self, catalogue: &Catalogue) -> ServiceResult<ConversationUpdated> {
+    fn validate(self, models: &ModelRegistry) -> ServiceResult<ConversationUpdated> {
         Ok(ConversationUpdated {
             title: self
                 .title
@@ -54,7 +53,7 @@ impl ConversationFields {
                 .model
                 .map(|m| match m.is_empty() {
                     true => Ok(m),
-                    false => known_model(catalogue, &m),
+                    false => models.check(&m),
                 })
                 .transpose()?,
         })
@@ -65,15 +64,15 @@ impl ConversationFields {
 pub struct ConversationService {
     store: Store,
     max_message_chars: usize,
-    catalogue: Arc<Catalogue>,
+    models: Arc<ModelRegistry>,
 }
 
 impl ConversationService {
-    pub fn new(store: Store, max_message_chars: usize, catalogue: Arc<Catalogue>) -> Self {
+    pub fn new(store: Store, max_message_chars: usize, models: Arc<ModelRegistry>) -> Self {
         Self {
             store,
             max_message_chars,
-            catalogue,
+            models,
         }
     }
 
@@ -96,7 +95,7 @@ impl ConversationService {
         user: CurrentUser,
         fields: ConversationFields,
     ) -> ServiceResult<ConversationView> {
-        let fields = fields.validate(&self.catalogue)?;
+        let fields = fields.validate(&self.models)?;
         let created = ConversationCreated {
             title: fields.title.unwrap_or_else(|| DEFAULT_TITLE.to_string()),
             system_prompt: fields.system_prompt.filter(|p| !p.is_empty()),
@@ -178,7 +177,7 @@ impl ConversationService {
         id: Uuid,
         fields: ConversationFields,
     ) -> ServiceResult<ConversationView> {
-        let patch = fields.validate(&self.catalogue)?;
+        let patch = fields.validate(&self.models)?;
         self.store
             .execute(id, Some(user.id), &Load::default(), move |state| {
                 commands::update_conversation(state, user.id, patch.clone())

@@ -33,6 +33,8 @@ pub enum ServiceError {
     MessageNotFound,
     #[error("user not found")]
     UserNotFound,
+    #[error("model not found")]
+    ModelNotFound,
     #[error("{0}")]
     Conflict(String),
     /// The answer already has its end (see [`DomainError::AlreadyFinished`]).

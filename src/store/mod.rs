@@ -7,6 +7,7 @@ mod events;
 mod group_commit;
 mod instances;
 mod limit_hits;
+mod model_settings;
 mod records;
 mod refresh_tokens;
 mod streams;
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 pub use conversations::{ContextRow, ConversationPage};
 pub use events::{rebuild_projections, Committed, ExecuteError, Load, RebuildReport};
+pub use model_settings::ModelSetting;
 pub use refresh_tokens::RotateOutcome;
 pub use streams::StoredTurn;
 pub use users::{NewRole, NewUser, UserPatch, UserUpdate};

@@ -257,3 +257,165 @@ backend_test!(
         assert_eq!(sent, ["mock-model", "mock-model"], "nothing named `retired` went upstream");
     }
 );
+
+/// The ids of `GET /api/models`, and the default's.
+async fn offered(app: &TestApp, token: &str) -> (Vec<String>, String) {
+    let models = models(app, token).await;
+    let ids = models.iter().map(|m| str_field(m, "id")).collect();
+    let default = models
+        .iter()
+        .find(|m| m["isDefault"] == true)
+        .map(|m| str_field(m, "id"))
+        .expect("a default");
+    (ids, default)
+}
+
+backend_test!(
+    an_admin_turns_models_off_and_picks_the_default_and_the_database_keeps_it,
+    backend | backend: Backend | async move {
+        let mock = MockLlm::start(Duration::ZERO).await;
+        let file = models_file(&["house", "other", "third"]);
+        let mut env = mock.env();
+        env.push(("MODELS_FILE", file.clone()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let Some(app) = spawn_app_with(backend, &env).await else {
+            return;
+        };
+        let admin = app.register_user(&unique_email()).await; // the first user is an admin
+        let user = app.register_user(&unique_email()).await;
+        let (a, u) = (admin.access.as_str(), user.access.as_str());
+        let patch = |id: &str, body: Value| {
+            let app = &app;
+            let path = format!("/api/admin/models/{id}");
+            async move { app.patch(&path, Some(a), &body).await }
+        };
+
+        // Only admins see or change the settings.
+        expect_error(app.get("/api/admin/models", Some(u)).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+        let resp = app.patch("/api/admin/models/other", Some(u), &json!({"enabled": false})).await;
+        expect_error(resp, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+        let listed = as_array(expect_json(app.get("/api/admin/models", Some(a)).await, StatusCode::OK).await);
+        assert_eq!(listed.len(), 3);
+        assert!(listed.iter().all(|m| m["enabled"] == true), "{listed:?}");
+        assert_eq!(listed[0]["provider"]["id"], "default");
+        assert_eq!(listed[0]["provider"]["baseUrl"], mock.base_url.as_str());
+        assert!(!serde_json::to_string(&listed).unwrap().contains("test-key"), "never a key");
+
+        // A conversation on `other`; then `other` is turned off.
+        let resp = app.post("/api/conversations", Some(u), &json!({"title": "t", "model": "other"})).await;
+        let id = str_field(&expect_json(resp, StatusCode::CREATED).await, "id");
+        let off = expect_json(patch("other", json!({"enabled": false})).await, StatusCode::OK).await;
+        assert_eq!((off["enabled"].clone(), off["isDefault"].clone()), (json!(false), json!(false)));
+        assert_eq!(offered(&app, u).await, (vec!["house".into(), "third".into()], "house".into()));
+        let resp = app.post("/api/chat", Some(u), &json!({"message": "hi", "model": "other"})).await;
+        expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+        let resp = app.post("/api/chat", Some(u), &json!({"message": "hi", "conversationId": id})).await;
+        assert_eq!(expect_json(resp, StatusCode::OK).await["message"]["model"], "house", "the default answers");
+
+        // A new default answers whatever names none.
+        let third = expect_json(patch("third", json!({"isDefault": true})).await, StatusCode::OK).await;
+        assert_eq!(third["isDefault"], true);
+        assert_eq!(offered(&app, u).await.1, "third");
+        let resp = app.post("/api/chat", Some(u), &json!({"message": "hi"})).await;
+        assert_eq!(expect_json(resp, StatusCode::OK).await["message"]["model"], "third");
+
+        // What cannot be: the default off, a model that is off the default, no model on,
+        // a model the catalogue lacks.
+        for (id, body, field) in [
+            ("third", json!({"enabled": false}), "enabled"),
+            ("other", json!({"isDefault": true}), "isDefault"),
+            ("third", json!({"isDefault": false}), "isDefault"),
+        ] {
+            let error = expect_error(patch(id, body.clone()).await, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+            assert!(str_field(&error, "message").starts_with(field), "{id} {body}: {error}");
+        }
+        expect_json(patch("house", json!({"enabled": false})).await, StatusCode::OK).await;
+        let error = expect_error(patch("third", json!({"enabled": false, "isDefault": false})).await, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+        assert!(str_field(&error, "message").contains("no model on"), "{error}");
+        expect_error(patch("nope", json!({"enabled": true})).await, StatusCode::NOT_FOUND, "NOT_FOUND").await;
+        assert_eq!(offered(&app, u).await, (vec!["third".into()], "third".into()));
+
+        // Kept in the database: what a server starting on it reads.
+        let store = chat_server::store::Store::from_connection(app.db().await);
+        let config = chat_server::config::Config::from_lookup(|key| match key {
+            "MODELS_FILE" => Some(file.clone()),
+            "OPENAI_API_KEY" => Some("k".into()),
+            _ => None,
+        })
+        .unwrap();
+        let registry = chat_server::service::models::ModelRegistry::new(std::sync::Arc::new(config.catalogue), store);
+        registry.reload().await.unwrap();
+        let ids: Vec<(String, bool, bool)> = registry
+            .admin_list()
+            .into_iter()
+            .map(|m| (m.entry.id, m.enabled, m.is_default))
+            .collect();
+        assert_eq!(
+            ids,
+            [("house".into(), false, false), ("other".into(), false, false), ("third".into(), true, true)]
+        );
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_every_instance_at_once() {
+    let Some(mut a) = scratch(Backend::Postgres).await else {
+        return;
+    };
+    let mock = MockLlm::start(Duration::ZERO).await;
+    let mut env = mock.env();
+    env.push(("MODELS_FILE", models_file(&["house", "other"])));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    a.start_instance(&env).await;
+    let admin = a.register_user(&unique_email()).await;
+    let token = admin.access.as_str();
+    let resp = a
+        .patch(
+            "/api/admin/models/other",
+            Some(token),
+            &json!({"isDefault": true}),
+        )
+        .await;
+    expect_json(resp, StatusCode::OK).await;
+    // Started after the change: reads it at start.
+    let mut b = a.sibling();
+    b.start_instance(&env).await;
+    assert_eq!(offered(&b, token).await.1, "other");
+    // Changed through B while A runs: A follows within a second.
+    let resp = b
+        .patch(
+            "/api/admin/models/house",
+            Some(token),
+            &json!({"isDefault": true}),
+        )
+        .await;
+    expect_json(resp, StatusCode::OK).await;
+    let resp = b
+        .patch(
+            "/api/admin/models/other",
+            Some(token),
+            &json!({"enabled": false}),
+        )
+        .await;
+    expect_json(resp, StatusCode::OK).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let seen = offered(&a, token).await;
+        if seen == (vec!["house".to_string()], "house".to_string()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A still offers {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let resp = a
+        .post(
+            "/api/chat",
+            Some(token),
+            &json!({"message": "hi", "model": "other"}),
+        )
+        .await;
+    expect_error(resp, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+}

@@ -195,6 +195,50 @@ export interface paths {
         patch: operations["updateUser"];
         trace?: never;
     };
+    "/api/admin/models": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The model catalogue, with what is turned off
+         * @description Every model of `MODELS_FILE` (or the one configured model), on or off, with its
+         *     provider's base URL and the budgets the file declares; never a key.
+         */
+        get: operations["adminListModels"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/admin/models/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Turn a model on or off, or make it the default
+         * @description Kept in the database: it survives a restart and reaches every instance. 400 when it
+         *     would leave no model on, turn off the default (make another the default first), or
+         *     make a model that is off the default; 404 `NOT_FOUND` for a model the catalogue does
+         *     not have. Conversations whose model is turned off answer with the default.
+         */
+        patch: operations["adminUpdateModel"];
+        trace?: never;
+    };
     "/api/admin/users/{id}/password": {
         parameters: {
             query?: never;
@@ -366,6 +410,30 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * AdminModelView
+         * @description A catalogue model as an admin sees it: on or off, its provider and budgets.
+         */
+        AdminModelView: {
+            id: string;
+            name: string;
+            /** Format: uint32 */
+            contextWindow?: number | null;
+            vision: boolean;
+            reasoning: boolean;
+            tools: boolean;
+            isDefault: boolean;
+            /** @description Whether users may name it. */
+            enabled: boolean;
+            /** @description The provider's name for it. */
+            upstream: string;
+            provider: components["schemas"]["ModelProvider"];
+            fallback?: string | null;
+            /** Format: uint32 */
+            maxConcurrent?: number | null;
+            /** Format: uint64 */
+            tokensPerMinute?: number | null;
+        };
         /** AuthTokens */
         AuthTokens: {
             user: components["schemas"]["User"];
@@ -574,6 +642,19 @@ export interface components {
             /** @description The model that answers when none is named. */
             isDefault: boolean;
         };
+        /**
+         * ModelProvider
+         * @description A provider as an admin sees it (never its key).
+         */
+        ModelProvider: {
+            id: string;
+            /** @description `null`: the OpenAI API. */
+            baseUrl?: string | null;
+            /** Format: uint32 */
+            maxConcurrent?: number | null;
+            /** Format: uint64 */
+            tokensPerMinute?: number | null;
+        };
         /** RefreshRequest */
         RefreshRequest: {
             refreshToken: string;
@@ -592,6 +673,13 @@ export interface components {
         };
         /** @enum {string} */
         Role: "user" | "admin";
+        /** UpdateModelRequest */
+        UpdateModelRequest: {
+            /** @description Whether users may name it. */
+            enabled?: boolean;
+            /** @description `true` makes it the model that answers when none is named. */
+            isDefault?: boolean;
+        };
         /** UpdateUserRequest */
         UpdateUserRequest: {
             role?: components["schemas"]["Role"];
@@ -1333,6 +1421,194 @@ export interface operations {
                 };
                 content: {
                     "application/json; charset=utf-8": components["schemas"]["User"];
+                };
+            };
+            /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated but not allowed (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or owned by someone else (`*_NOT_FOUND`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (`CONFLICT`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unexpected failure (`INTERNAL_ERROR`); details are only logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    adminListModels: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["AdminModelView"][];
+                };
+            };
+            /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated but not allowed (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or owned by someone else (`*_NOT_FOUND`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (`CONFLICT`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unexpected failure (`INTERNAL_ERROR`); details are only logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    adminUpdateModel: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["UpdateModelRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["AdminModelView"];
                 };
             };
             /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
