@@ -174,6 +174,13 @@ pub struct UpstreamConfig {
     pub breaker_threshold: u32,
     /// How long an open breaker fails fast before letting one trial request through.
     pub breaker_cooldown: Duration,
+    /// Calls in flight per provider (a catalogue provider's `max_concurrent` wins); `None`:
+    /// no budget, nothing waits.
+    pub max_concurrent: Option<usize>,
+    /// The longest a call waits for the budget.
+    pub queue_max_wait: Duration,
+    /// The most calls waiting per provider; more are refused at once.
+    pub queue_max_length: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -338,6 +345,21 @@ impl Config {
                 retry_base: millis("UPSTREAM_RETRY_BASE_MS", 250)?,
                 breaker_threshold: parse_or::<u32>(&get, "BREAKER_FAILURE_THRESHOLD", 5)?.max(1),
                 breaker_cooldown: millis("BREAKER_COOLDOWN_MS", 30_000)?,
+                max_concurrent: get("UPSTREAM_MAX_CONCURRENT")
+                    .map(|v| {
+                        v.trim()
+                            .parse::<usize>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .with_context(|| {
+                                format!(
+                                    "UPSTREAM_MAX_CONCURRENT must be a positive number, not {v:?}"
+                                )
+                            })
+                    })
+                    .transpose()?,
+                queue_max_wait: millis("QUEUE_MAX_WAIT_MS", 30_000)?,
+                queue_max_length: parse_or(&get, "QUEUE_MAX_LENGTH", 1_000)?,
             },
             context_budget_tokens: parse_or(&get, "CONTEXT_BUDGET_TOKENS", 8_000)?,
             context_cache_bytes: parse_or::<usize>(&get, "CONTEXT_CACHE_MB", 32)?
@@ -645,6 +667,12 @@ mod tests {
             "UPSTREAM_RETRY_BASE_MS" => ms(cfg.upstream.retry_base),
             "BREAKER_FAILURE_THRESHOLD" => cfg.upstream.breaker_threshold.to_string(),
             "BREAKER_COOLDOWN_MS" => ms(cfg.upstream.breaker_cooldown),
+            "UPSTREAM_MAX_CONCURRENT" => match cfg.upstream.max_concurrent {
+                None => "none".into(),
+                Some(n) => n.to_string(),
+            },
+            "QUEUE_MAX_WAIT_MS" => ms(cfg.upstream.queue_max_wait),
+            "QUEUE_MAX_LENGTH" => cfg.upstream.queue_max_length.to_string(),
             "CONTEXT_BUDGET_TOKENS" => cfg.context_budget_tokens.to_string(),
             "CONTEXT_CACHE_MB" => (cfg.context_cache_bytes / (1024 * 1024)).to_string(),
             "DEMO_DELAY_MS" => ms(cfg.demo_delay),

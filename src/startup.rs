@@ -15,6 +15,7 @@ use crate::cluster::pg_bus::PgRoomBus;
 use crate::cluster::Instance;
 use crate::config::Config;
 use crate::llm;
+use crate::llm::scheduler::{LaneLimits, Scheduler};
 use crate::metrics::Metrics;
 use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus};
 use crate::realtime::hub::StreamHub;
@@ -173,7 +174,8 @@ pub async fn build_state(
         limits.clone(),
         config.limits.max_message_chars,
     )
-    .with_context_cache(config.context_cache_bytes, metrics.clone());
+    .with_context_cache(config.context_cache_bytes, metrics.clone())
+    .with_scheduler(Arc::new(scheduler(config)));
     let chat = match instance_id {
         Some(id) => chat.run_by(id, peers.clone()),
         None => chat,
@@ -279,6 +281,26 @@ pub async fn build_state(
         });
     }
     Ok(state)
+}
+
+/// The model queue: a lane for each provider with a budget (its own `max_concurrent` in the
+/// catalogue, else `UPSTREAM_MAX_CONCURRENT`).
+fn scheduler(config: &Config) -> Scheduler {
+    let upstream = &config.upstream;
+    let lanes = config.catalogue.providers().iter().filter_map(|provider| {
+        let max_concurrent = provider
+            .max_concurrent
+            .map(|n| n as usize)
+            .or(upstream.max_concurrent)?;
+        Some((
+            provider.id.clone(),
+            LaneLimits {
+                max_concurrent,
+                max_waiting: upstream.queue_max_length,
+            },
+        ))
+    });
+    Scheduler::new(lanes, upstream.queue_max_wait)
 }
 
 /// How often an instance that shares its database reads the model settings again, should

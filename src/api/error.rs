@@ -36,6 +36,9 @@ pub struct ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// `Retry-After` when the model's queue refused a call: about the time a few answers take.
+const BUSY_RETRY_AFTER_SECS: u64 = 5;
+
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
@@ -146,8 +149,16 @@ impl From<ServiceError> for ApiError {
                         ErrorCode::ServiceUnavailable,
                     ),
                     P::Rejected(_) => (StatusCode::BAD_GATEWAY, ErrorCode::BadGateway),
+                    P::Busy => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::ServiceUnavailable,
+                    ),
                 };
-                Self::new(status, code, err.to_string())
+                let mut mapped = Self::new(status, code, err.to_string());
+                if matches!(err, P::Busy) {
+                    mapped.retry_after_secs = Some(BUSY_RETRY_AFTER_SECS);
+                }
+                mapped
             }
             E::Internal(cause) => {
                 // The whole chain goes to the log (with the request's span); the client

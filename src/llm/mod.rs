@@ -6,6 +6,7 @@ pub mod context;
 pub mod demo;
 pub mod openai;
 pub mod resilience;
+pub mod scheduler;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +60,10 @@ pub enum ProviderError {
     /// The circuit breaker is open: the upstream failed repeatedly, so we fail fast.
     #[error("the model provider is failing; not trying again for a while")]
     CircuitOpen,
+    /// The model's budget is spent and the queue is full, or the wait passed
+    /// `QUEUE_MAX_WAIT_MS`: try again shortly.
+    #[error("the model is busy; try again shortly")]
+    Busy,
 }
 
 impl ProviderError {

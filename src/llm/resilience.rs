@@ -195,6 +195,7 @@ impl ResilientProvider {
             ProviderError::Unavailable(_) => "unavailable",
             ProviderError::Rejected(_) => "rejected",
             ProviderError::CircuitOpen => "circuit_open",
+            ProviderError::Busy => "busy",
         };
         self.metrics
             .upstream_errors
@@ -349,6 +350,9 @@ mod tests {
             retry_base: Duration::from_millis(1),
             breaker_threshold: threshold,
             breaker_cooldown: Duration::from_millis(cooldown_ms),
+            max_concurrent: None,
+            queue_max_wait: Duration::from_secs(1),
+            queue_max_length: 10,
         }
     }
 

@@ -144,6 +144,13 @@ pub enum ServerFrame {
         content: String,
         next_index: u64,
     },
+    /// The answer waits for the model's budget: `position` 1 is next. Sent after
+    /// `stream_start` and again whenever the place changes, until the first chunk.
+    StreamQueued {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        position: u64,
+    },
     StreamComplete {
         conversation_id: Uuid,
         message_id: Uuid,
@@ -173,6 +180,7 @@ impl ServerFrame {
         "stream_start",
         "stream_chunk",
         "stream_snapshot",
+        "stream_queued",
         "stream_complete",
         "event",
         "error",
@@ -188,6 +196,7 @@ impl ServerFrame {
             Self::StreamStart { .. } => "stream_start",
             Self::StreamChunk { .. } => "stream_chunk",
             Self::StreamSnapshot { .. } => "stream_snapshot",
+            Self::StreamQueued { .. } => "stream_queued",
             Self::StreamComplete { .. } => "stream_complete",
             Self::Event { .. } => "event",
             Self::Error { .. } => "error",
@@ -467,6 +476,11 @@ mod tests {
                 message_id: id,
                 content: "a".into(),
                 next_index: 1,
+            },
+            ServerFrame::StreamQueued {
+                conversation_id: id,
+                message_id: id,
+                position: 1,
             },
             ServerFrame::StreamComplete {
                 conversation_id: id,

@@ -19,6 +19,7 @@ use super::stream::RunningStream;
 use crate::domain::codes::ErrorCode;
 use crate::domain::events::StreamError;
 use crate::domain::types::MessageStatus;
+use crate::llm::scheduler::{Admission, CallClass, QueueFull, Waited};
 use crate::llm::{ProviderError, StreamItem};
 use crate::metrics::Metrics;
 use crate::service::chat::{stream_error, ChatService, EarlyStream, Turn, TurnOutcome};
@@ -78,9 +79,14 @@ impl Relay<'_> {
             error: error.map(stream_error),
         };
 
-        // The request was asked for while the turn was committed, or is asked for now.
-        let (asked, opening) = match early {
-            Some(early) => (early.asked, early.opened().boxed()),
+        // The request was asked for while the turn was committed (with its place among
+        // the provider's calls), or is asked for now, after waiting for a place if the
+        // provider's budget is spent. The place is held until the answer ends.
+        let (asked, opening, _permit) = match early {
+            Some(mut early) => {
+                let permit = early.take_permit();
+                (early.asked, early.opened().boxed(), permit)
+            }
             None => {
                 let request = match chat.context_for(turn).await {
                     Ok(request) => request,
@@ -94,7 +100,31 @@ impl Relay<'_> {
                         return outcome;
                     }
                 };
-                (Instant::now(), chat.provider().stream(request))
+                let permit = match chat.admit(turn, CallClass::Interactive) {
+                    Err(QueueFull) => {
+                        return end(MessageStatus::Failed, Some(&ProviderError::Busy), None)
+                    }
+                    Ok(None) => None,
+                    Ok(Some(Admission::Now(permit))) => Some(permit),
+                    Ok(Some(Admission::Queued(mut ticket))) => {
+                        let until = Instant::now() + chat.scheduler().max_wait();
+                        self.queued(stream, ticket.position());
+                        loop {
+                            tokio::select! {
+                                _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
+                                _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
+                                _ = tokio::time::sleep_until(until) => {
+                                    return end(MessageStatus::Failed, Some(&ProviderError::Busy), None);
+                                }
+                                waited = ticket.next() => match waited {
+                                    Waited::Ready(permit) => break Some(permit),
+                                    Waited::Moved(position) => self.queued(stream, position),
+                                },
+                            }
+                        }
+                    }
+                };
+                (Instant::now(), chat.provider().stream(request), permit)
             }
         };
 
@@ -198,6 +228,17 @@ impl Relay<'_> {
                 },
             }
         }
+    }
+
+    /// Tells the conversation's room where the answer waits.
+    fn queued(&self, stream: &RunningStream, position: usize) {
+        let turn = &stream.turn;
+        let frame = OutFrame::new(&ServerFrame::StreamQueued {
+            conversation_id: turn.conversation_id,
+            message_id: turn.assistant_message_id,
+            position: position as u64,
+        });
+        self.bus.publish(turn.conversation_id, Arc::new(frame));
     }
 
     /// Appends `text` (`deltas` upstream deltas) to the stream and publishes it as the next

@@ -23,7 +23,9 @@ use crate::domain::inputs::{bounded_text, MessageText};
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::MessageRole;
 use crate::domain::types::{MessageStatus, Usage};
+use crate::llm::catalogue::DEFAULT_PROVIDER;
 use crate::llm::context::{build_context, ContextWindow};
+use crate::llm::scheduler::{Admission, CallClass, Permit, QueueFull, Scheduler};
 use crate::llm::{ChatProvider, ChatRequest, ChatStream, ProviderError};
 use crate::metrics::Metrics;
 use crate::store::{Load, Store, StoredTurn};
@@ -103,16 +105,28 @@ pub struct EarlyStream {
     pub asked: tokio::time::Instant,
     model: String,
     opening: tokio::task::JoinHandle<Result<ChatStream, ProviderError>>,
+    /// Its place among the provider's calls, held for the whole answer.
+    permit: Option<Permit>,
 }
 
 impl EarlyStream {
-    fn open(provider: &Arc<dyn ChatProvider>, request: ChatRequest) -> Self {
+    fn open(
+        provider: &Arc<dyn ChatProvider>,
+        request: ChatRequest,
+        permit: Option<Permit>,
+    ) -> Self {
         let provider = provider.clone();
         Self {
             asked: tokio::time::Instant::now(),
             model: request.model.clone(),
             opening: tokio::spawn(async move { provider.stream(request).await }),
+            permit,
         }
+    }
+
+    /// Its place among the provider's calls, to hold while the answer runs.
+    pub fn take_permit(&mut self) -> Option<Permit> {
+        self.permit.take()
     }
 
     /// The opened stream, or why it did not open: what `ChatProvider::stream` answered.
@@ -187,6 +201,8 @@ pub struct ChatService {
     contexts: Arc<ContextCache>,
     /// Counts where contexts come from, once a cache is set up.
     metrics: Option<Arc<Metrics>>,
+    /// Every model call takes its place here first.
+    scheduler: Arc<Scheduler>,
 }
 
 impl ChatService {
@@ -211,7 +227,41 @@ impl ChatService {
             peers: Peers::default(),
             contexts: Arc::new(ContextCache::new(context_budget_tokens, 0)),
             metrics: None,
+            scheduler: Arc::new(Scheduler::unlimited()),
         }
+    }
+
+    /// Puts every model call of this service through `scheduler`.
+    pub fn with_scheduler(mut self, scheduler: Arc<Scheduler>) -> Self {
+        self.scheduler = scheduler;
+        self
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The provider that serves `model`.
+    fn provider_of(&self, model: &str) -> String {
+        self.models
+            .catalogue()
+            .get(model)
+            .map_or(DEFAULT_PROVIDER, |m| m.provider.as_str())
+            .to_string()
+    }
+
+    /// A place for the turn's answer among its provider's calls (see [`Scheduler::admit`]).
+    pub fn admit(&self, turn: &Turn, class: CallClass) -> Result<Option<Admission>, QueueFull> {
+        self.scheduler
+            .admit(&self.provider_of(&turn.model), turn.owner_id, class)
+    }
+
+    /// Asks for a streamed answer now, if its provider has a place free at once.
+    fn open_early(&self, request: ChatRequest) -> Option<EarlyStream> {
+        let permit = self
+            .scheduler
+            .try_admit(&self.provider_of(&request.model))?;
+        Some(EarlyStream::open(&self.provider, request, permit))
     }
 
     /// Keeps up to `max_bytes` of recent conversations' contexts in memory, current with
@@ -301,18 +351,16 @@ impl ChatService {
         };
         let streamed = answering == Answering::Streamed;
         // A new conversation's request is known before anything is stored: its one message.
-        let early_new = (streamed && request.conversation_id.is_none()).then(|| {
-            let model = turn.model(None);
+        let early_new = if streamed && request.conversation_id.is_none() {
             let mut window = ContextWindow::new(None, self.context_budget_tokens);
             window.offer(MessageRole::User, &turn.text);
-            EarlyStream::open(
-                &self.provider,
-                ChatRequest {
-                    model,
-                    messages: window.into_messages(),
-                },
-            )
-        });
+            self.open_early(ChatRequest {
+                model: turn.model(None),
+                messages: window.into_messages(),
+            })
+        } else {
+            None
+        };
         let commit = self.store.execute(conversation_id, Some(user.id), &load, {
             let turn = turn.clone();
             move |state| commands::start_turn(state, user.id, &turn)
@@ -324,8 +372,11 @@ impl ChatService {
             let ahead = self
                 .context_ahead(request.conversation_id?, user.id, &turn)
                 .await?;
-            let early = (streamed && ahead.surely_new)
-                .then(|| EarlyStream::open(&self.provider, ahead.request.clone()));
+            let early = if streamed && ahead.surely_new {
+                self.open_early(ahead.request.clone())
+            } else {
+                None
+            };
             Some((ahead, early))
         };
         let (committed, read_ahead) = tokio::join!(commit, read_ahead);
@@ -642,6 +693,31 @@ impl ChatService {
     /// Asks the provider for a whole answer and commits it, `failed` if the provider fails.
     async fn answer(&self, turn: &Turn) -> ServiceResult<Result<(), ProviderError>> {
         let context = self.context_for(turn).await?;
+        // The model's budget: a place now, or a wait in the queue up to its limit.
+        let permit = match self.admit(turn, CallClass::Interactive) {
+            Err(QueueFull) => Err(ProviderError::Busy),
+            Ok(None) => Ok(None),
+            Ok(Some(Admission::Now(permit))) => Ok(Some(permit)),
+            Ok(Some(Admission::Queued(mut ticket))) => {
+                tokio::time::timeout(self.scheduler.max_wait(), ticket.permit())
+                    .await
+                    .map(Some)
+                    .map_err(|_| ProviderError::Busy)
+            }
+        };
+        let _permit = match permit {
+            Ok(permit) => permit,
+            Err(busy) => {
+                let outcome = TurnOutcome {
+                    content: String::new(),
+                    status: MessageStatus::Failed,
+                    usage: None,
+                    error: Some(stream_error(&busy)),
+                };
+                self.finish_turn(turn, Some(turn.owner_id), outcome).await?;
+                return Ok(Err(busy));
+            }
+        };
         let answer = tokio::time::timeout(
             self.upstream.with_retries(self.upstream.request_timeout),
             self.provider.complete(context),
@@ -672,7 +748,9 @@ pub fn stream_error(err: &ProviderError) -> StreamError {
     let code = match err {
         ProviderError::Timeout => ErrorCode::GatewayTimeout,
         ProviderError::Upstream(_) | ProviderError::Rejected(_) => ErrorCode::BadGateway,
-        ProviderError::Unavailable(_) | ProviderError::CircuitOpen => ErrorCode::ServiceUnavailable,
+        ProviderError::Unavailable(_) | ProviderError::CircuitOpen | ProviderError::Busy => {
+            ErrorCode::ServiceUnavailable
+        }
     };
     StreamError {
         code,

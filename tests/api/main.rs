@@ -33,6 +33,7 @@ mod mock_llm;
 mod openapi;
 mod panics;
 mod pg;
+mod queue;
 mod scale_out;
 mod sessions;
 mod sessions_across;

@@ -1,0 +1,510 @@
+//! The one road to every model: a call takes a place among its provider's calls in flight
+//! (`UPSTREAM_MAX_CONCURRENT`, or the provider's `max_concurrent` in the catalogue) before it
+//! goes upstream, and gives it back when it ends. Calls beyond the budget wait in a queue:
+//! interactive answers before agent sub-turns before background work; within a class, fair
+//! between users (round robin over the users with waiting calls, so one user's fifty calls
+//! put another's one call at most one place back); each waiting call can watch its place.
+//!
+//! A caller that stops waiting (cancelled, or past `QUEUE_MAX_WAIT_MS`) leaves the queue by
+//! dropping its ticket; a queue at `QUEUE_MAX_LENGTH` refuses at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
+
+/// Who is waiting, and for what: the order of service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallClass {
+    /// A user is watching: answers over the WebSocket and `POST /api/chat`.
+    Interactive = 0,
+    /// A step of an agent's turn on a user's behalf.
+    Agent = 1,
+    /// Work nobody waits on: titles, validation, embeddings.
+    Background = 2,
+}
+
+const CLASSES: usize = 3;
+
+/// The queue is full: the call is refused at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("too many calls are waiting for the model")]
+pub struct QueueFull;
+
+/// A place among the provider's calls in flight; given back when dropped.
+pub struct Permit {
+    /// `None` once given back by other means (a permit its caller never took).
+    lane: Option<Arc<Lane>>,
+}
+
+impl Permit {
+    fn new(lane: &Arc<Lane>) -> Self {
+        Self {
+            lane: Some(lane.clone()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Permit")
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            let mut state = lane.lock();
+            state.in_flight -= 1;
+            lane.dispatch(&mut state);
+        }
+    }
+}
+
+/// A waiting call. Resolves to its permit; [`Ticket::position`] watches its place (1 =
+/// next). Dropped before the permit came, it leaves the queue.
+pub struct Ticket {
+    lane: Arc<Lane>,
+    id: u64,
+    permit: oneshot::Receiver<Permit>,
+    position: watch::Receiver<usize>,
+}
+
+impl Ticket {
+    /// Its place now (1 = next).
+    pub fn position(&self) -> usize {
+        *self.position.borrow()
+    }
+
+    /// Waits until the place changes; `None` once the call has its permit or left.
+    pub async fn moved(&mut self) -> Option<usize> {
+        self.position.changed().await.ok()?;
+        Some(*self.position.borrow_and_update())
+    }
+
+    /// Waits for whichever comes first: the permit, or a new place.
+    pub async fn next(&mut self) -> Waited {
+        tokio::select! {
+            biased;
+            permit = &mut self.permit => match permit {
+                Ok(permit) => Waited::Ready(permit),
+                Err(_) => std::future::pending().await,
+            },
+            Ok(()) = self.position.changed() => Waited::Moved(*self.position.borrow_and_update()),
+        }
+    }
+
+    /// Waits for the permit.
+    pub async fn permit(&mut self) -> Permit {
+        match (&mut self.permit).await {
+            Ok(permit) => permit,
+            // The lane keeps the sender until it sends: unreachable while the ticket lives.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // A permit sent but not taken is given back by dropping it here (after the lock).
+        let unclaimed = self.permit.try_recv().ok();
+        let mut state = self.lane.lock();
+        state.remove(self.id);
+        self.lane.publish_positions(&state);
+        drop(state);
+        drop(unclaimed);
+    }
+}
+
+/// What a waiting call learns next.
+pub enum Waited {
+    Ready(Permit),
+    Moved(usize),
+}
+
+/// Admission to a call.
+pub enum Admission {
+    Now(Permit),
+    Queued(Ticket),
+}
+
+struct Waiter {
+    id: u64,
+    permit: oneshot::Sender<Permit>,
+    position: watch::Sender<usize>,
+}
+
+#[derive(Default)]
+struct ClassQueue {
+    /// Users with waiting calls, in the order they are served next.
+    turn: VecDeque<Uuid>,
+    calls: HashMap<Uuid, VecDeque<Waiter>>,
+}
+
+impl ClassQueue {
+    fn len(&self) -> usize {
+        self.calls.values().map(VecDeque::len).sum()
+    }
+
+    /// The next call: the first of the user whose turn it is; that user goes to the back.
+    fn pop(&mut self) -> Option<Waiter> {
+        let user = self.turn.pop_front()?;
+        let calls = self.calls.get_mut(&user)?;
+        let waiter = calls.pop_front();
+        if calls.is_empty() {
+            self.calls.remove(&user);
+        } else {
+            self.turn.push_back(user);
+        }
+        waiter
+    }
+
+    /// The calls in the order they would be served if nothing else arrived.
+    fn order(&self) -> Vec<&Waiter> {
+        let mut order = Vec::with_capacity(self.len());
+        let mut depth = 0;
+        loop {
+            let before = order.len();
+            for user in &self.turn {
+                if let Some(waiter) = self.calls.get(user).and_then(|c| c.get(depth)) {
+                    order.push(waiter);
+                }
+            }
+            if order.len() == before {
+                return order;
+            }
+            depth += 1;
+        }
+    }
+}
+
+#[derive(Default)]
+struct LaneState {
+    in_flight: usize,
+    waiting: usize,
+    next_id: u64,
+    classes: [ClassQueue; CLASSES],
+}
+
+impl LaneState {
+    fn remove(&mut self, id: u64) {
+        for class in &mut self.classes {
+            let mut emptied = None;
+            for (user, calls) in class.calls.iter_mut() {
+                if let Some(at) = calls.iter().position(|w| w.id == id) {
+                    calls.remove(at);
+                    self.waiting -= 1;
+                    if calls.is_empty() {
+                        emptied = Some(*user);
+                    }
+                    break;
+                }
+            }
+            if let Some(user) = emptied {
+                class.calls.remove(&user);
+                class.turn.retain(|u| *u != user);
+                return;
+            }
+        }
+    }
+}
+
+/// One provider's budget and queue.
+struct Lane {
+    limit: usize,
+    max_waiting: usize,
+    state: Mutex<LaneState>,
+}
+
+impl Lane {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands free places to the next waiting calls, then tells the rest their places.
+    fn dispatch(self: &Arc<Self>, state: &mut LaneState) {
+        let mut moved = false;
+        while state.in_flight < self.limit {
+            let Some(waiter) = state.classes.iter_mut().find_map(ClassQueue::pop) else {
+                break;
+            };
+            state.waiting -= 1;
+            state.in_flight += 1;
+            moved = true;
+            if let Err(mut unsent) = waiter.permit.send(Permit::new(self)) {
+                // Its caller left between giving up and removing itself: the place is
+                // free again (undone here: the permit's own drop would lock the lane).
+                unsent.lane = None;
+                state.in_flight -= 1;
+            }
+        }
+        if moved {
+            self.publish_positions(state);
+        }
+    }
+
+    fn publish_positions(&self, state: &LaneState) {
+        let mut place = 0;
+        for class in &state.classes {
+            for waiter in class.order() {
+                place += 1;
+                waiter.position.send_if_modified(|p| {
+                    let changed = *p != place;
+                    *p = place;
+                    changed
+                });
+            }
+        }
+    }
+}
+
+/// The budgets of every provider (a provider without one is not queued).
+pub struct Scheduler {
+    lanes: HashMap<String, Arc<Lane>>,
+    max_wait: Duration,
+}
+
+/// Limits of one provider's lane.
+#[derive(Clone, Copy, Debug)]
+pub struct LaneLimits {
+    pub max_concurrent: usize,
+    pub max_waiting: usize,
+}
+
+impl Scheduler {
+    /// `lanes`: each provider with a budget. `max_wait`: how long a caller should wait
+    /// (the caller enforces it; see [`Scheduler::max_wait`]).
+    pub fn new(lanes: impl IntoIterator<Item = (String, LaneLimits)>, max_wait: Duration) -> Self {
+        let lanes = lanes
+            .into_iter()
+            .map(|(provider, limits)| {
+                let lane = Lane {
+                    limit: limits.max_concurrent.max(1),
+                    max_waiting: limits.max_waiting,
+                    state: Mutex::default(),
+                };
+                (provider, Arc::new(lane))
+            })
+            .collect();
+        Self { lanes, max_wait }
+    }
+
+    /// No budgets: every call goes at once.
+    pub fn unlimited() -> Self {
+        Self::new([], Duration::from_secs(30))
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
+    /// A place for a call to `provider` by `user`: at once if the budget has room and no
+    /// one waits, else a ticket in the queue, else [`QueueFull`]. `None`: the provider has
+    /// no budget (nothing to hold).
+    pub fn admit(
+        &self,
+        provider: &str,
+        user: Uuid,
+        class: CallClass,
+    ) -> Result<Option<Admission>, QueueFull> {
+        let Some(lane) = self.lanes.get(provider) else {
+            return Ok(None);
+        };
+        let mut state = lane.lock();
+        if state.in_flight < lane.limit && state.waiting == 0 {
+            state.in_flight += 1;
+            return Ok(Some(Admission::Now(Permit::new(lane))));
+        }
+        if state.waiting >= lane.max_waiting {
+            return Err(QueueFull);
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        let (permit_tx, permit_rx) = oneshot::channel();
+        let (position_tx, position_rx) = watch::channel(0);
+        let queue = &mut state.classes[class as usize];
+        if !queue.calls.contains_key(&user) {
+            queue.turn.push_back(user);
+        }
+        queue.calls.entry(user).or_default().push_back(Waiter {
+            id,
+            permit: permit_tx,
+            position: position_tx,
+        });
+        state.waiting += 1;
+        lane.publish_positions(&state);
+        // The place it starts at is known to the caller ([`Ticket::position`]): only later
+        // moves are news.
+        let mut position = position_rx;
+        position.borrow_and_update();
+        Ok(Some(Admission::Queued(Ticket {
+            lane: lane.clone(),
+            id,
+            permit: permit_rx,
+            position,
+        })))
+    }
+
+    /// A place only if one is free now and nobody waits: for a call that may go early
+    /// or not at all.
+    pub fn try_admit(&self, provider: &str) -> Option<Option<Permit>> {
+        let Some(lane) = self.lanes.get(provider) else {
+            return Some(None);
+        };
+        let mut state = lane.lock();
+        (state.in_flight < lane.limit && state.waiting == 0).then(|| {
+            state.in_flight += 1;
+            Some(Permit::new(lane))
+        })
+    }
+
+    /// Calls in flight and waiting for `provider`.
+    pub fn load(&self, provider: &str) -> Option<(usize, usize)> {
+        let lane = self.lanes.get(provider)?;
+        let state = lane.lock();
+        Some((state.in_flight, state.waiting))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scheduler(limit: usize, max_waiting: usize) -> Scheduler {
+        Scheduler::new(
+            [(
+                "p".to_string(),
+                LaneLimits {
+                    max_concurrent: limit,
+                    max_waiting,
+                },
+            )],
+            Duration::from_secs(1),
+        )
+    }
+
+    fn admit(s: &Scheduler, user: u128, class: CallClass) -> Admission {
+        s.admit("p", Uuid::from_u128(user), class).unwrap().unwrap()
+    }
+
+    fn ticket(a: Admission) -> Ticket {
+        match a {
+            Admission::Queued(t) => t,
+            Admission::Now(_) => panic!("expected to wait"),
+        }
+    }
+
+    fn permit(a: Admission) -> Permit {
+        match a {
+            Admission::Now(p) => p,
+            Admission::Queued(_) => panic!("expected a place at once"),
+        }
+    }
+
+    /// Drains the lane one call at a time and says whose call went in which order.
+    async fn served(mut waiting: Vec<(u128, Ticket)>, first: Permit) -> Vec<u128> {
+        let mut order = Vec::new();
+        let mut running = first;
+        while !waiting.is_empty() {
+            drop(running);
+            // The one whose permit arrived.
+            let mut found = None;
+            for (i, (_, t)) in waiting.iter_mut().enumerate() {
+                if let Ok(p) = t.permit.try_recv() {
+                    found = Some((i, p));
+                    break;
+                }
+            }
+            let (i, p) = found.expect("a permit was handed on");
+            order.push(waiting.remove(i).0);
+            running = p;
+        }
+        order
+    }
+
+    #[tokio::test]
+    async fn within_the_budget_calls_go_at_once_and_a_free_place_goes_to_the_next() {
+        let s = scheduler(2, 10);
+        let a = permit(admit(&s, 1, CallClass::Interactive));
+        let _b = permit(admit(&s, 1, CallClass::Interactive));
+        let mut c = ticket(admit(&s, 2, CallClass::Interactive));
+        assert_eq!(c.position(), 1);
+        assert_eq!(s.load("p"), Some((2, 1)));
+        drop(a);
+        let _c = c.permit().await;
+        assert_eq!(s.load("p"), Some((2, 0)));
+        // A provider without a budget holds nothing.
+        assert!(s
+            .admit("other", Uuid::nil(), CallClass::Interactive)
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn one_users_burst_does_not_put_anothers_call_behind_it() {
+        let s = scheduler(1, 100);
+        let first = permit(admit(&s, 1, CallClass::Interactive));
+        let mut waiting: Vec<(u128, Ticket)> = (0..50)
+            .map(|_| (1, ticket(admit(&s, 1, CallClass::Interactive))))
+            .collect();
+        let late = ticket(admit(&s, 2, CallClass::Interactive));
+        assert_eq!(late.position(), 2, "one place behind the burst's next call");
+        waiting.push((2, late));
+        let order = served(waiting, first).await;
+        assert_eq!(order[..2], [1, 2]);
+        assert_eq!(order.len(), 51);
+    }
+
+    #[tokio::test]
+    async fn interactive_calls_go_before_agent_steps_before_background_work() {
+        let s = scheduler(1, 100);
+        let first = permit(admit(&s, 1, CallClass::Interactive));
+        let waiting = vec![
+            (30, ticket(admit(&s, 3, CallClass::Background))),
+            (20, ticket(admit(&s, 2, CallClass::Agent))),
+            (10, ticket(admit(&s, 1, CallClass::Interactive))),
+            (31, ticket(admit(&s, 3, CallClass::Background))),
+            (11, ticket(admit(&s, 4, CallClass::Interactive))),
+        ];
+        let positions: Vec<usize> = waiting.iter().map(|(_, t)| t.position()).collect();
+        assert_eq!(positions, [4, 3, 1, 5, 2]);
+        assert_eq!(served(waiting, first).await, [10, 11, 20, 30, 31]);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_leaves_the_queue_moves_the_others_up_and_a_full_queue_refuses() {
+        let s = scheduler(1, 2);
+        let _running = permit(admit(&s, 1, CallClass::Interactive));
+        let leaving = ticket(admit(&s, 1, CallClass::Interactive));
+        let mut staying = ticket(admit(&s, 2, CallClass::Interactive));
+        assert_eq!(staying.position(), 2);
+        assert!(matches!(
+            s.admit("p", Uuid::from_u128(3), CallClass::Interactive),
+            Err(QueueFull)
+        ));
+        // Its first place is not news; a move is.
+        assert!(futures::FutureExt::now_or_never(staying.moved()).is_none());
+        drop(leaving);
+        assert_eq!(staying.moved().await, Some(1));
+        assert_eq!(s.load("p"), Some((1, 1)));
+        assert!(s
+            .admit("p", Uuid::from_u128(3), CallClass::Interactive)
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_permit_handed_to_a_caller_that_left_goes_to_the_next() {
+        let s = scheduler(1, 10);
+        let running = permit(admit(&s, 1, CallClass::Interactive));
+        let gone = ticket(admit(&s, 2, CallClass::Interactive));
+        let mut next = ticket(admit(&s, 3, CallClass::Interactive));
+        // The permit reaches `gone`, which then drops without taking it.
+        drop(running);
+        drop(gone);
+        let _p = next.permit().await;
+        assert_eq!(s.load("p"), Some((1, 0)));
+        assert!(s.try_admit("p").is_none(), "the one place is taken");
+    }
+}

@@ -1,0 +1,130 @@
+//! The model queue (#24): calls beyond a provider's budget wait their turn, see their
+//! place, can be cancelled while they wait, and are refused (the user's message kept) when
+//! the wait or the queue would pass its limit.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::streaming::streaming_app_with;
+use crate::ws_client::WsClient;
+
+/// One call in flight at a time; `extra` adds to it.
+async fn queued_app(
+    backend: Backend,
+    extra: &[(&str, &str)],
+) -> Option<(TestApp, crate::mock_llm::MockLlm)> {
+    let mut env = vec![
+        ("UPSTREAM_MAX_CONCURRENT", "1"),
+        ("CHAT_RATE_PER_MINUTE", "1000"),
+    ];
+    env.extend_from_slice(extra);
+    streaming_app_with(backend, 0, &env).await
+}
+
+/// Starts a slow answer (12 tokens 60 ms apart) that holds the one place, and returns its
+/// socket once its first chunk arrived.
+async fn hold_the_place(app: &TestApp) -> WsClient {
+    let user = app.register_user(&unique_email()).await;
+    let mut ws = WsClient::authed(&app.address, &user.access).await;
+    ws.send(json!({"type": "stream_chat", "message": "[[slow:60]] take your time"}))
+        .await;
+    ws.expect_type("stream_start").await;
+    ws.expect_type("stream_chunk").await;
+    ws
+}
+
+backend_test!(
+    an_answer_beyond_the_budget_waits_its_turn_and_sees_its_place,
+    backend | backend: Backend | async move {
+        let Some((app, mock)) = queued_app(backend, &[]).await else { return };
+        let mut first = hold_the_place(&app).await;
+        let user = app.register_user(&unique_email()).await;
+        let mut second = WsClient::authed(&app.address, &user.access).await;
+        second.send(json!({"type": "stream_chat", "message": "my turn?"})).await;
+        let start = second.expect_type("stream_start").await;
+        let queued = second.expect_type("stream_queued").await;
+        assert_eq!(queued["position"], 1, "{queued}");
+        assert_eq!(queued["messageId"], start["messageId"]);
+        assert_eq!(mock.requests().len(), 1, "it waits: nothing went upstream");
+
+        // It goes upstream when the first answer ends, and completes.
+        let done = first.collect_stream(None).await;
+        assert_eq!(done.complete["status"], "complete");
+        let frames = second.collect_stream(Some(start["messageId"].as_str().unwrap())).await;
+        assert_eq!(frames.complete["status"], "complete", "{}", frames.complete);
+        assert!(!frames.chunks.is_empty());
+        assert_eq!(mock.requests().len(), 2);
+    }
+);
+
+backend_test!(
+    a_waiting_answer_can_be_cancelled_and_never_reaches_the_model,
+    backend | backend: Backend | async move {
+        let Some((app, mock)) = queued_app(backend, &[]).await else { return };
+        let _first = hold_the_place(&app).await;
+        let user = app.register_user(&unique_email()).await;
+        let mut ws = WsClient::authed(&app.address, &user.access).await;
+        ws.send(json!({"type": "stream_chat", "message": "never mind"})).await;
+        let start = ws.expect_type("stream_start").await;
+        ws.expect_type("stream_queued").await;
+        ws.send(json!({"type": "cancel_stream", "messageId": start["messageId"]})).await;
+        let complete = ws.expect_type("stream_complete").await;
+        assert_eq!(complete["status"], "cancelled", "{complete}");
+        assert_eq!(complete["content"], "");
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+        assert_eq!(mock.requests().len(), 1, "the cancelled answer never went upstream");
+        let id = str_field(&start, "conversationId");
+        let c = app.get_conversation(&user.access, &id).await;
+        assert_eq!(c["messages"][0]["content"], "never mind", "the message is kept: {c}");
+    }
+);
+
+/// The message kept, the answer `failed` with `SERVICE_UNAVAILABLE`.
+async fn assert_refused_and_kept(app: &TestApp, token: &str, complete: &Value, text: &str) {
+    assert_eq!(complete["status"], "failed", "{complete}");
+    assert_eq!(
+        complete["error"]["code"], "SERVICE_UNAVAILABLE",
+        "{complete}"
+    );
+    let c = app
+        .get_conversation(token, &str_field(complete, "conversationId"))
+        .await;
+    assert_eq!(c["messages"][0]["content"], text, "{c}");
+    assert_eq!(c["messages"][1]["status"], "failed", "{c}");
+}
+
+backend_test!(
+    a_wait_past_its_limit_or_a_full_queue_is_refused_and_the_message_kept,
+    backend | backend: Backend | async move {
+        let limits = [("QUEUE_MAX_WAIT_MS", "150"), ("QUEUE_MAX_LENGTH", "1")];
+        let Some((app, mock)) = queued_app(backend, &limits).await else { return };
+        let _first = hold_the_place(&app).await;
+        let user = app.register_user(&unique_email()).await;
+        let token = user.access.as_str();
+
+        // Waits its 150 ms, then fails.
+        let mut waiting = WsClient::authed(&app.address, token).await;
+        waiting.send(json!({"type": "stream_chat", "message": "too long a wait"})).await;
+        waiting.expect_type("stream_start").await;
+        waiting.expect_type("stream_queued").await;
+
+        // Meanwhile the queue (one place) is full: refused at once, over both roads.
+        let mut full = WsClient::authed(&app.address, token).await;
+        let frames = full.chat(None, "no room").await;
+        assert_refused_and_kept(&app, token, &frames.complete, "no room").await;
+        let resp = app.post("/api/chat", Some(token), &json!({"message": "no room either"})).await;
+        assert_eq!(resp.headers()["retry-after"], "5");
+        expect_error(resp, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+
+        let complete = waiting.expect_type("stream_complete").await;
+        assert_refused_and_kept(&app, token, &complete, "too long a wait").await;
+        // And over REST, a wait past the limit is 503 with Retry-After.
+        let resp = app.post("/api/chat", Some(token), &json!({"message": "rest waits"})).await;
+        assert_eq!(resp.headers()["retry-after"], "5");
+        expect_error(resp, StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE").await;
+        let kept = app.list_conversations(token, "").await;
+        assert_eq!(kept.len(), 4, "every message kept: {kept:?}");
+        assert_eq!(mock.requests().len(), 1, "none of them went upstream");
+    }
+);
