@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,6 +23,10 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub upstream_retries: IntCounter,
     pub context_reads: IntCounterVec,
+    pub model_calls_in_flight: IntGaugeVec,
+    pub model_queue_waiting: IntGaugeVec,
+    pub model_queue_wait: HistogramVec,
+    pub model_queue_refused: IntCounterVec,
     pub circuit_state: IntGauge,
     pub rate_limited: IntCounterVec,
     pub db_pool_connections: IntGauge,
@@ -137,6 +141,37 @@ impl Metrics {
             upstream_retries: register!(IntCounter::new(
                 "chat_upstream_retries_total",
                 "Upstream requests retried before the first token"
+            )),
+            model_calls_in_flight: register!(IntGaugeVec::new(
+                Opts::new(
+                    "chat_model_calls_in_flight",
+                    "Model calls holding a place in their provider's budget, by provider"
+                ),
+                &["provider"]
+            )),
+            model_queue_waiting: register!(IntGaugeVec::new(
+                Opts::new(
+                    "chat_model_queue_waiting",
+                    "Model calls waiting for their provider's budget, by provider"
+                ),
+                &["provider"]
+            )),
+            model_queue_wait: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "chat_model_queue_wait_seconds",
+                    "How long model calls waited for a place (0 for none), by class"
+                )
+                .buckets(vec![
+                    0.000_1, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
+                ]),
+                &["class"]
+            )),
+            model_queue_refused: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_model_queue_refused_total",
+                    "Model calls refused by the queue: full, or waited past QUEUE_MAX_WAIT_MS"
+                ),
+                &["reason"]
             )),
             context_reads: register!(IntCounterVec::new(
                 Opts::new(

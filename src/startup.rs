@@ -175,7 +175,7 @@ pub async fn build_state(
         config.limits.max_message_chars,
     )
     .with_context_cache(config.context_cache_bytes, metrics.clone())
-    .with_scheduler(Arc::new(scheduler(config)));
+    .with_scheduler(Arc::new(scheduler(config)), metrics.clone());
     let chat = match instance_id {
         Some(id) => chat.run_by(id, peers.clone()),
         None => chat,

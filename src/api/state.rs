@@ -40,6 +40,21 @@ impl AppState {
         self.metrics.db_pool_connections.set(size as i64);
         self.metrics.db_pool_idle.set(idle as i64);
         self.limits.forget_idle_keys();
+        let scheduler = self.chat.scheduler();
+        for provider in scheduler.providers() {
+            if let Some((in_flight, waiting)) = scheduler.load(provider) {
+                let labels = [provider];
+                let metrics = &self.metrics;
+                metrics
+                    .model_calls_in_flight
+                    .with_label_values(&labels)
+                    .set(in_flight as i64);
+                metrics
+                    .model_queue_waiting
+                    .with_label_values(&labels)
+                    .set(waiting as i64);
+            }
+        }
         // The store counts its writes itself; the counters catch up when scraped.
         let writes = self.store.writes();
         for (counter, value) in [

@@ -2,18 +2,30 @@
 //! (`UPSTREAM_MAX_CONCURRENT`, or the provider's `max_concurrent` in the catalogue) before it
 //! goes upstream, and gives it back when it ends. Calls beyond the budget wait in a queue:
 //! interactive answers before agent sub-turns before background work; within a class, fair
-//! between users (round robin over the users with waiting calls, so one user's fifty calls
-//! put another's one call at most one place back); each waiting call can watch its place.
+//! between users (the user served longest ago goes next, so one user's fifty calls put
+//! another's one call at most one place back, and a user who keeps sending is served every
+//! other time while another waits); each waiting call can watch its place.
 //!
 //! A caller that stops waiting (cancelled, or past `QUEUE_MAX_WAIT_MS`) leaves the queue by
 //! dropping its ticket; a queue at `QUEUE_MAX_LENGTH` refuses at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
+
+impl CallClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interactive => "interactive",
+            Self::Agent => "agent",
+            Self::Background => "background",
+        }
+    }
+}
 
 /// Who is waiting, and for what: the order of service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,45 +150,53 @@ struct Waiter {
 
 #[derive(Default)]
 struct ClassQueue {
-    /// Users with waiting calls, in the order they are served next.
-    turn: VecDeque<Uuid>,
+    /// Each user's waiting calls, oldest first.
     calls: HashMap<Uuid, VecDeque<Waiter>>,
 }
 
 impl ClassQueue {
-    fn len(&self) -> usize {
-        self.calls.values().map(VecDeque::len).sum()
+    /// The user served next: the one served longest ago (a user new to the lane first),
+    /// ties to the oldest waiting call. A user who keeps the queue full is served every
+    /// other time while another waits too, however many calls they queued.
+    fn next_user(&self, served: &HashMap<Uuid, u64>) -> Option<Uuid> {
+        self.calls
+            .iter()
+            .min_by_key(|(user, calls)| (served.get(*user).copied().unwrap_or(0), calls[0].id))
+            .map(|(user, _)| *user)
     }
 
-    /// The next call: the first of the user whose turn it is; that user goes to the back.
-    fn pop(&mut self) -> Option<Waiter> {
-        let user = self.turn.pop_front()?;
+    fn pop(&mut self, served: &mut HashMap<Uuid, u64>, tick: &mut u64) -> Option<Waiter> {
+        let user = self.next_user(served)?;
         let calls = self.calls.get_mut(&user)?;
         let waiter = calls.pop_front();
         if calls.is_empty() {
             self.calls.remove(&user);
-        } else {
-            self.turn.push_back(user);
         }
+        *tick += 1;
+        served.insert(user, *tick);
         waiter
     }
 
     /// The calls in the order they would be served if nothing else arrived.
-    fn order(&self) -> Vec<&Waiter> {
-        let mut order = Vec::with_capacity(self.len());
-        let mut depth = 0;
-        loop {
-            let before = order.len();
-            for user in &self.turn {
-                if let Some(waiter) = self.calls.get(user).and_then(|c| c.get(depth)) {
-                    order.push(waiter);
-                }
+    fn order<'a>(&'a self, served: &HashMap<Uuid, u64>, tick: &mut u64) -> Vec<&'a Waiter> {
+        let mut next: BinaryHeap<Reverse<(u64, u64, Uuid, usize)>> = self
+            .calls
+            .iter()
+            .map(|(user, calls)| {
+                let last = served.get(user).copied().unwrap_or(0);
+                Reverse((last, calls[0].id, *user, 0))
+            })
+            .collect();
+        let mut order = Vec::new();
+        while let Some(Reverse((_, _, user, at))) = next.pop() {
+            let calls = &self.calls[&user];
+            order.push(&calls[at]);
+            *tick += 1;
+            if let Some(after) = calls.get(at + 1) {
+                next.push(Reverse((*tick, after.id, user, at + 1)));
             }
-            if order.len() == before {
-                return order;
-            }
-            depth += 1;
         }
+        order
     }
 }
 
@@ -186,6 +206,9 @@ struct LaneState {
     waiting: usize,
     next_id: u64,
     classes: [ClassQueue; CLASSES],
+    /// When each user was last served (a count of calls served by the lane).
+    served: HashMap<Uuid, u64>,
+    tick: u64,
 }
 
 impl LaneState {
@@ -204,12 +227,28 @@ impl LaneState {
             }
             if let Some(user) = emptied {
                 class.calls.remove(&user);
-                class.turn.retain(|u| *u != user);
                 return;
             }
         }
     }
+
+    fn pop(&mut self) -> Option<Waiter> {
+        let waiter = self
+            .classes
+            .iter_mut()
+            .find_map(|class| class.pop(&mut self.served, &mut self.tick))?;
+        // Forget users long gone: only the order among users who wait matters.
+        if self.served.len() > MAX_REMEMBERED_USERS {
+            let classes = &self.classes;
+            self.served
+                .retain(|user, _| classes.iter().any(|c| c.calls.contains_key(user)));
+        }
+        Some(waiter)
+    }
 }
+
+/// Users whose last service a lane remembers before it forgets those not waiting.
+const MAX_REMEMBERED_USERS: usize = 10_000;
 
 /// One provider's budget and queue.
 struct Lane {
@@ -227,7 +266,7 @@ impl Lane {
     fn dispatch(self: &Arc<Self>, state: &mut LaneState) {
         let mut moved = false;
         while state.in_flight < self.limit {
-            let Some(waiter) = state.classes.iter_mut().find_map(ClassQueue::pop) else {
+            let Some(waiter) = state.pop() else {
                 break;
             };
             state.waiting -= 1;
@@ -247,8 +286,9 @@ impl Lane {
 
     fn publish_positions(&self, state: &LaneState) {
         let mut place = 0;
+        let mut tick = state.tick;
         for class in &state.classes {
-            for waiter in class.order() {
+            for waiter in class.order(&state.served, &mut tick) {
                 place += 1;
                 waiter.position.send_if_modified(|p| {
                     let changed = *p != place;
@@ -325,9 +365,6 @@ impl Scheduler {
         let (permit_tx, permit_rx) = oneshot::channel();
         let (position_tx, position_rx) = watch::channel(0);
         let queue = &mut state.classes[class as usize];
-        if !queue.calls.contains_key(&user) {
-            queue.turn.push_back(user);
-        }
         queue.calls.entry(user).or_default().push_back(Waiter {
             id,
             permit: permit_tx,
@@ -358,6 +395,11 @@ impl Scheduler {
             state.in_flight += 1;
             Some(Permit::new(lane))
         })
+    }
+
+    /// The providers with a budget.
+    pub fn providers(&self) -> impl Iterator<Item = &str> {
+        self.lanes.keys().map(String::as_str)
     }
 
     /// Calls in flight and waiting for `provider`.

@@ -85,6 +85,7 @@ impl Relay<'_> {
         let (asked, opening, _permit) = match early {
             Some(mut early) => {
                 let permit = early.take_permit();
+                chat.count_admitted(CallClass::Interactive, Duration::ZERO);
                 (early.asked, early.opened().boxed(), permit)
             }
             None => {
@@ -100,9 +101,11 @@ impl Relay<'_> {
                         return outcome;
                     }
                 };
+                let waiting_since = Instant::now();
                 let permit = match chat.admit(turn, CallClass::Interactive) {
                     Err(QueueFull) => {
-                        return end(MessageStatus::Failed, Some(&ProviderError::Busy), None)
+                        chat.count_refused("full");
+                        return end(MessageStatus::Failed, Some(&ProviderError::Busy), None);
                     }
                     Ok(None) => None,
                     Ok(Some(Admission::Now(permit))) => Some(permit),
@@ -114,6 +117,7 @@ impl Relay<'_> {
                                 _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
                                 _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
                                 _ = tokio::time::sleep_until(until) => {
+                                    chat.count_refused("timeout");
                                     return end(MessageStatus::Failed, Some(&ProviderError::Busy), None);
                                 }
                                 waited = ticket.next() => match waited {
@@ -124,6 +128,7 @@ impl Relay<'_> {
                         }
                     }
                 };
+                chat.count_admitted(CallClass::Interactive, waiting_since.elapsed());
                 (Instant::now(), chat.provider().stream(request), permit)
             }
         };

@@ -231,10 +231,31 @@ impl ChatService {
         }
     }
 
-    /// Puts every model call of this service through `scheduler`.
-    pub fn with_scheduler(mut self, scheduler: Arc<Scheduler>) -> Self {
+    /// Puts every model call of this service through `scheduler`, counted in `metrics`.
+    pub fn with_scheduler(mut self, scheduler: Arc<Scheduler>, metrics: Arc<Metrics>) -> Self {
         self.scheduler = scheduler;
+        self.metrics = Some(metrics);
         self
+    }
+
+    /// Counts a call that got its place after `waited` (0 for one that had it at once).
+    pub fn count_admitted(&self, class: CallClass, waited: std::time::Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .model_queue_wait
+                .with_label_values(&[class.as_str()])
+                .observe(waited.as_secs_f64());
+        }
+    }
+
+    /// Counts a call the queue refused: `full`, or `timeout` (waited past its limit).
+    pub fn count_refused(&self, reason: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .model_queue_refused
+                .with_label_values(&[reason])
+                .inc();
+        }
     }
 
     pub fn scheduler(&self) -> &Scheduler {
@@ -694,17 +715,27 @@ impl ChatService {
     async fn answer(&self, turn: &Turn) -> ServiceResult<Result<(), ProviderError>> {
         let context = self.context_for(turn).await?;
         // The model's budget: a place now, or a wait in the queue up to its limit.
+        let asked = tokio::time::Instant::now();
         let permit = match self.admit(turn, CallClass::Interactive) {
-            Err(QueueFull) => Err(ProviderError::Busy),
+            Err(QueueFull) => {
+                self.count_refused("full");
+                Err(ProviderError::Busy)
+            }
             Ok(None) => Ok(None),
             Ok(Some(Admission::Now(permit))) => Ok(Some(permit)),
             Ok(Some(Admission::Queued(mut ticket))) => {
                 tokio::time::timeout(self.scheduler.max_wait(), ticket.permit())
                     .await
                     .map(Some)
-                    .map_err(|_| ProviderError::Busy)
+                    .map_err(|_| {
+                        self.count_refused("timeout");
+                        ProviderError::Busy
+                    })
             }
         };
+        if permit.is_ok() {
+            self.count_admitted(CallClass::Interactive, asked.elapsed());
+        }
         let _permit = match permit {
             Ok(permit) => permit,
             Err(busy) => {

@@ -47,6 +47,10 @@ backend_test!(
         assert_eq!(queued["position"], 1, "{queued}");
         assert_eq!(queued["messageId"], start["messageId"]);
         assert_eq!(mock.requests().len(), 1, "it waits: nothing went upstream");
+        let metrics = crate::hardening_support::metrics_text(&app).await;
+        let gauge = |name| crate::hardening_support::metric_or_zero(&metrics, name, &[("provider", "default")]);
+        assert_eq!(gauge("chat_model_calls_in_flight"), 1.0, "{metrics}");
+        assert_eq!(gauge("chat_model_queue_waiting"), 1.0, "{metrics}");
 
         // It goes upstream when the first answer ends, and completes.
         let done = first.collect_stream(None).await;
@@ -126,5 +130,58 @@ backend_test!(
         let kept = app.list_conversations(token, "").await;
         assert_eq!(kept.len(), 4, "every message kept: {kept:?}");
         assert_eq!(mock.requests().len(), 1, "none of them went upstream");
+        let metrics = crate::hardening_support::metrics_text(&app).await;
+        let refused = |reason| {
+            crate::hardening_support::metric_or_zero(&metrics, "chat_model_queue_refused_total", &[("reason", reason)])
+        };
+        assert_eq!((refused("full"), refused("timeout")), (2.0, 2.0), "{metrics}");
+    }
+);
+
+backend_test!(
+    a_user_who_floods_the_queue_gets_about_half_while_another_waits_too,
+    backend | backend: Backend | async move {
+        // One place; every answer ~12 tokens 10 ms apart. A sends twelve at once; B sends
+        // six, one after another. While both wait, the place alternates between them.
+        let limits = [("MAX_CONCURRENT_STREAMS_PER_USER", "50"), ("QUEUE_MAX_WAIT_MS", "60000")];
+        let Some((app, _mock)) = queued_app(backend, &limits).await else { return };
+        let a = app.register_user(&unique_email()).await;
+        let b = app.register_user(&unique_email()).await;
+        let mut flood = WsClient::authed(&app.address, &a.access).await;
+        let a_conversation = str_field(&flood.chat(None, "warm up").await.complete, "conversationId");
+        for i in 0..12 {
+            flood
+                .send(json!({"type": "stream_chat", "conversationId": a_conversation, "message": format!("[[slow:10]] a{i}")}))
+                .await;
+        }
+        // Completion order, as the watcher of A's room and B's own socket see it.
+        let finished = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let watch_a = {
+            let finished = finished.clone();
+            tokio::spawn(async move {
+                let mut done = 0;
+                while done < 12 {
+                    let frame = flood.recv().await.expect("A's socket");
+                    if frame["type"] == "stream_complete" {
+                        assert_eq!(frame["status"], "complete", "{frame}");
+                        finished.lock().unwrap().push('a');
+                        done += 1;
+                    }
+                }
+            })
+        };
+        let mut other = WsClient::authed(&app.address, &b.access).await;
+        for i in 0..6 {
+            let frames = other.chat(None, &format!("[[slow:10]] b{i}")).await;
+            assert_eq!(frames.complete["status"], "complete");
+            finished.lock().unwrap().push('b');
+        }
+        watch_a.await.unwrap();
+        let order: String = finished.lock().unwrap().iter().collect();
+        // B's six answers came while A still had calls waiting: each waited behind at most
+        // one of A's (B's share of the first twelve places is about half).
+        let first_twelve = &order[..12];
+        let b_share = first_twelve.chars().filter(|c| *c == 'b').count();
+        assert!(b_share >= 5, "B got {b_share} of the first 12 places: {order}");
     }
 );

@@ -21,6 +21,8 @@ pub struct StreamFrames {
     pub start: Option<Value>,
     pub chunks: Vec<Value>,
     pub snapshot: Option<Value>,
+    /// `stream_queued` frames: the places it waited at.
+    pub queued: Vec<Value>,
     pub complete: Value,
 }
 
@@ -205,6 +207,7 @@ impl WsClient {
                 "stream_start" => frames.start = Some(frame),
                 "stream_chunk" => frames.chunks.push(frame),
                 "stream_snapshot" => frames.snapshot = Some(frame),
+                "stream_queued" => frames.queued.push(frame),
                 "stream_complete" => {
                     frames.complete = frame;
                     return frames;
