@@ -24,6 +24,7 @@ pub struct Metrics {
     pub upstream_retries: IntCounter,
     pub context_reads: IntCounterVec,
     pub model_calls_in_flight: IntGaugeVec,
+    pub model_budget: IntGaugeVec,
     pub model_queue_waiting: IntGaugeVec,
     pub model_queue_wait: HistogramVec,
     pub model_queue_refused: IntCounterVec,
@@ -146,6 +147,13 @@ impl Metrics {
                 Opts::new(
                     "chat_model_calls_in_flight",
                     "Model calls holding a place in their provider's budget, by provider"
+                ),
+                &["provider"]
+            )),
+            model_budget: register!(IntGaugeVec::new(
+                Opts::new(
+                    "chat_model_budget",
+                    "This instance's share of each provider's calls in flight, by provider"
                 ),
                 &["provider"]
             )),

@@ -53,6 +53,11 @@ impl AppState {
                     .model_queue_waiting
                     .with_label_values(&labels)
                     .set(waiting as i64);
+                let share = scheduler.share(provider).unwrap_or_default();
+                metrics
+                    .model_budget
+                    .with_label_values(&labels)
+                    .set(share as i64);
             }
         }
         // The store counts its writes itself; the counters catch up when scraped.

@@ -139,6 +139,7 @@ impl Instance {
             let mut tick = tokio::time::interval(times.every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            share_budgets(&store, &hub).await;
             let mut check = tokio::time::interval(LIVENESS_CHECK_EVERY);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -154,6 +155,7 @@ impl Instance {
                     }
                 }
                 renew(&store, &hub, id, times).await;
+                share_budgets(&store, &hub).await;
                 // Another instance announces itself on the bus as it starts; should that
                 // notification be lost (this listener was reconnecting), the lease table
                 // still tells, within one tick.
@@ -189,6 +191,15 @@ impl Instance {
         if let Some(lock) = lock {
             lock.release().await;
         }
+    }
+}
+
+/// Each live instance takes its share of every model budget (see
+/// `Scheduler::share_among`); a dead one's share comes back within a lease tick.
+async fn share_budgets(store: &Store, hub: &StreamHub) {
+    match store.live_instances().await {
+        Ok(live) => hub.share_model_budgets(live),
+        Err(err) => tracing::warn!(error = %err, "counting the live instances failed"),
     }
 }
 

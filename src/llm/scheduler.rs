@@ -11,6 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -252,12 +253,19 @@ const MAX_REMEMBERED_USERS: usize = 10_000;
 
 /// One provider's budget and queue.
 struct Lane {
-    limit: usize,
+    /// The provider's whole budget.
+    budget: usize,
+    /// This instance's share of it (the whole while it is alone).
+    limit: AtomicUsize,
     max_waiting: usize,
     state: Mutex<LaneState>,
 }
 
 impl Lane {
+    fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -265,7 +273,7 @@ impl Lane {
     /// Hands free places to the next waiting calls, then tells the rest their places.
     fn dispatch(self: &Arc<Self>, state: &mut LaneState) {
         let mut moved = false;
-        while state.in_flight < self.limit {
+        while state.in_flight < self.limit() {
             let Some(waiter) = state.pop() else {
                 break;
             };
@@ -320,8 +328,10 @@ impl Scheduler {
         let lanes = lanes
             .into_iter()
             .map(|(provider, limits)| {
+                let budget = limits.max_concurrent.max(1);
                 let lane = Lane {
-                    limit: limits.max_concurrent.max(1),
+                    budget,
+                    limit: AtomicUsize::new(budget),
                     max_waiting: limits.max_waiting,
                     state: Mutex::default(),
                 };
@@ -353,7 +363,7 @@ impl Scheduler {
             return Ok(None);
         };
         let mut state = lane.lock();
-        if state.in_flight < lane.limit && state.waiting == 0 {
+        if state.in_flight < lane.limit() && state.waiting == 0 {
             state.in_flight += 1;
             return Ok(Some(Admission::Now(Permit::new(lane))));
         }
@@ -391,10 +401,36 @@ impl Scheduler {
             return Some(None);
         };
         let mut state = lane.lock();
-        (state.in_flight < lane.limit && state.waiting == 0).then(|| {
+        (state.in_flight < lane.limit() && state.waiting == 0).then(|| {
             state.in_flight += 1;
             Some(Permit::new(lane))
         })
+    }
+
+    /// Shares each provider's budget among `instances` live instances on one database:
+    /// this one takes `budget / instances` places (at least one, so with more instances
+    /// than places the total may pass the budget by up to one call per instance). Calls
+    /// waiting here go as soon as a larger share lets them.
+    pub fn share_among(&self, instances: u64) {
+        let instances = instances.max(1) as usize;
+        for lane in self.lanes.values() {
+            let share = (lane.budget / instances).max(1);
+            if lane.limit.swap(share, Ordering::Relaxed) != share {
+                tracing::info!(
+                    budget = lane.budget,
+                    share,
+                    instances,
+                    "this instance's share of a model budget changed"
+                );
+                let mut state = lane.lock();
+                lane.dispatch(&mut state);
+            }
+        }
+    }
+
+    /// This instance's share of `provider`'s budget.
+    pub fn share(&self, provider: &str) -> Option<usize> {
+        Some(self.lanes.get(provider)?.limit())
     }
 
     /// The providers with a budget.
@@ -548,5 +584,22 @@ mod tests {
         let _p = next.permit().await;
         assert_eq!(s.load("p"), Some((1, 0)));
         assert!(s.try_admit("p").is_none(), "the one place is taken");
+    }
+
+    #[tokio::test]
+    async fn an_instance_takes_its_share_of_the_budget_and_a_larger_share_lets_waiting_calls_go() {
+        let s = scheduler(4, 10);
+        s.share_among(2);
+        assert_eq!(s.share("p"), Some(2));
+        let _a = permit(admit(&s, 1, CallClass::Interactive));
+        let _b = permit(admit(&s, 2, CallClass::Interactive));
+        let mut c = ticket(admit(&s, 3, CallClass::Interactive));
+        // The other instance went: the whole budget is this one's, and C goes.
+        s.share_among(1);
+        let _c = c.permit().await;
+        assert_eq!(s.load("p"), Some((3, 0)));
+        // More instances than places: one each.
+        s.share_among(9);
+        assert_eq!(s.share("p"), Some(1));
     }
 }

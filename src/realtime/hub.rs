@@ -160,6 +160,11 @@ impl StreamHub {
             })
     }
 
+    /// Takes this instance's share of every model budget, among `instances` live ones.
+    pub fn share_model_budgets(&self, instances: u64) {
+        self.inner.chat.scheduler().share_among(instances);
+    }
+
     pub fn bus(&self) -> &Arc<dyn RoomBus> {
         &self.inner.bus
     }

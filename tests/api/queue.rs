@@ -185,3 +185,58 @@ backend_test!(
         assert!(b_share >= 5, "B got {b_share} of the first 12 places: {order}");
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgresql_share_the_budget() {
+    let Some(mut a) = scratch(Backend::Postgres).await else {
+        return;
+    };
+    let mock = crate::mock_llm::MockLlm::start(std::time::Duration::ZERO).await;
+    let mut env = mock.env();
+    env.extend([
+        ("UPSTREAM_MAX_CONCURRENT", "2".to_string()),
+        ("INSTANCE_LEASE_MS", "1500".to_string()),
+        ("CHAT_RATE_PER_MINUTE", "1000".to_string()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    a.start_instance(&env).await;
+    let share = |app: &TestApp| {
+        let app = app.sibling();
+        async move {
+            let metrics = crate::hardening_support::metrics_text(&app).await;
+            crate::hardening_support::metric_or_zero(
+                &metrics,
+                "chat_model_budget",
+                &[("provider", "default")],
+            )
+        }
+    };
+    assert_eq!(share(&a).await, 2.0, "alone, the whole budget");
+    let mut b = a.sibling();
+    b.start_instance(&env).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while share(&a).await != 1.0 || share(&b).await != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the instances did not share the budget"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // One place each: a second answer on A waits while B still has its own place.
+    let _on_a = hold_the_place(&a).await;
+    let user = a.register_user(&unique_email()).await;
+    let mut second = WsClient::authed(&a.address, &user.access).await;
+    second
+        .send(json!({"type": "stream_chat", "message": "wait on A"}))
+        .await;
+    second.expect_type("stream_start").await;
+    assert_eq!(second.expect_type("stream_queued").await["position"], 1);
+    let mut on_b = WsClient::authed(&b.address, &user.access).await;
+    let frames = on_b.chat(None, "B has room").await;
+    assert!(
+        frames.queued.is_empty(),
+        "B's place was free: {:?}",
+        frames.queued
+    );
+    assert_eq!(frames.complete["status"], "complete");
+}
