@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use chat_server::domain::types::Priority;
 use chat_server::llm::scheduler::{Admission, CallClass, LaneLimits, Scheduler};
 use criterion::{criterion_group, criterion_main, Criterion};
 use uuid::Uuid;
@@ -27,11 +28,23 @@ fn scheduler(c: &mut Criterion) {
         })
     });
     c.bench_function("no budget: admit and release", |b| {
-        b.iter(|| black_box(scheduler.admit(black_box("other"), user, CallClass::Interactive)))
+        b.iter(|| {
+            black_box(scheduler.admit(
+                black_box("other"),
+                user,
+                CallClass::Interactive,
+                Priority::Normal,
+            ))
+        })
     });
     c.bench_function("a place at once: admit and release", |b| {
         b.iter(|| {
-            let admission = scheduler.admit(black_box("default"), user, CallClass::Interactive);
+            let admission = scheduler.admit(
+                black_box("default"),
+                user,
+                CallClass::Interactive,
+                Priority::Normal,
+            );
             match admission {
                 Ok(Some(Admission::Now(permit))) => drop(black_box(permit)),
                 _ => unreachable!("nothing waits"),

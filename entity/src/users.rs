@@ -11,6 +11,8 @@ pub struct Model {
     pub password_hash: String,
     pub display_name: Option<String>,
     pub role: String,
+    /// Its tier in the model queue: `low`, `normal` or `high`.
+    pub priority: String,
     pub disabled: bool,
     /// Bumped to end every session at once; tokens carry the value they were issued under.
     pub session_generation: i64,

@@ -44,6 +44,7 @@ impl AdminApi {
         let patch = UserPatch {
             role: body.0.role.map(Into::into),
             disabled: body.0.disabled,
+            priority: body.0.priority.map(Into::into),
         };
         Ok(Json(
             self.state

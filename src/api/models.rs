@@ -14,6 +14,36 @@ use crate::domain::users::UserRecord;
 use crate::service::auth::Session;
 use crate::service::conversations::ConversationView;
 
+/// A user's tier in the model queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+impl From<types::Priority> for Priority {
+    fn from(priority: types::Priority) -> Self {
+        match priority {
+            types::Priority::Low => Self::Low,
+            types::Priority::Normal => Self::Normal,
+            types::Priority::High => Self::High,
+        }
+    }
+}
+
+impl From<Priority> for types::Priority {
+    fn from(priority: Priority) -> Self {
+        match priority {
+            Priority::Low => Self::Low,
+            Priority::Normal => Self::Normal,
+            Priority::High => Self::High,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
 #[oai(rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +99,9 @@ pub struct User {
     pub role: Role,
     /// A disabled account cannot log in, and its tokens stop working at once.
     pub disabled: bool,
+    /// Their tier in the model queue: within a class of calls, `high` before `normal`
+    /// before `low`.
+    pub priority: Priority,
     pub created_at: DateTime<Utc>,
 }
 
@@ -80,6 +113,7 @@ impl From<UserRecord> for User {
             display_name: u.display_name,
             role: u.role.into(),
             disabled: u.disabled,
+            priority: u.priority.into(),
             created_at: u.created_at,
         }
     }
@@ -171,6 +205,8 @@ pub struct ResetPasswordRequest {
 pub struct UpdateUserRequest {
     pub role: Option<Role>,
     pub disabled: Option<bool>,
+    /// Their tier in the model queue; takes effect at their next request or frame.
+    pub priority: Option<Priority>,
 }
 
 /// Fields of a new conversation; all optional.

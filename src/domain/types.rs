@@ -42,6 +42,30 @@ string_enum!(
 );
 
 string_enum!(
+    /// Where a user's model calls stand among others' of the same class in the model queue.
+    Priority { Low => "low", Normal => "normal", High => "high" }
+);
+
+// Not derived: `string_enum!` does not take attributes on variants.
+#[allow(clippy::derivable_impls)]
+impl Default for Priority {
+    fn default() -> Self {
+        Self::Normal
+    }
+}
+
+impl Priority {
+    /// Its rank in the queue: 0 is served first.
+    pub fn rank(self) -> usize {
+        match self {
+            Self::High => 0,
+            Self::Normal => 1,
+            Self::Low => 2,
+        }
+    }
+}
+
+string_enum!(
     /// Who wrote a message.
     MessageRole { User => "user", Assistant => "assistant", System => "system" }
 );

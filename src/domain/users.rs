@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::types::Role;
+use super::types::{Priority, Role};
 
 #[derive(Clone, Debug)]
 pub struct UserRecord {
@@ -13,6 +13,8 @@ pub struct UserRecord {
     pub password_hash: String,
     pub display_name: Option<String>,
     pub role: Role,
+    /// Its tier in the model queue.
+    pub priority: Priority,
     pub disabled: bool,
     /// Tokens issued under an older generation are refused (see `service::auth`).
     pub session_generation: i64,

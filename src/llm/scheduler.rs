@@ -1,7 +1,8 @@
 //! The one road to every model: a call takes a place among its provider's calls in flight
 //! (`UPSTREAM_MAX_CONCURRENT`, or the provider's `max_concurrent` in the catalogue) before it
 //! goes upstream, and gives it back when it ends. Calls beyond the budget wait in a queue:
-//! interactive answers before agent sub-turns before background work; within a class, fair
+//! interactive answers before agent sub-turns before background work; within a class, a
+//! user's priority tier (`high`, `normal`, `low`) first, then fair
 //! between users (the user served longest ago goes next, so one user's fifty calls put
 //! another's one call at most one place back, and a user who keeps sending is served every
 //! other time while another waits); each waiting call can watch its place.
@@ -17,6 +18,8 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
+
+use crate::domain::types::Priority;
 
 impl CallClass {
     pub fn as_str(self) -> &'static str {
@@ -39,7 +42,8 @@ pub enum CallClass {
     Background = 2,
 }
 
-const CLASSES: usize = 3;
+/// A queue per class and priority tier, served in that order.
+const QUEUES: usize = 9;
 
 /// The queue is full: the call is refused at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -206,7 +210,8 @@ struct LaneState {
     in_flight: usize,
     waiting: usize,
     next_id: u64,
-    classes: [ClassQueue; CLASSES],
+    /// By class, then by the user's tier within it: `class * 3 + tier rank`.
+    classes: [ClassQueue; QUEUES],
     /// When each user was last served (a count of calls served by the lane).
     served: HashMap<Uuid, u64>,
     tick: u64,
@@ -358,6 +363,7 @@ impl Scheduler {
         provider: &str,
         user: Uuid,
         class: CallClass,
+        priority: Priority,
     ) -> Result<Option<Admission>, QueueFull> {
         let Some(lane) = self.lanes.get(provider) else {
             return Ok(None);
@@ -374,7 +380,7 @@ impl Scheduler {
         let id = state.next_id;
         let (permit_tx, permit_rx) = oneshot::channel();
         let (position_tx, position_rx) = watch::channel(0);
-        let queue = &mut state.classes[class as usize];
+        let queue = &mut state.classes[class as usize * 3 + priority.rank()];
         queue.calls.entry(user).or_default().push_back(Waiter {
             id,
             permit: permit_tx,
@@ -464,7 +470,9 @@ mod tests {
     }
 
     fn admit(s: &Scheduler, user: u128, class: CallClass) -> Admission {
-        s.admit("p", Uuid::from_u128(user), class).unwrap().unwrap()
+        s.admit("p", Uuid::from_u128(user), class, Priority::Normal)
+            .unwrap()
+            .unwrap()
     }
 
     fn ticket(a: Admission) -> Ticket {
@@ -515,7 +523,12 @@ mod tests {
         assert_eq!(s.load("p"), Some((2, 0)));
         // A provider without a budget holds nothing.
         assert!(s
-            .admit("other", Uuid::nil(), CallClass::Interactive)
+            .admit(
+                "other",
+                Uuid::nil(),
+                CallClass::Interactive,
+                Priority::Normal
+            )
             .unwrap()
             .is_none());
     }
@@ -559,7 +572,12 @@ mod tests {
         let mut staying = ticket(admit(&s, 2, CallClass::Interactive));
         assert_eq!(staying.position(), 2);
         assert!(matches!(
-            s.admit("p", Uuid::from_u128(3), CallClass::Interactive),
+            s.admit(
+                "p",
+                Uuid::from_u128(3),
+                CallClass::Interactive,
+                Priority::Normal
+            ),
             Err(QueueFull)
         ));
         // Its first place is not news; a move is.
@@ -568,7 +586,12 @@ mod tests {
         assert_eq!(staying.moved().await, Some(1));
         assert_eq!(s.load("p"), Some((1, 1)));
         assert!(s
-            .admit("p", Uuid::from_u128(3), CallClass::Interactive)
+            .admit(
+                "p",
+                Uuid::from_u128(3),
+                CallClass::Interactive,
+                Priority::Normal
+            )
             .is_ok());
     }
 
@@ -601,5 +624,31 @@ mod tests {
         // More instances than places: one each.
         s.share_among(9);
         assert_eq!(s.share("p"), Some(1));
+    }
+
+    #[tokio::test]
+    async fn within_a_class_a_higher_tier_goes_first() {
+        let s = scheduler(1, 100);
+        let first = permit(admit(&s, 1, CallClass::Interactive));
+        let tiered = |user: u128, class, priority| {
+            ticket(
+                s.admit("p", Uuid::from_u128(user), class, priority)
+                    .unwrap()
+                    .unwrap(),
+            )
+        };
+        let waiting = vec![
+            (1, tiered(1, CallClass::Interactive, Priority::Low)),
+            (2, tiered(2, CallClass::Interactive, Priority::Normal)),
+            (3, tiered(3, CallClass::Background, Priority::High)),
+            (4, tiered(4, CallClass::Interactive, Priority::High)),
+        ];
+        let positions: Vec<usize> = waiting.iter().map(|(_, t)| t.position()).collect();
+        assert_eq!(positions, [3, 2, 4, 1]);
+        assert_eq!(
+            served(waiting, first).await,
+            [4, 2, 1, 3],
+            "a class still goes before a tier"
+        );
     }
 }

@@ -465,6 +465,7 @@ impl StreamHub {
                 assistant_message_id: message.id,
                 started_seq: 0,
                 model: message.model.clone().unwrap_or_default(),
+                priority: Default::default(),
                 system_prompt: None,
                 prepared: None,
             };

@@ -17,7 +17,7 @@ use super::tokens::{Claims, SessionIds, TokenKeys, TokenType};
 use super::{passwords, ServiceError, ServiceResult};
 use crate::config::AdminBootstrap;
 use crate::domain::inputs::{bounded_text, Email, Password, MAX_DISPLAY_NAME_CHARS};
-use crate::domain::types::Role;
+use crate::domain::types::{Priority, Role};
 use crate::domain::users::UserRecord;
 use crate::store::{NewRole, NewUser, RotateOutcome, Store, StoreError, UserPatch, UserUpdate};
 
@@ -30,6 +30,8 @@ const BAD_REFRESH: &str = "invalid or expired refresh token";
 pub struct CurrentUser {
     pub id: Uuid,
     pub role: Role,
+    /// Their tier in the model queue, as of this request (or socket frame).
+    pub priority: Priority,
 }
 
 /// A valid access token: who it is for, the sign-in it belongs to, and when it expires.
@@ -353,6 +355,7 @@ impl AuthService {
             user: CurrentUser {
                 id: user.id,
                 role: user.role,
+                priority: user.priority,
             },
             sid: claims.sid,
             generation: claims.gen,
@@ -392,6 +395,7 @@ impl AuthService {
         Ok(CurrentUser {
             id: user.id,
             role: user.role,
+            priority: user.priority,
         })
     }
 
@@ -416,6 +420,7 @@ impl AuthService {
                 let patch = UserPatch {
                     role: Some(Role::Admin),
                     disabled: Some(false),
+                    priority: None,
                 };
                 match self.store.update_user(existing.id, patch).await? {
                     UserUpdate::Updated(user) => user,

@@ -21,7 +21,7 @@ use crate::domain::events::{ConversationEvent, RecordedEvent};
 use crate::domain::events::{StreamCompleted, StreamError};
 use crate::domain::inputs::{bounded_text, MessageText};
 use crate::domain::projection::MessageRecord;
-use crate::domain::types::MessageRole;
+use crate::domain::types::{MessageRole, Priority};
 use crate::domain::types::{MessageStatus, Usage};
 use crate::llm::catalogue::DEFAULT_PROVIDER;
 use crate::llm::context::{build_context, ContextWindow};
@@ -42,6 +42,8 @@ pub struct Turn {
     /// The `seq` of its `stream_started` event.
     pub started_seq: i64,
     pub model: String,
+    /// The owner's tier in the model queue when the turn was sent.
+    pub priority: Priority,
     /// The conversation's system prompt as the turn's commit found it.
     pub system_prompt: Option<String>,
     /// The upstream request, when the turn already held everything it needs: the turn that
@@ -273,8 +275,12 @@ impl ChatService {
 
     /// A place for the turn's answer among its provider's calls (see [`Scheduler::admit`]).
     pub fn admit(&self, turn: &Turn, class: CallClass) -> Result<Option<Admission>, QueueFull> {
-        self.scheduler
-            .admit(&self.provider_of(&turn.model), turn.owner_id, class)
+        self.scheduler.admit(
+            &self.provider_of(&turn.model),
+            turn.owner_id,
+            class,
+            turn.priority,
+        )
     }
 
     /// Asks for a streamed answer now, if its provider has a place free at once.
@@ -473,6 +479,7 @@ impl ChatService {
                 assistant_message_id: turn.assistant_message_id,
                 started_seq: started.0,
                 model: started.1,
+                priority: user.priority,
                 system_prompt: committed
                     .state
                     .conversation

@@ -88,6 +88,7 @@ pub fn user_from_row(row: users::Model) -> UserRecord {
         password_hash: row.password_hash,
         display_name: row.display_name,
         role: row.role.parse().unwrap_or(Role::User),
+        priority: row.priority.parse().unwrap_or_default(),
         disabled: row.disabled,
         session_generation: row.session_generation,
         created_at: row.created_at,

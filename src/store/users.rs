@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::records::user_from_row;
 use super::{Store, StoreError, StoreResult};
-use crate::domain::types::Role;
+use crate::domain::types::{Priority, Role};
 use crate::domain::users::UserRecord;
 
 pub struct NewUser {
@@ -31,6 +31,7 @@ pub enum NewRole {
 pub struct UserPatch {
     pub role: Option<Role>,
     pub disabled: Option<bool>,
+    pub priority: Option<Priority>,
 }
 
 impl Store {
@@ -87,6 +88,7 @@ async fn insert_user(
             password_hash: Set(new.password_hash),
             display_name: Set(new.display_name),
             role: Set(role.as_str().to_string()),
+            priority: Set(Priority::default().as_str().to_string()),
             disabled: Set(false),
             session_generation: Set(0),
             created_at: Set(now),
@@ -279,6 +281,9 @@ async fn update_user_in(
     }
     if let Some(disabled) = patch.disabled {
         active.disabled = Set(disabled);
+    }
+    if let Some(priority) = patch.priority {
+        active.priority = Set(priority.as_str().to_string());
     }
     active.updated_at = Set(super::now());
     let row = active.update(txn).await.map_err(StoreError::from_db)?;

@@ -240,3 +240,36 @@ async fn two_instances_on_one_postgresql_share_the_budget() {
     );
     assert_eq!(frames.complete["status"], "complete");
 }
+
+backend_test!(
+    a_high_priority_users_answer_goes_before_a_normal_users_that_waited_longer,
+    backend | backend: Backend | async move {
+        let Some((app, _mock)) = queued_app(backend, &[]).await else { return };
+        let admin = app.register_user(&unique_email()).await; // the first user is an admin
+        let mut first = hold_the_place(&app).await;
+        let normal = app.register_user(&unique_email()).await;
+        let high = app.register_user(&unique_email()).await;
+        let resp = app
+            .patch(&format!("/api/admin/users/{}", high.id), Some(&admin.access), &json!({"priority": "high"}))
+            .await;
+        assert_eq!(expect_json(resp, StatusCode::OK).await["priority"], "high");
+        let resp = app.get("/api/auth/me", Some(&normal.access)).await;
+        assert_eq!(expect_json(resp, StatusCode::OK).await["priority"], "normal");
+
+        let mut n = WsClient::authed(&app.address, &normal.access).await;
+        n.send(json!({"type": "stream_chat", "message": "waited first"})).await;
+        n.expect_type("stream_start").await;
+        assert_eq!(n.expect_type("stream_queued").await["position"], 1);
+        let mut h = WsClient::authed(&app.address, &high.access).await;
+        h.send(json!({"type": "stream_chat", "message": "high tier"})).await;
+        h.expect_type("stream_start").await;
+        assert_eq!(h.expect_type("stream_queued").await["position"], 1, "it goes first");
+        assert_eq!(n.expect_type("stream_queued").await["position"], 2, "the other moved back");
+
+        first.collect_stream(None).await;
+        let high_done = h.collect_stream(None).await;
+        assert_eq!(high_done.complete["status"], "complete");
+        let normal_done = n.collect_stream(None).await;
+        assert_eq!(normal_done.complete["status"], "complete");
+    }
+);

@@ -655,6 +655,11 @@ export interface components {
             /** Format: uint64 */
             tokensPerMinute?: number | null;
         };
+        /**
+         * @description A user's tier in the model queue.
+         * @enum {string}
+         */
+        Priority: "low" | "normal" | "high";
         /** RefreshRequest */
         RefreshRequest: {
             refreshToken: string;
@@ -684,6 +689,8 @@ export interface components {
         UpdateUserRequest: {
             role?: components["schemas"]["Role"];
             disabled?: boolean;
+            /** @description Their tier in the model queue; takes effect at their next request or frame. */
+            priority?: components["schemas"]["Priority"] & unknown;
         };
         /** Usage */
         Usage: {
@@ -702,6 +709,11 @@ export interface components {
             role: components["schemas"]["Role"];
             /** @description A disabled account cannot log in, and its tokens stop working at once. */
             disabled: boolean;
+            /**
+             * @description Their tier in the model queue: within a class of calls, `high` before `normal`
+             *     before `low`.
+             */
+            priority: components["schemas"]["Priority"] & unknown;
             /** Format: date-time */
             createdAt: string;
         };
