@@ -218,21 +218,19 @@ struct LaneState {
 }
 
 impl LaneState {
+    /// Takes a waiting call out of its queue (ids are unique: the first found is it).
     fn remove(&mut self, id: u64) {
         for class in &mut self.classes {
-            let mut emptied = None;
-            for (user, calls) in class.calls.iter_mut() {
-                if let Some(at) = calls.iter().position(|w| w.id == id) {
-                    calls.remove(at);
-                    self.waiting -= 1;
-                    if calls.is_empty() {
-                        emptied = Some(*user);
-                    }
-                    break;
+            let found = class.calls.iter_mut().find_map(|(user, calls)| {
+                let at = calls.iter().position(|w| w.id == id)?;
+                calls.remove(at);
+                Some((*user, calls.is_empty()))
+            });
+            if let Some((user, emptied)) = found {
+                self.waiting -= 1;
+                if emptied {
+                    class.calls.remove(&user);
                 }
-            }
-            if let Some(user) = emptied {
-                class.calls.remove(&user);
                 return;
             }
         }

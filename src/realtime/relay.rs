@@ -19,10 +19,10 @@ use super::stream::RunningStream;
 use crate::domain::codes::ErrorCode;
 use crate::domain::events::StreamError;
 use crate::domain::types::MessageStatus;
-use crate::llm::scheduler::{Admission, CallClass, QueueFull, Waited};
+use crate::llm::scheduler::CallClass;
 use crate::llm::{ProviderError, StreamItem};
 use crate::metrics::Metrics;
-use crate::service::chat::{stream_error, ChatService, EarlyStream, Turn, TurnOutcome};
+use crate::service::chat::{stream_error, ChatService, EarlyStream, NoPlace, Turn, TurnOutcome};
 use crate::service::ServiceError;
 
 /// The most text one chunk carries when deltas are joined.
@@ -101,34 +101,27 @@ impl Relay<'_> {
                         return outcome;
                     }
                 };
-                let waiting_since = Instant::now();
-                let permit = match chat.admit(turn, CallClass::Interactive) {
-                    Err(QueueFull) => {
-                        chat.count_refused("full");
-                        return end(MessageStatus::Failed, Some(&ProviderError::Busy), None);
-                    }
-                    Ok(None) => None,
-                    Ok(Some(Admission::Now(permit))) => Some(permit),
-                    Ok(Some(Admission::Queued(mut ticket))) => {
-                        let until = Instant::now() + chat.scheduler().max_wait();
-                        self.queued(stream, ticket.position());
-                        loop {
-                            tokio::select! {
-                                _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
-                                _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
-                                _ = tokio::time::sleep_until(until) => {
-                                    chat.count_refused("timeout");
-                                    return end(MessageStatus::Failed, Some(&ProviderError::Busy), None);
-                                }
-                                waited = ticket.next() => match waited {
-                                    Waited::Ready(permit) => break Some(permit),
-                                    Waited::Moved(position) => self.queued(stream, position),
-                                },
-                            }
-                        }
+                let stop = async {
+                    tokio::select! {
+                        _ = stream.cancel.cancelled() => MessageStatus::Cancelled,
+                        _ = stream.interrupt.cancelled() => MessageStatus::Interrupted,
                     }
                 };
-                chat.count_admitted(CallClass::Interactive, waiting_since.elapsed());
+                let place = chat
+                    .take_place(
+                        turn,
+                        CallClass::Interactive,
+                        |at| self.queued(stream, at),
+                        stop,
+                    )
+                    .await;
+                let permit = match place {
+                    Ok(permit) => permit,
+                    Err(NoPlace::Busy) => {
+                        return end(MessageStatus::Failed, Some(&ProviderError::Busy), None)
+                    }
+                    Err(NoPlace::Stopped(status)) => return end(status, None, None),
+                };
                 (Instant::now(), chat.provider().stream(request), permit)
             }
         };

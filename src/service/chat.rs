@@ -8,7 +8,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::auth::CurrentUser;
-use super::context_cache::{CachedRow, ContextCache};
+use super::context_cache::ContextCache;
 use super::conversations::ConversationView;
 use super::limits::RateLimits;
 use super::models::ModelRegistry;
@@ -25,10 +25,10 @@ use crate::domain::types::{MessageRole, Priority};
 use crate::domain::types::{MessageStatus, Usage};
 use crate::llm::catalogue::DEFAULT_PROVIDER;
 use crate::llm::context::{build_context, ContextWindow};
-use crate::llm::scheduler::{Admission, CallClass, Permit, QueueFull, Scheduler};
+use crate::llm::scheduler::{Admission, CallClass, Permit, QueueFull, Scheduler, Waited};
 use crate::llm::{ChatProvider, ChatRequest, ChatStream, ProviderError};
 use crate::metrics::Metrics;
-use crate::store::{Load, Store, StoredTurn};
+use crate::store::{ContextRow, Load, Store, StoredTurn};
 
 pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 100;
 
@@ -66,7 +66,7 @@ struct ReadAhead {
 
 /// The rows a read ahead took, newest first, and whether they reach the first message.
 struct ReadRows {
-    rows: Vec<CachedRow>,
+    rows: Vec<ContextRow>,
     whole: bool,
 }
 
@@ -84,6 +84,14 @@ impl ReadAhead {
                 && matches!(started.event, ConversationEvent::StreamStarted(_))
         )
     }
+}
+
+/// Why a call got no place among its provider's calls.
+pub enum NoPlace<S> {
+    /// The queue was full, or the wait passed its limit.
+    Busy,
+    /// The caller's `stop` came first, with its value.
+    Stopped(S),
 }
 
 /// How a turn's answer is asked for.
@@ -251,7 +259,7 @@ impl ChatService {
     }
 
     /// Counts a call the queue refused: `full`, or `timeout` (waited past its limit).
-    pub fn count_refused(&self, reason: &str) {
+    fn count_refused(&self, reason: &str) {
         if let Some(metrics) = &self.metrics {
             metrics
                 .model_queue_refused
@@ -265,29 +273,62 @@ impl ChatService {
     }
 
     /// The provider that serves `model`.
-    fn provider_of(&self, model: &str) -> String {
+    fn provider_of(&self, model: &str) -> &str {
         self.models
             .catalogue()
             .get(model)
             .map_or(DEFAULT_PROVIDER, |m| m.provider.as_str())
-            .to_string()
     }
 
-    /// A place for the turn's answer among its provider's calls (see [`Scheduler::admit`]).
-    pub fn admit(&self, turn: &Turn, class: CallClass) -> Result<Option<Admission>, QueueFull> {
-        self.scheduler.admit(
-            &self.provider_of(&turn.model),
-            turn.owner_id,
-            class,
-            turn.priority,
-        )
+    /// A place for the turn's answer among its provider's calls: at once, or after waiting
+    /// in the queue (told to `moved` at every new place) for up to `QUEUE_MAX_WAIT_MS`,
+    /// unless `stop` comes first. `Ok(None)`: the provider has no budget. Counted in the
+    /// queue's metrics.
+    pub async fn take_place<S>(
+        &self,
+        turn: &Turn,
+        class: CallClass,
+        mut moved: impl FnMut(usize),
+        stop: impl std::future::Future<Output = S>,
+    ) -> Result<Option<Permit>, NoPlace<S>> {
+        let since = tokio::time::Instant::now();
+        let provider = self.provider_of(&turn.model);
+        let permit = match self
+            .scheduler
+            .admit(provider, turn.owner_id, class, turn.priority)
+        {
+            Err(QueueFull) => {
+                self.count_refused("full");
+                return Err(NoPlace::Busy);
+            }
+            Ok(None) => None,
+            Ok(Some(Admission::Now(permit))) => Some(permit),
+            Ok(Some(Admission::Queued(mut ticket))) => {
+                moved(ticket.position());
+                let until = since + self.scheduler.max_wait();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        stopped = &mut stop => return Err(NoPlace::Stopped(stopped)),
+                        _ = tokio::time::sleep_until(until) => {
+                            self.count_refused("timeout");
+                            return Err(NoPlace::Busy);
+                        }
+                        waited = ticket.next() => match waited {
+                            Waited::Ready(permit) => break Some(permit),
+                            Waited::Moved(position) => moved(position),
+                        },
+                    }
+                }
+            }
+        };
+        self.count_admitted(class, since.elapsed());
+        Ok(permit)
     }
 
     /// Asks for a streamed answer now, if its provider has a place free at once.
     fn open_early(&self, request: ChatRequest) -> Option<EarlyStream> {
-        let permit = self
-            .scheduler
-            .try_admit(&self.provider_of(&request.model))?;
+        let permit = self.scheduler.try_admit(self.provider_of(&request.model))?;
         Some(EarlyStream::open(&self.provider, request, permit))
     }
 
@@ -328,11 +369,6 @@ impl ChatService {
         self
     }
 
-    /// `model` as a request names it: one of the catalogue's, or 400 naming `model`.
-    pub fn known_model(&self, model: &str) -> ServiceResult<String> {
-        self.models.check(model)
-    }
-
     pub fn provider(&self) -> &Arc<dyn ChatProvider> {
         &self.provider
     }
@@ -359,7 +395,7 @@ impl ChatService {
             .client_message_id
             .map(|c| bounded_text("clientMessageId", &c, MAX_CLIENT_MESSAGE_ID_CHARS, false))
             .transpose()?;
-        let model_override = request.model.map(|m| self.known_model(&m)).transpose()?;
+        let model_override = request.model.map(|m| self.models.check(&m)).transpose()?;
         let conversation_id = request.conversation_id.unwrap_or_else(Uuid::now_v7);
         let turn = NewTurn {
             user_message_id: Uuid::now_v7(),
@@ -552,11 +588,7 @@ impl ChatService {
                     saw_own = true;
                     return true;
                 }
-                rows.push(CachedRow {
-                    position: row.position,
-                    role: row.role,
-                    content: row.content.clone(),
-                });
+                rows.push(row.clone());
                 whole = probe.offer(row.role, &row.content);
                 whole
             })
@@ -722,30 +754,18 @@ impl ChatService {
     async fn answer(&self, turn: &Turn) -> ServiceResult<Result<(), ProviderError>> {
         let context = self.context_for(turn).await?;
         // The model's budget: a place now, or a wait in the queue up to its limit.
-        let asked = tokio::time::Instant::now();
-        let permit = match self.admit(turn, CallClass::Interactive) {
-            Err(QueueFull) => {
-                self.count_refused("full");
-                Err(ProviderError::Busy)
-            }
-            Ok(None) => Ok(None),
-            Ok(Some(Admission::Now(permit))) => Ok(Some(permit)),
-            Ok(Some(Admission::Queued(mut ticket))) => {
-                tokio::time::timeout(self.scheduler.max_wait(), ticket.permit())
-                    .await
-                    .map(Some)
-                    .map_err(|_| {
-                        self.count_refused("timeout");
-                        ProviderError::Busy
-                    })
-            }
-        };
-        if permit.is_ok() {
-            self.count_admitted(CallClass::Interactive, asked.elapsed());
-        }
-        let _permit = match permit {
+        let place = self
+            .take_place(
+                turn,
+                CallClass::Interactive,
+                |_| {},
+                std::future::pending::<()>(),
+            )
+            .await;
+        let _permit = match place {
             Ok(permit) => permit,
-            Err(busy) => {
+            Err(_) => {
+                let busy = ProviderError::Busy;
                 let outcome = TurnOutcome {
                     content: String::new(),
                     status: MessageStatus::Failed,

@@ -20,14 +20,7 @@ use crate::domain::events::{ConversationEvent, RecordedEvent};
 use crate::domain::types::{MessageRole, MessageStatus};
 use crate::llm::context::{estimate_tokens, ContextWindow};
 use crate::llm::ChatMessage;
-
-/// One usable message (`complete`, with text).
-#[derive(Clone, Debug)]
-pub struct CachedRow {
-    pub position: i64,
-    pub role: MessageRole,
-    pub content: String,
-}
+use crate::store::ContextRow;
 
 /// A conversation's context as of one `seq`, from a read or from a cache entry.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,7 +42,7 @@ struct Entry {
     model: Option<String>,
     /// Newest first: as far back as the budget reaches, and one more (the first that does
     /// not fit), so any next turn's window ends inside them unless `whole`.
-    rows: Vec<CachedRow>,
+    rows: Vec<ContextRow>,
     /// `rows` are every usable message of the conversation.
     whole: bool,
     /// Answers started and not yet finished, with their positions: a usable end goes in
@@ -74,7 +67,8 @@ impl Entry {
                 if !added.content.is_empty() {
                     self.rows.insert(
                         0,
-                        CachedRow {
+                        ContextRow {
+                            id: added.message_id,
                             position: event.seq,
                             role: added.role,
                             content: added.content.clone(),
@@ -104,7 +98,8 @@ impl Entry {
                         if at < self.rows.len() || self.whole {
                             self.rows.insert(
                                 at,
-                                CachedRow {
+                                ContextRow {
+                                    id: done.message_id,
                                     position,
                                     role: MessageRole::Assistant,
                                     content: done.content.clone(),
@@ -159,7 +154,7 @@ impl Entry {
             + self
                 .rows
                 .iter()
-                .map(|r| std::mem::size_of::<CachedRow>() + r.content.len())
+                .map(|r| std::mem::size_of::<ContextRow>() + r.content.len())
                 .sum::<usize>()
             + self
                 .client_ids
@@ -276,7 +271,7 @@ impl ContextCache {
         last_seq: i64,
         system_prompt: Option<String>,
         model: Option<String>,
-        rows: Vec<CachedRow>,
+        rows: Vec<ContextRow>,
         whole: bool,
     ) {
         if self.max_bytes == 0 {
@@ -444,7 +439,8 @@ mod tests {
             let conversation = state.conversation.clone().unwrap();
             let rows = newest_first(&state)
                 .into_iter()
-                .map(|m| CachedRow {
+                .map(|m| ContextRow {
+                    id: m.id,
                     position: m.position,
                     role: m.role,
                     content: m.content.clone(),
@@ -647,12 +643,14 @@ mod tests {
         // Read for a long question: the window was full at the second row, and the read
         // stopped there.
         let rows = vec![
-            CachedRow {
+            ContextRow {
+                id: Uuid::now_v7(),
                 position: 3,
                 role: MessageRole::User,
                 content: "a".into(),
             },
-            CachedRow {
+            ContextRow {
+                id: Uuid::now_v7(),
                 position: 2,
                 role: MessageRole::User,
                 content: long.clone(),
@@ -723,7 +721,8 @@ mod tests {
 
     #[test]
     fn memory_stays_within_its_bound_and_the_least_recently_used_goes_first() {
-        let row = |n: usize| CachedRow {
+        let row = |n: usize| ContextRow {
+            id: Uuid::now_v7(),
             position: 1,
             role: MessageRole::User,
             content: "z".repeat(n),
