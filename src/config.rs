@@ -85,6 +85,25 @@ pub struct Config {
     /// PostgreSQL with several instances: at most this long after an instance dies, a
     /// survivor has ended its streaming answers as `interrupted`.
     pub instance_lease: Duration,
+    pub jobs: JobsConfig,
+    /// Whether a conversation's first answer is followed by a generated title
+    /// (`GENERATE_TITLES`; never in demo mode).
+    pub generate_titles: bool,
+}
+
+/// The background job workers.
+#[derive(Clone, Debug)]
+pub struct JobsConfig {
+    /// Workers per instance, each running one job at a time.
+    pub workers: usize,
+    /// How long a claim lasts without renewal; a dead worker's job is claimed again after it.
+    pub lease: Duration,
+    /// Tries before a job ends `failed`.
+    pub max_attempts: i32,
+    /// The wait after a failed try, doubled after each further one (at most ten minutes).
+    pub retry_base: Duration,
+    /// How often an idle worker looks for jobs other instances recorded.
+    pub poll: Duration,
 }
 
 /// How the first admin comes to be. In production the first sign-up does not silently
@@ -417,6 +436,14 @@ impl Config {
                 metrics_enabled: parse_bool(get("METRICS_ENABLED"), "METRICS_ENABLED", true)?,
             },
             shutdown_grace: millis("SHUTDOWN_GRACE_MS", 10_000)?,
+            jobs: JobsConfig {
+                workers: parse_or::<usize>(&get, "JOB_WORKERS", 2)?.max(1),
+                lease: millis("JOB_LEASE_MS", 60_000)?.max(Duration::from_millis(100)),
+                max_attempts: parse_or::<i32>(&get, "JOB_MAX_ATTEMPTS", 5)?.max(1),
+                retry_base: millis("JOB_RETRY_BASE_MS", 2_000)?,
+                poll: millis("JOB_POLL_MS", 1_000)?.max(Duration::from_millis(10)),
+            },
+            generate_titles: parse_bool(get("GENERATE_TITLES"), "GENERATE_TITLES", true)?,
             instance_lease: match millis("INSTANCE_LEASE_MS", 15_000)? {
                 lease if lease >= Duration::from_millis(500) => lease,
                 _ => anyhow::bail!("INSTANCE_LEASE_MS must be at least 500"),
@@ -713,6 +740,12 @@ mod tests {
             "METRICS_ENABLED" => cfg.http.metrics_enabled.to_string(),
             "SHUTDOWN_GRACE_MS" => ms(cfg.shutdown_grace),
             "INSTANCE_LEASE_MS" => ms(cfg.instance_lease),
+            "JOB_WORKERS" => cfg.jobs.workers.to_string(),
+            "JOB_LEASE_MS" => ms(cfg.jobs.lease),
+            "JOB_MAX_ATTEMPTS" => cfg.jobs.max_attempts.to_string(),
+            "JOB_RETRY_BASE_MS" => ms(cfg.jobs.retry_base),
+            "JOB_POLL_MS" => ms(cfg.jobs.poll),
+            "GENERATE_TITLES" => cfg.generate_titles.to_string(),
             "LOG_FORMAT" => format!("{:?}", cfg.log_format).to_lowercase(),
             // The filter's first directive is the server's own level.
             "RUST_LOG" => crate::telemetry::DEFAULT_LOG_FILTER

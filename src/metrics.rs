@@ -28,6 +28,8 @@ pub struct Metrics {
     pub model_queue_waiting: IntGaugeVec,
     pub model_queue_wait: HistogramVec,
     pub model_queue_refused: IntCounterVec,
+    pub jobs_finished: IntCounterVec,
+    pub job_duration: HistogramVec,
     pub circuit_state: IntGauge,
     pub rate_limited: IntCounterVec,
     pub db_pool_connections: IntGauge,
@@ -180,6 +182,21 @@ impl Metrics {
                     "Model calls refused by the queue: full, or waited past QUEUE_MAX_WAIT_MS"
                 ),
                 &["reason"]
+            )),
+            jobs_finished: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_jobs_finished_total",
+                    "Background job attempts by kind and outcome: done, retry (failed, tried again later), failed (for good), lost (its claim ended first)"
+                ),
+                &["kind", "outcome"]
+            )),
+            job_duration: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "chat_job_duration_seconds",
+                    "How long a background job's attempt ran, by kind"
+                )
+                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+                &["kind"]
             )),
             context_reads: register!(IntCounterVec::new(
                 Opts::new(

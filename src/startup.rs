@@ -14,6 +14,7 @@ use crate::api::{self, AppState};
 use crate::cluster::pg_bus::PgRoomBus;
 use crate::cluster::Instance;
 use crate::config::Config;
+use crate::domain::follow_ups::{FollowUpRules, TITLE_JOB};
 use crate::llm;
 use crate::llm::scheduler::{LaneLimits, Scheduler};
 use crate::metrics::Metrics;
@@ -22,9 +23,11 @@ use crate::realtime::hub::StreamHub;
 use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
+use crate::service::jobs::JobRunner;
 use crate::service::limits::RateLimits;
 use crate::service::models::ModelRegistry;
 use crate::service::sessions::LiveSessions;
+use crate::service::titles::TitleGenerator;
 use crate::service::tokens::TokenKeys;
 use crate::store::Store;
 
@@ -99,6 +102,8 @@ impl Application {
         let stop = tokio_util::sync::CancellationToken::new();
         let instance = self.instance;
         instance.keep_alive(state.store.clone(), state.hub.clone());
+        let stop_jobs = tokio_util::sync::CancellationToken::new();
+        let jobs = state.jobs.clone().start(stop_jobs.clone());
         // On SIGTERM/SIGINT the listener stops at once; running streams get the grace period
         // to finish, the rest are committed as `interrupted`, and then every socket is closed.
         let drained = tokio::spawn({
@@ -106,7 +111,10 @@ impl Application {
             let state = state.clone();
             async move {
                 stop.cancelled().await;
+                // Workers stop claiming; a job running now goes back to the queue.
+                stop_jobs.cancel();
                 state.hub.shutdown(grace).await;
+                let _ = jobs.await;
                 instance.leave(&state.store).await;
                 // The streams' last frames are on their way through the rooms' in-memory
                 // queues; let them reach the sockets before the sockets close.
@@ -221,6 +229,20 @@ pub async fn build_state(
             }
         });
     }
+    // Titles follow a first answer only where a model can write them.
+    let titles = config.generate_titles
+        && config
+            .catalogue
+            .providers()
+            .iter()
+            .any(|p| p.api_key.is_some() || p.id != llm::catalogue::DEFAULT_PROVIDER);
+    if titles {
+        let _ = store.record_follow_ups(FollowUpRules { titles });
+    }
+    let jobs = Arc::new(
+        JobRunner::new(store.clone(), config.jobs.clone(), metrics.clone())
+            .handle(TITLE_JOB, TitleGenerator::new(chat.clone())),
+    );
     let state = AppState {
         config: Arc::new(config.clone()),
         metrics: metrics.clone(),
@@ -255,6 +277,7 @@ pub async fn build_state(
         ),
         chat,
         store,
+        jobs,
         started_at: Instant::now(),
     };
     if let Some(mut commands) = commands {

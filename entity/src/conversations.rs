@@ -16,6 +16,9 @@ pub struct Model {
     pub last_seq: i64,
     pub message_count: i64,
     pub deleted_at: Option<DateTimeUtc>,
+    /// The title is a placeholder (from the first message, or the default) that a generated
+    /// title may replace; `false` once the user or the server set one.
+    pub title_pending: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -7,6 +7,7 @@
 pub mod conversation_events;
 pub mod conversations;
 pub mod instances;
+pub mod jobs;
 pub mod messages;
 pub mod model_settings;
 pub mod refresh_tokens;

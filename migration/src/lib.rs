@@ -11,6 +11,7 @@ mod m20261126_000003_limit_hits;
 mod m20261204_000001_instance_liveness;
 mod m20261204_000002_model_settings;
 mod m20261204_000003_user_priority;
+mod m20261204_000004_jobs;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_instance_liveness::Migration),
             Box::new(m20261204_000002_model_settings::Migration),
             Box::new(m20261204_000003_user_priority::Migration),
+            Box::new(m20261204_000004_jobs::Migration),
         ]
     }
 }

@@ -112,6 +112,9 @@ impl From<ServiceError> for ApiError {
                 ErrorCode::NotFound,
                 "no such model in the catalogue",
             ),
+            E::JobNotFound => {
+                Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "job not found")
+            }
             E::Conflict(message) => Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message),
             E::AlreadyFinished => Self::new(
                 StatusCode::CONFLICT,

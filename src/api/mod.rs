@@ -9,6 +9,7 @@ pub mod conversations;
 pub mod drain;
 pub mod error;
 pub mod health;
+pub mod jobs;
 pub mod json;
 pub mod middleware;
 pub mod models;
@@ -44,6 +45,7 @@ type Apis = (
     conversations::ConversationsApi,
     chat::ChatApi,
     catalogue::CatalogueApi,
+    jobs::JobsApi,
 );
 
 fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
@@ -63,7 +65,10 @@ fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
         chat::ChatApi {
             state: state.clone(),
         },
-        catalogue::CatalogueApi { state },
+        catalogue::CatalogueApi {
+            state: state.clone(),
+        },
+        jobs::JobsApi { state },
     );
     OpenApiService::new(apis, "Chat Server API", env!("CARGO_PKG_VERSION"))
         .description(

@@ -1,5 +1,6 @@
 //! The application state handed to every handler: services, built once at start-up.
 
+use crate::service::jobs::JobRunner;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub sessions: Arc<LiveSessions>,
     pub chat: ChatService,
     pub hub: StreamHub,
+    /// The background job workers (started when the server serves).
+    pub jobs: Arc<JobRunner>,
     pub started_at: Instant,
 }
 

@@ -4,6 +4,7 @@
 pub mod codes;
 pub mod commands;
 pub mod events;
+pub mod follow_ups;
 pub mod inputs;
 pub mod projection;
 pub mod types;

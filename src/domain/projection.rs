@@ -23,6 +23,9 @@ pub struct ConversationRecord {
     pub last_seq: i64,
     pub message_count: i64,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The title is a placeholder (the first message's start, or the default) that a
+    /// generated title may replace; `false` once the user or the server set one.
+    pub title_pending: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,6 +114,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
             last_seq: seq,
             message_count: 0,
             deleted_at: None,
+            title_pending: e.title_pending,
         });
         return Ok(());
     }
@@ -132,6 +136,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
         ConversationEvent::ConversationUpdated(e) => {
             if let Some(title) = &e.title {
                 conversation.title = title.clone();
+                conversation.title_pending = false;
             }
             if let Some(prompt) = &e.system_prompt {
                 conversation.system_prompt = non_empty(prompt);
@@ -252,6 +257,7 @@ mod tests {
             at(
                 1,
                 ConversationEvent::ConversationCreated(ConversationCreated {
+                    title_pending: false,
                     title: "a".into(),
                     system_prompt: None,
                     model: None,
@@ -298,6 +304,7 @@ mod tests {
             at(
                 6,
                 ConversationEvent::ConversationUpdated(ConversationUpdated {
+                    title_generated: false,
                     title: Some("b".into()),
                     system_prompt: Some("sys".into()),
                     model: None,
@@ -347,6 +354,7 @@ mod tests {
             at(
                 1,
                 ConversationEvent::ConversationCreated(ConversationCreated {
+                    title_pending: false,
                     title: "a".into(),
                     system_prompt: None,
                     model: None,

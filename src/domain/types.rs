@@ -66,6 +66,18 @@ impl Priority {
 }
 
 string_enum!(
+    /// Where a background job is in its life: waiting (`queued`, perhaps until a later
+    /// `runAt`), claimed by a worker (`running`), or ended.
+    JobStatus {
+        Queued => "queued",
+        Running => "running",
+        Done => "done",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+string_enum!(
     /// Who wrote a message.
     MessageRole { User => "user", Assistant => "assistant", System => "system" }
 );

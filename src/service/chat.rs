@@ -26,7 +26,7 @@ use crate::domain::types::{MessageStatus, Usage};
 use crate::llm::catalogue::DEFAULT_PROVIDER;
 use crate::llm::context::{build_context, ContextWindow};
 use crate::llm::scheduler::{Admission, CallClass, Permit, QueueFull, Scheduler, Waited};
-use crate::llm::{ChatProvider, ChatRequest, ChatStream, ProviderError};
+use crate::llm::{ChatProvider, ChatRequest, ChatStream, Completion, ProviderError};
 use crate::metrics::Metrics;
 use crate::store::{ContextRow, Load, Store, StoredTurn};
 
@@ -84,6 +84,15 @@ impl ReadAhead {
                 && matches!(started.event, ConversationEvent::StreamStarted(_))
         )
     }
+}
+
+/// A model call asking for its place: which model, for whom, and how urgent.
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    pub model: &'a str,
+    pub user: Uuid,
+    pub priority: Priority,
+    pub class: CallClass,
 }
 
 /// Why a call got no place among its provider's calls.
@@ -288,14 +297,30 @@ impl ChatService {
         &self,
         turn: &Turn,
         class: CallClass,
+        moved: impl FnMut(usize),
+        stop: impl std::future::Future<Output = S>,
+    ) -> Result<Option<Permit>, NoPlace<S>> {
+        let call = Call {
+            model: &turn.model,
+            user: turn.owner_id,
+            priority: turn.priority,
+            class,
+        };
+        self.place_for(call, moved, stop).await
+    }
+
+    /// A place for any call to a model (see [`ChatService::take_place`]).
+    pub async fn place_for<S>(
+        &self,
+        call: Call<'_>,
         mut moved: impl FnMut(usize),
         stop: impl std::future::Future<Output = S>,
     ) -> Result<Option<Permit>, NoPlace<S>> {
         let since = tokio::time::Instant::now();
-        let provider = self.provider_of(&turn.model);
+        let provider = self.provider_of(call.model);
         let permit = match self
             .scheduler
-            .admit(provider, turn.owner_id, class, turn.priority)
+            .admit(provider, call.user, call.class, call.priority)
         {
             Err(QueueFull) => {
                 self.count_refused("full");
@@ -322,8 +347,51 @@ impl ChatService {
                 }
             }
         };
-        self.count_admitted(class, since.elapsed());
+        self.count_admitted(call.class, since.elapsed());
         Ok(permit)
+    }
+
+    /// A whole answer for a call nobody watches (a title; later validation and
+    /// embeddings): it waits for its place behind interactive answers, like every call.
+    pub async fn complete_in_background(
+        &self,
+        user: Uuid,
+        priority: Priority,
+        request: ChatRequest,
+    ) -> Result<Completion, ProviderError> {
+        let call = Call {
+            model: &request.model,
+            user,
+            priority,
+            class: CallClass::Background,
+        };
+        let _permit = self
+            .place_for(call, |_| {}, std::future::pending::<()>())
+            .await
+            .map_err(|_| ProviderError::Busy)?;
+        tokio::time::timeout(
+            self.upstream.with_retries(self.upstream.request_timeout),
+            self.provider.complete(request),
+        )
+        .await
+        .unwrap_or(Err(ProviderError::Timeout))
+    }
+
+    /// Whether `model` is answered by the built-in demo provider (no key for it).
+    pub fn is_demo(&self, model: &str) -> bool {
+        let catalogue = self.models.catalogue();
+        let provider = catalogue
+            .get(model)
+            .map_or(DEFAULT_PROVIDER, |m| m.provider.as_str());
+        provider == DEFAULT_PROVIDER
+            && catalogue
+                .provider(DEFAULT_PROVIDER)
+                .is_some_and(|p| p.api_key.is_none())
+    }
+
+    /// The model registry: what users may name, and the default.
+    pub fn models(&self) -> &ModelRegistry {
+        &self.models
     }
 
     /// Asks for a streamed answer now, if its provider has a place free at once.

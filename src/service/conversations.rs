@@ -56,6 +56,7 @@ impl ConversationFields {
                     false => models.check(&m),
                 })
                 .transpose()?,
+            title_generated: false,
         })
     }
 }
@@ -97,6 +98,7 @@ impl ConversationService {
     ) -> ServiceResult<ConversationView> {
         let fields = fields.validate(&self.models)?;
         let created = ConversationCreated {
+            title_pending: fields.title.is_none(),
             title: fields.title.unwrap_or_else(|| DEFAULT_TITLE.to_string()),
             system_prompt: fields.system_prompt.filter(|p| !p.is_empty()),
             model: fields.model.filter(|m| !m.is_empty()),

@@ -5,11 +5,13 @@ pub mod auth;
 pub mod chat;
 pub mod context_cache;
 pub mod conversations;
+pub mod jobs;
 pub mod limits;
 pub mod models;
 pub mod passwords;
 pub mod peers;
 pub mod sessions;
+pub mod titles;
 pub mod tokens;
 
 use crate::domain::DomainError;
@@ -35,6 +37,8 @@ pub enum ServiceError {
     UserNotFound,
     #[error("model not found")]
     ModelNotFound,
+    #[error("job not found")]
+    JobNotFound,
     #[error("{0}")]
     Conflict(String),
     /// The answer already has its end (see [`DomainError::AlreadyFinished`]).

@@ -34,6 +34,7 @@ use super::records::{
 };
 use super::{StoreError, StoreResult};
 use crate::domain::events::{ConversationEvent, RecordedEvent};
+use crate::domain::follow_ups::{FollowUpRules, NewJob};
 use crate::domain::projection::{apply, ConversationState};
 
 /// Rows per multi-row statement: far below SQLite's 32,766 bound parameters for the widest
@@ -72,28 +73,35 @@ struct Slot {
     touched: bool,
 }
 
-/// Runs `commands` in order in `txn` and writes what they appended. `Err` is a failure of
+/// Runs `commands` in order in `txn` and writes what they appended, with the jobs that
+/// follow from it (their number is returned beside the outcomes). `Err` is a failure of
 /// the whole batch (a load or a write): nothing it wrote may be committed.
 pub(super) async fn run(
     txn: &DatabaseTransaction,
     commands: &mut [Box<dyn Pending>],
-) -> StoreResult<Vec<Outcome>> {
+    follow_ups: FollowUpRules,
+) -> StoreResult<(Vec<Outcome>, usize)> {
     let mut slots = load(txn, Needs::of(commands)).await?;
     let mut outcomes = Vec::with_capacity(commands.len());
     let mut appended: Vec<RecordedEvent> = Vec::new();
+    let mut jobs: Vec<NewJob> = Vec::new();
     let now = super::now();
     for command in commands.iter_mut() {
         let slot = slots.entry(command.conversation_id()).or_default();
         let outcome = decide_and_apply(txn, &mut **command, slot, now).await;
         if let Outcome::Done(done) = &outcome {
             appended.extend(done.events.iter().cloned());
+            jobs.extend(follow_ups.jobs_after(&done.state, &done.events));
         }
         outcomes.push(outcome);
     }
     if !appended.is_empty() {
         write(txn, &appended, &slots).await?;
     }
-    Ok(outcomes)
+    if !jobs.is_empty() {
+        super::jobs::insert_jobs(txn, &jobs, now).await?;
+    }
+    Ok((outcomes, jobs.len()))
 }
 
 /// What a batch's commands need to see.
@@ -324,6 +332,7 @@ pub(super) async fn write_projections(
                         conversations::Column::LastSeq,
                         conversations::Column::MessageCount,
                         conversations::Column::DeletedAt,
+                        conversations::Column::TitlePending,
                     ])
                     .to_owned(),
             )

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::batch::{self, Outcome, Pending};
 use super::{StoreError, StoreResult, WriteCounts};
+use crate::domain::follow_ups::FollowUpRules;
 
 /// The most commands one group commit takes.
 const MAX_GROUP: usize = 128;
@@ -49,6 +50,10 @@ struct Writer {
     db: DatabaseConnection,
     turn: Option<Arc<tokio::sync::Mutex<()>>>,
     writes: Arc<WriteCounts>,
+    /// The jobs that follow from appends, recorded in the same transaction.
+    follow_ups: Arc<std::sync::OnceLock<FollowUpRules>>,
+    /// Counts commits that recorded jobs, for the workers waiting for one.
+    jobs_recorded: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl GroupWriter {
@@ -56,10 +61,18 @@ impl GroupWriter {
         db: DatabaseConnection,
         turn: Option<Arc<tokio::sync::Mutex<()>>>,
         writes: Arc<WriteCounts>,
+        follow_ups: Arc<std::sync::OnceLock<FollowUpRules>>,
+        jobs_recorded: Arc<tokio::sync::watch::Sender<u64>>,
     ) -> Self {
         Self {
             jobs: std::sync::OnceLock::new(),
-            writer: Writer { db, turn, writes },
+            writer: Writer {
+                db,
+                turn,
+                writes,
+                follow_ups,
+                jobs_recorded,
+            },
         }
     }
 
@@ -149,8 +162,9 @@ async fn write_group(
         Ok(txn) => txn,
         Err(err) => return failed(&StoreError::from_db(err), commands, checkpoints),
     };
-    let outcomes = match batch::run(&txn, &mut commands).await {
-        Ok(outcomes) => outcomes,
+    let rules = writer.follow_ups.get().copied().unwrap_or_default();
+    let (outcomes, jobs) = match batch::run(&txn, &mut commands, rules).await {
+        Ok(done) => done,
         Err(err) => {
             let _ = txn.rollback().await;
             return failed(&err, commands, checkpoints);
@@ -176,6 +190,9 @@ async fn write_group(
             if appended > 0 {
                 WriteCounts::count(&writer.writes.appends, appended);
                 WriteCounts::count(&writer.writes.commits, 1);
+            }
+            if jobs > 0 {
+                writer.jobs_recorded.send_modify(|n| *n += 1);
             }
             for (command, outcome) in commands.into_iter().zip(outcomes) {
                 command.deliver(outcome);

@@ -6,6 +6,7 @@ mod conversations;
 mod events;
 mod group_commit;
 mod instances;
+mod jobs;
 mod limit_hits;
 mod model_settings;
 mod records;
@@ -23,12 +24,14 @@ use uuid::Uuid;
 
 pub use conversations::{ContextRow, ConversationPage};
 pub use events::{rebuild_projections, Committed, ExecuteError, Load, RebuildReport};
+pub use jobs::{JobChange, JobFilter};
 pub use model_settings::ModelSetting;
 pub use refresh_tokens::RotateOutcome;
 pub use streams::StoredTurn;
 pub use users::{NewRole, NewUser, UserPatch, UserUpdate};
 
 use crate::domain::events::{DecodeError, RecordedEvent};
+use crate::domain::follow_ups::FollowUpRules;
 use crate::domain::projection::ApplyError;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,10 @@ pub struct Store {
     writes: Arc<WriteCounts>,
     /// Told of every commit of [`Store::execute`], once it is durable.
     on_append: Arc<std::sync::OnceLock<AppendHook>>,
+    /// The background jobs appends leave behind (none until set).
+    follow_ups: Arc<std::sync::OnceLock<FollowUpRules>>,
+    /// Moves on whenever this process records a job.
+    jobs_recorded: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// What [`Store::on_append`] calls: the conversation, its owner, and the events just
@@ -119,10 +126,14 @@ impl Store {
         let sqlite = db.get_database_backend() == DbBackend::Sqlite;
         let sqlite_writer = sqlite.then(|| Arc::new(Mutex::new(())));
         let writes = Arc::<WriteCounts>::default();
+        let follow_ups = Arc::<std::sync::OnceLock<FollowUpRules>>::default();
+        let jobs_recorded = Arc::new(tokio::sync::watch::Sender::new(0));
         let group = Arc::new(group_commit::GroupWriter::new(
             db.clone(),
             sqlite_writer.clone(),
             writes.clone(),
+            follow_ups.clone(),
+            jobs_recorded.clone(),
         ));
         Self {
             db,
@@ -130,7 +141,21 @@ impl Store {
             group,
             writes,
             on_append: Arc::default(),
+            follow_ups,
+            jobs_recorded,
         }
+    }
+
+    /// Changes whenever this process records a job (other instances' jobs are found by
+    /// looking).
+    pub fn jobs_recorded(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.jobs_recorded.subscribe()
+    }
+
+    /// Records the jobs `rules` derive from every append from now on, in the append's own
+    /// transaction. Set once; a later call is refused.
+    pub fn record_follow_ups(&self, rules: FollowUpRules) -> Result<(), FollowUpRules> {
+        self.follow_ups.set(rules)
     }
 
     /// Has `hook` told of every commit through this store (and its clones) from now on,
@@ -263,6 +288,11 @@ fn db_error_code(err: &DbErr) -> Option<String> {
             .map(|c| c.into_owned()),
         _ => None,
     }
+}
+
+/// [`now`] plus `later`.
+pub fn now_plus(later: Duration) -> chrono::DateTime<chrono::Utc> {
+    now() + chrono::Duration::from_std(later).unwrap_or(chrono::Duration::MAX)
 }
 
 /// The current time at the precision both databases keep (PostgreSQL stores microseconds),

@@ -20,6 +20,7 @@ pub fn conversation_from_row(row: conversations::Model) -> ConversationRecord {
         last_seq: row.last_seq,
         message_count: row.message_count,
         deleted_at: row.deleted_at,
+        title_pending: row.title_pending,
     }
 }
 
@@ -35,6 +36,7 @@ pub fn conversation_to_row(c: &ConversationRecord) -> conversations::ActiveModel
         last_seq: Set(c.last_seq),
         message_count: Set(c.message_count),
         deleted_at: Set(c.deleted_at),
+        title_pending: Set(c.title_pending),
     }
 }
 

@@ -228,6 +228,7 @@ backend_test!(
                             title: "old".into(),
                             system_prompt: None,
                             model: Some("retired".into()),
+                            title_pending: false,
                         },
                     ),
                 ])

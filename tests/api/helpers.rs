@@ -146,6 +146,11 @@ pub fn test_env(
         ("DATA_DIR", data_dir.display().to_string()),
         ("ALLOW_REGISTRATION", "true".to_string()),
         ("CORS_ORIGINS", "http://localhost:8081".to_string()),
+        // A generated title is one more upstream request after a first answer: tests that
+        // are not about titles count their requests without it (tests/api/titles.rs turns
+        // it on).
+        ("GENERATE_TITLES", "false".to_string()),
+        ("JOB_POLL_MS", "100".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -14,6 +14,10 @@
 //! - `[[burst]]`: the normal reply, every chunk in one write (a fast upstream);
 //! - anything else: the normal reply, `TOKENS` tokens `tok0 `, `tok1 `, ... with the
 //!   server's default delay, then usage.
+//!
+//! Requests that are not streamed (whole answers, and background calls such as titles) can
+//! also be switched as a whole with [`MockLlm::set_whole`], so a test can make them fail or
+//! hang while streamed answers go on.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +36,20 @@ pub struct MockLlm {
     pub base_url: String,
     requests: Arc<Mutex<Vec<Value>>>,
     keys: Arc<Mutex<Vec<String>>>,
+    whole: Arc<Mutex<Whole>>,
+}
+
+/// How the mock answers requests that are not streamed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Whole {
+    /// The normal reply.
+    Normal,
+    /// This text as the reply.
+    Reply(String),
+    /// HTTP 500.
+    Fail,
+    /// No answer at all.
+    Hang,
 }
 
 #[derive(Clone)]
@@ -40,6 +58,7 @@ struct MockState {
     /// The `Authorization` header of each request, in the same order.
     keys: Arc<Mutex<Vec<String>>>,
     delay: Duration,
+    whole: Arc<Mutex<Whole>>,
 }
 
 impl MockLlm {
@@ -47,10 +66,12 @@ impl MockLlm {
     pub async fn start(delay: Duration) -> Self {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let keys = Arc::new(Mutex::new(Vec::new()));
+        let whole = Arc::new(Mutex::new(Whole::Normal));
         let state = MockState {
             requests: requests.clone(),
             keys: keys.clone(),
             delay,
+            whole: whole.clone(),
         };
         let acceptor = TcpListener::bind("127.0.0.1:0")
             .into_acceptor()
@@ -68,7 +89,13 @@ impl MockLlm {
             base_url: format!("http://127.0.0.1:{port}/v1"),
             requests,
             keys,
+            whole,
         }
+    }
+
+    /// How requests that are not streamed are answered from now on.
+    pub fn set_whole(&self, whole: Whole) {
+        *self.whole.lock().unwrap() = whole;
     }
 
     /// The `Authorization` header of each request received so far.
@@ -145,8 +172,17 @@ async fn completions(
     if !streaming && marker(&last_user, "hang").is_some() {
         return futures::future::pending().await;
     }
+    let whole = state.whole.lock().unwrap().clone();
     if !streaming {
-        let content = full_reply();
+        let content = match whole {
+            Whole::Normal => full_reply(),
+            Whole::Reply(text) => text,
+            Whole::Fail => {
+                let error = json!({"error": {"message": "mock failure", "type": "server_error", "param": null, "code": null}});
+                return (StatusCode::INTERNAL_SERVER_ERROR, Json(error)).into_response();
+            }
+            Whole::Hang => return futures::future::pending().await,
+        };
         return Json(json!({
             "id": "chatcmpl-mock",
             "object": "chat.completion",
