@@ -311,7 +311,8 @@ impl Config {
             // Without a key the default provider is the demo provider, with its one model.
             None if openai.api_key.is_none() => Catalogue::single(DEMO_MODEL, default_provider),
             None => Catalogue::single(&openai.model, default_provider),
-        };
+        }
+        .with_fallback_model(get("FALLBACK_MODEL"));
 
         Ok(Self {
             app_env,
@@ -675,6 +676,11 @@ mod tests {
                 None => "none".into(),
                 Some(_) => "a key".into(),
             },
+            "FALLBACK_MODEL" => cfg
+                .catalogue
+                .fallback_for("no such model")
+                .unwrap_or("none")
+                .to_string(),
             "MODELS_FILE" => match &cfg.models_file {
                 None => "none".into(),
                 Some(path) => path.display().to_string(),

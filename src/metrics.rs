@@ -28,6 +28,7 @@ pub struct Metrics {
     pub model_queue_waiting: IntGaugeVec,
     pub model_queue_wait: HistogramVec,
     pub model_queue_refused: IntCounterVec,
+    pub model_fallbacks: IntCounterVec,
     pub jobs_finished: IntCounterVec,
     pub job_duration: HistogramVec,
     pub circuit_state: IntGauge,
@@ -180,6 +181,13 @@ impl Metrics {
                 Opts::new(
                     "chat_model_queue_refused_total",
                     "Model calls refused by the queue: full, or waited past QUEUE_MAX_WAIT_MS"
+                ),
+                &["reason"]
+            )),
+            model_fallbacks: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_model_fallbacks_total",
+                    "Answers sent to a model's fallback, by reason: circuit_open, queue_full, queue_wait"
                 ),
                 &["reason"]
             )),

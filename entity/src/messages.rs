@@ -19,6 +19,9 @@ pub struct Model {
     pub client_message_id: Option<String>,
     /// The server instance that runs (or ran) this answer; `None` for other messages.
     pub instance_id: Option<Uuid>,
+    /// Why another model than the conversation's answered (`circuit_open`, `queue_full`,
+    /// `queue_wait`); `model` names the one that did.
+    pub fallback_reason: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -12,6 +12,7 @@ mod m20261204_000001_instance_liveness;
 mod m20261204_000002_model_settings;
 mod m20261204_000003_user_priority;
 mod m20261204_000004_jobs;
+mod m20261204_000005_fallback_reason;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000002_model_settings::Migration),
             Box::new(m20261204_000003_user_priority::Migration),
             Box::new(m20261204_000004_jobs::Migration),
+            Box::new(m20261204_000005_fallback_reason::Migration),
         ]
     }
 }

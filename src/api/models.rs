@@ -310,6 +310,30 @@ pub struct Message {
     /// Token counts, when the provider reported them.
     #[oai(skip_serializing_if_is_none)]
     pub usage: Option<Usage>,
+    /// Why another model than the conversation's answered (`model` names it):
+    /// `circuit_open` (its breaker was open), `queue_full`, or `queue_wait` (its wait
+    /// would have passed `QUEUE_MAX_WAIT_MS`).
+    #[oai(nullable)]
+    pub fallback_reason: Option<FallbackReason>,
+}
+
+/// Why a fallback answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum FallbackReason {
+    CircuitOpen,
+    QueueFull,
+    QueueWait,
+}
+
+impl From<types::FallbackReason> for FallbackReason {
+    fn from(reason: types::FallbackReason) -> Self {
+        match reason {
+            types::FallbackReason::CircuitOpen => Self::CircuitOpen,
+            types::FallbackReason::QueueFull => Self::QueueFull,
+            types::FallbackReason::QueueWait => Self::QueueWait,
+        }
+    }
 }
 
 impl From<MessageRecord> for Message {
@@ -336,6 +360,7 @@ impl From<MessageRecord> for Message {
                 prompt_tokens: u.prompt_tokens,
                 completion_tokens: u.completion_tokens,
             }),
+            fallback_reason: m.fallback_reason.map(Into::into),
         }
     }
 }

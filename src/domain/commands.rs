@@ -373,6 +373,8 @@ mod tests {
         let t = turn(None, true);
         let state = given(start_turn(&ConversationState::default(), OWNER, &t).unwrap());
         let completed = StreamCompleted {
+            model: None,
+            fallback_reason: None,
             message_id: t.assistant_message_id,
             content: "Lisbon".into(),
             status: MessageStatus::Complete,

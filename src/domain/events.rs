@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::types::{MessageRole, MessageStatus, Usage};
+use super::types::{FallbackReason, MessageRole, MessageStatus, Usage};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
@@ -113,6 +113,12 @@ pub struct StreamCompleted {
     pub usage: Option<Usage>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<StreamError>,
+    /// The model that answered, when it was not the one the answer started with (a
+    /// fallback), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<FallbackReason>,
 }
 
 /// One stored event: the payload plus where it sits in the log.
@@ -212,6 +218,8 @@ mod tests {
                 client_message_id: Some("c1".into()),
             }),
             ConversationEvent::StreamCompleted(StreamCompleted {
+                model: None,
+                fallback_reason: None,
                 message_id: Uuid::now_v7(),
                 content: "hello".into(),
                 status: MessageStatus::Failed,

@@ -129,6 +129,8 @@ mod tests {
         vec![recorded(
             5,
             ConversationEvent::StreamCompleted(StreamCompleted {
+                model: None,
+                fallback_reason: None,
                 message_id: Uuid::from_u128(3),
                 content: "answer".into(),
                 status,

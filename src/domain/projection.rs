@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::events::{ConversationEvent, RecordedEvent};
-use super::types::{MessageRole, MessageStatus, Usage};
+use super::types::{FallbackReason, MessageRole, MessageStatus, Usage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConversationRecord {
@@ -42,6 +42,8 @@ pub struct MessageRecord {
     pub client_message_id: Option<String>,
     /// The instance that runs (or ran) a streamed answer.
     pub instance_id: Option<Uuid>,
+    /// Why another model than the conversation's answered (see `model`).
+    pub fallback_reason: Option<FallbackReason>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -151,6 +153,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
             state.messages.insert(
                 e.message_id,
                 MessageRecord {
+                    fallback_reason: None,
                     id: e.message_id,
                     conversation_id: recorded.conversation_id,
                     position: seq,
@@ -172,6 +175,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
             state.messages.insert(
                 e.message_id,
                 MessageRecord {
+                    fallback_reason: None,
                     id: e.message_id,
                     conversation_id: recorded.conversation_id,
                     position: seq,
@@ -213,6 +217,10 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
             message.content = e.content.clone();
             message.status = e.status;
             message.usage = e.usage;
+            if let Some(model) = &e.model {
+                message.model = Some(model.clone());
+            }
+            message.fallback_reason = e.fallback_reason;
             message.updated_at = at;
             state.dirty_messages.insert(e.message_id);
         }
@@ -284,6 +292,8 @@ mod tests {
             at(
                 4,
                 ConversationEvent::StreamCompleted(StreamCompleted {
+                    model: None,
+                    fallback_reason: None,
                     message_id: m2,
                     content: "hello".into(),
                     status: MessageStatus::Complete,

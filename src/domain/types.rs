@@ -78,6 +78,17 @@ string_enum!(
 );
 
 string_enum!(
+    /// Why an answer came from a model other than the conversation's: its model's circuit
+    /// breaker was open, its queue was full, or its wait would have passed
+    /// `QUEUE_MAX_WAIT_MS`.
+    FallbackReason {
+        CircuitOpen => "circuit_open",
+        QueueFull => "queue_full",
+        QueueWait => "queue_wait",
+    }
+);
+
+string_enum!(
     /// Who wrote a message.
     MessageRole { User => "user", Assistant => "assistant", System => "system" }
 );

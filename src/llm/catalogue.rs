@@ -94,6 +94,9 @@ pub struct Catalogue {
     models: Vec<ModelEntry>,
     default: usize,
     providers: Vec<ProviderConfig>,
+    /// `FALLBACK_MODEL`: for models without a `fallback` of their own. A catalogue id, or
+    /// a model name of the default provider (which users cannot pick).
+    fallback_model: Option<String>,
 }
 
 impl Catalogue {
@@ -115,7 +118,30 @@ impl Catalogue {
             }],
             default: 0,
             providers: vec![default_provider],
+            fallback_model: None,
         }
+    }
+
+    /// Sets `FALLBACK_MODEL`.
+    pub fn with_fallback_model(mut self, model: Option<String>) -> Self {
+        self.fallback_model = model;
+        self
+    }
+
+    /// The model that answers for `model` when it cannot (its own `fallback`, else
+    /// `FALLBACK_MODEL`); never itself.
+    pub fn fallback_for(&self, model: &str) -> Option<&str> {
+        self.get(model)
+            .and_then(|m| m.fallback.as_deref())
+            .or(self.fallback_model.as_deref())
+            .filter(|f| *f != model)
+    }
+
+    /// The provider that serves `model`: its catalogue entry's, or the default provider's
+    /// for `FALLBACK_MODEL` outside the catalogue.
+    pub fn provider_of(&self, model: &str) -> &str {
+        self.get(model)
+            .map_or(DEFAULT_PROVIDER, |m| m.provider.as_str())
     }
 
     /// Checks a parsed file; `lookup` reads the variables that hold the providers' keys.
@@ -212,6 +238,7 @@ impl Catalogue {
             models,
             default,
             providers,
+            fallback_model: None,
         })
     }
 
@@ -255,6 +282,15 @@ impl RoutedProvider {
                 .with_context(|| format!("no client for provider `{}`", model.provider))?;
             routes.insert(model.id.clone(), (provider.clone(), model.upstream.clone()));
         }
+        // `FALLBACK_MODEL` outside the catalogue: a model name of the default provider.
+        if let Some(fallback) = &catalogue.fallback_model {
+            if catalogue.get(fallback).is_none() {
+                let provider = providers
+                    .get(DEFAULT_PROVIDER)
+                    .context("no client for the default provider")?;
+                routes.insert(fallback.clone(), (provider.clone(), fallback.clone()));
+            }
+        }
         let name = providers
             .get(&catalogue.default_model().provider)
             .map_or("catalogue", |p| p.name());
@@ -292,6 +328,12 @@ impl ChatProvider for RoutedProvider {
             Ok((provider, request)) => provider.complete(request),
             Err(err) => Box::pin(async move { Err(err) }),
         }
+    }
+
+    fn accepting(&self, model: &str) -> bool {
+        self.routes
+            .get(model)
+            .is_some_and(|(provider, upstream)| provider.accepting(upstream))
     }
 
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {

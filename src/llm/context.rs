@@ -104,6 +104,7 @@ mod tests {
         status: MessageStatus,
     ) -> MessageRecord {
         MessageRecord {
+            fallback_reason: None,
             id: Uuid::now_v7(),
             conversation_id: Uuid::nil(),
             position,

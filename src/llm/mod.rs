@@ -88,6 +88,12 @@ pub trait ChatProvider: Send + Sync + 'static {
     /// The answer as a stream of deltas. Resolves once the upstream has accepted the request
     /// (so an HTTP error status fails here, before any text).
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>>;
+
+    /// Whether a call to `model` would go upstream now: `false` while its circuit breaker
+    /// is open (the call would fail fast), so a caller with a fallback can use it instead.
+    fn accepting(&self, _model: &str) -> bool {
+        true
+    }
 }
 
 /// The provider every model call goes through: each catalogue model routed to its own

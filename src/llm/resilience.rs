@@ -52,6 +52,16 @@ impl CircuitBreaker {
         *self.lock()
     }
 
+    /// Whether a request now would fail fast: open with its cooldown still running, or a
+    /// half-open trial out.
+    pub fn refusing(&self) -> bool {
+        match *self.lock() {
+            BreakerState::Closed { .. } => false,
+            BreakerState::Open { until } => Instant::now() < until,
+            BreakerState::HalfOpen => true,
+        }
+    }
+
     fn set(&self, state: &mut BreakerState, next: BreakerState) {
         if std::mem::discriminant(state) != std::mem::discriminant(&next) {
             tracing::warn!(from = ?state, to = ?next, "upstream circuit breaker changed state");
@@ -265,6 +275,10 @@ impl ChatProvider for ResilientProvider {
             .await
         }
         .boxed()
+    }
+
+    fn accepting(&self, _model: &str) -> bool {
+        !self.breaker.refusing()
     }
 
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>> {

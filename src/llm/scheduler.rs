@@ -54,12 +54,15 @@ pub struct QueueFull;
 pub struct Permit {
     /// `None` once given back by other means (a permit its caller never took).
     lane: Option<Arc<Lane>>,
+    /// When the place was taken: how long calls hold a place predicts how long a queue waits.
+    since: std::time::Instant,
 }
 
 impl Permit {
     fn new(lane: &Arc<Lane>) -> Self {
         Self {
             lane: Some(lane.clone()),
+            since: std::time::Instant::now(),
         }
     }
 }
@@ -73,6 +76,7 @@ impl std::fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(lane) = self.lane.take() {
+            lane.held(self.since.elapsed());
             let mut state = lane.lock();
             state.in_flight -= 1;
             lane.dispatch(&mut state);
@@ -111,6 +115,16 @@ impl Ticket {
             },
             Ok(()) = self.position.changed() => Waited::Moved(*self.position.borrow_and_update()),
         }
+    }
+
+    /// About how long until its turn: its place times how long a call holds a place (a
+    /// moving average of the calls that ended), over the places. `None` until a call ended.
+    pub fn expected_wait(&self) -> Option<Duration> {
+        let hold = self.lane.hold_micros.load(Ordering::Relaxed);
+        (hold > 0).then(|| {
+            let turns = self.position() as u64;
+            Duration::from_micros(hold.saturating_mul(turns) / self.lane.limit().max(1) as u64)
+        })
     }
 
     /// Waits for the permit.
@@ -262,9 +276,24 @@ struct Lane {
     limit: AtomicUsize,
     max_waiting: usize,
     state: Mutex<LaneState>,
+    /// How long a call holds a place, in µs: a moving average (0 until one ended).
+    hold_micros: std::sync::atomic::AtomicU64,
 }
 
 impl Lane {
+    /// Folds one call's time in its place into the average (each new one weighs a fifth).
+    fn held(&self, held: Duration) {
+        let sample = held.as_micros().min(u64::MAX as u128) as u64;
+        let _ = self
+            .hold_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(match old {
+                    0 => sample.max(1),
+                    old => (old.saturating_mul(4).saturating_add(sample) / 5).max(1),
+                })
+            });
+    }
+
     fn limit(&self) -> usize {
         self.limit.load(Ordering::Relaxed)
     }
@@ -337,6 +366,7 @@ impl Scheduler {
                     limit: AtomicUsize::new(budget),
                     max_waiting: limits.max_waiting,
                     state: Mutex::default(),
+                    hold_micros: Default::default(),
                 };
                 (provider, Arc::new(lane))
             })

@@ -474,6 +474,7 @@ impl StreamHub {
                 status: MessageStatus::Interrupted,
                 usage: None,
                 error: None,
+                answered: Default::default(),
             };
             let seq = match chat.finish_turn(&turn, None, outcome.clone()).await {
                 Ok(seq) => seq,

@@ -20,9 +20,10 @@ use crate::domain::codes::ErrorCode;
 use crate::domain::events::StreamError;
 use crate::domain::types::MessageStatus;
 use crate::llm::scheduler::CallClass;
-use crate::llm::{ProviderError, StreamItem};
+use crate::llm::scheduler::Permit;
+use crate::llm::{ChatRequest, ChatStream, ProviderError, StreamItem};
 use crate::metrics::Metrics;
-use crate::service::chat::{stream_error, ChatService, EarlyStream, NoPlace, Turn, TurnOutcome};
+use crate::service::chat::{Answered, ChatService, EarlyStream, NoPlace, Turn, TurnOutcome};
 use crate::service::ServiceError;
 
 /// The most text one chunk carries when deltas are joined.
@@ -69,78 +70,21 @@ impl Relay<'_> {
     /// `early`: the stream, if the turn's start already asked for it.
     pub async fn drive(&self, stream: &RunningStream, early: Option<EarlyStream>) -> TurnOutcome {
         let chat = self.chat;
-        let turn = &stream.turn;
         let limits = chat.upstream().clone();
+        let (asked, mut upstream, _permit, answered) = match self.open(stream, early).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
+        };
         let mut usage = None;
         let end = |status, error: Option<&ProviderError>, usage| TurnOutcome {
             content: stream.lock().content.clone(),
             status,
             usage,
-            error: error.map(stream_error),
+            error: error.map(|e| chat.failure(&stream.turn, &answered, e)),
+            answered: answered.clone(),
         };
-
-        // The request was asked for while the turn was committed (with its place among
-        // the provider's calls), or is asked for now, after waiting for a place if the
-        // provider's budget is spent. The place is held until the answer ends.
-        let (asked, opening, _permit) = match early {
-            Some(mut early) => {
-                let permit = early.take_permit();
-                chat.count_admitted(CallClass::Interactive, Duration::ZERO);
-                (early.asked, early.opened().boxed(), permit)
-            }
-            None => {
-                let request = match chat.context_for(turn).await {
-                    Ok(request) => request,
-                    Err(err) => {
-                        tracing::error!(error = %err, "building the context failed");
-                        let mut outcome = end(MessageStatus::Failed, None, None);
-                        outcome.error = Some(StreamError {
-                            code: ErrorCode::InternalError,
-                            message: "the request could not be prepared".into(),
-                        });
-                        return outcome;
-                    }
-                };
-                let stop = async {
-                    tokio::select! {
-                        _ = stream.cancel.cancelled() => MessageStatus::Cancelled,
-                        _ = stream.interrupt.cancelled() => MessageStatus::Interrupted,
-                    }
-                };
-                let place = chat
-                    .take_place(
-                        turn,
-                        CallClass::Interactive,
-                        |at| self.queued(stream, at),
-                        stop,
-                    )
-                    .await;
-                let permit = match place {
-                    Ok(permit) => permit,
-                    Err(NoPlace::Busy) => {
-                        return end(MessageStatus::Failed, Some(&ProviderError::Busy), None)
-                    }
-                    Err(NoPlace::Stopped(status)) => return end(status, None, None),
-                };
-                (Instant::now(), chat.provider().stream(request), permit)
-            }
-        };
-
-        // Each attempt has the first-token limit (the resilient provider enforces it, so a
-        // timeout counts toward the breaker and may be retried); this outer bound also
-        // covers providers without one. After that, the gap between tokens.
-        let opening_by = asked + limits.with_retries(limits.first_token_timeout);
-        let opened = tokio::select! {
-            _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, None),
-            _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, None),
-            opened = tokio::time::timeout_at(opening_by, opening) => opened,
-        };
+        let turn = &stream.turn;
         let mut deadline = Instant::now() + limits.first_token_timeout;
-        let mut upstream = match opened {
-            Err(_) => return end(MessageStatus::Failed, Some(&ProviderError::Timeout), None),
-            Ok(Err(err)) => return end(MessageStatus::Failed, Some(&err), None),
-            Ok(Ok(upstream)) => upstream,
-        };
 
         let mut checkpoint = tokio::time::interval_at(
             Instant::now() + self.checkpoint_every,
@@ -224,6 +168,107 @@ impl Relay<'_> {
                         }
                     }
                 },
+            }
+        }
+    }
+
+    /// Opens the answer's upstream stream: the one asked for early, or one asked for now
+    /// after waiting for a place among its provider's calls. The turn's fallback answers
+    /// instead when its model's breaker is open (before asking, or when asking fails fast),
+    /// its queue is full, or its wait would pass the limit. `Err`: how the answer ended
+    /// before any text (cancelled while it waited, no place, the upstream refused).
+    async fn open(
+        &self,
+        stream: &RunningStream,
+        early: Option<EarlyStream>,
+    ) -> Result<(Instant, ChatStream, Option<Permit>, Answered), TurnOutcome> {
+        let chat = self.chat;
+        let turn = &stream.turn;
+        let limits = chat.upstream();
+        let ended = |status, error: Option<StreamError>, answered: &Answered| TurnOutcome {
+            content: stream.lock().content.clone(),
+            status,
+            usage: None,
+            error,
+            answered: answered.clone(),
+        };
+        let mut answered = Answered::default();
+        let mut early = early;
+        let mut request = None;
+        loop {
+            let (asked, opening, permit) = match early.take() {
+                Some(mut early) => {
+                    let permit = early.take_permit();
+                    chat.count_admitted(CallClass::Interactive, Duration::ZERO);
+                    (early.asked, early.opened().boxed(), permit)
+                }
+                None => {
+                    let context = match &request {
+                        Some(context) => context,
+                        None => match chat.context_for(turn).await {
+                            Ok(context) => request.insert(context),
+                            Err(err) => {
+                                tracing::error!(error = %err, "building the context failed");
+                                let error = StreamError {
+                                    code: ErrorCode::InternalError,
+                                    message: "the request could not be prepared".into(),
+                                };
+                                return Err(ended(MessageStatus::Failed, Some(error), &answered));
+                            }
+                        },
+                    };
+                    let stop = async {
+                        tokio::select! {
+                            _ = stream.cancel.cancelled() => MessageStatus::Cancelled,
+                            _ = stream.interrupt.cancelled() => MessageStatus::Interrupted,
+                        }
+                    };
+                    let placed = match chat
+                        .place_answer(turn, answered, |at| self.queued(stream, at), stop)
+                        .await
+                    {
+                        Ok(placed) => placed,
+                        Err((NoPlace::Stopped(status), answered)) => {
+                            return Err(ended(status, None, &answered))
+                        }
+                        Err((_, answered)) => {
+                            let error = chat.failure(turn, &answered, &ProviderError::Busy);
+                            return Err(ended(MessageStatus::Failed, Some(error), &answered));
+                        }
+                    };
+                    answered = placed.answered;
+                    let request = ChatRequest {
+                        model: placed.model,
+                        messages: context.messages.clone(),
+                    };
+                    (
+                        Instant::now(),
+                        chat.provider().stream(request),
+                        placed.permit,
+                    )
+                }
+            };
+            // Each attempt has the first-token limit (the resilient provider enforces it, so
+            // a timeout counts toward the breaker and may be retried); this outer bound also
+            // covers providers without one.
+            let opening_by = asked + limits.with_retries(limits.first_token_timeout);
+            let opened = tokio::select! {
+                _ = stream.cancel.cancelled() => return Err(ended(MessageStatus::Cancelled, None, &answered)),
+                _ = stream.interrupt.cancelled() => return Err(ended(MessageStatus::Interrupted, None, &answered)),
+                opened = tokio::time::timeout_at(opening_by, opening) => opened,
+            };
+            let failed = |err: &ProviderError, answered: &Answered| {
+                let error = chat.failure(turn, answered, err);
+                ended(MessageStatus::Failed, Some(error), answered)
+            };
+            match opened {
+                Err(_) => return Err(failed(&ProviderError::Timeout, &answered)),
+                Ok(Err(ProviderError::CircuitOpen)) => match chat.fall_back(turn, &answered) {
+                    Some(fallback) => answered = fallback,
+                    None => return Err(failed(&ProviderError::CircuitOpen, &answered)),
+                },
+                Ok(Err(err)) => return Err(failed(&err, &answered)),
+                Ok(Ok(upstream)) => return Ok((asked, upstream, permit, answered)),
             }
         }
     }

@@ -21,7 +21,7 @@ use crate::domain::events::{ConversationEvent, RecordedEvent};
 use crate::domain::events::{StreamCompleted, StreamError};
 use crate::domain::inputs::{bounded_text, MessageText};
 use crate::domain::projection::MessageRecord;
-use crate::domain::types::{MessageRole, Priority};
+use crate::domain::types::{FallbackReason, MessageRole, Priority};
 use crate::domain::types::{MessageStatus, Usage};
 use crate::llm::catalogue::DEFAULT_PROVIDER;
 use crate::llm::context::{build_context, ContextWindow};
@@ -93,14 +93,44 @@ pub struct Call<'a> {
     pub user: Uuid,
     pub priority: Priority,
     pub class: CallClass,
+    /// It has somewhere else to go: refuse it at once when its wait is expected to pass
+    /// `QUEUE_MAX_WAIT_MS`, instead of letting it wait that long first.
+    pub impatient: bool,
 }
 
 /// Why a call got no place among its provider's calls.
 pub enum NoPlace<S> {
-    /// The queue was full, or the wait passed its limit.
-    Busy,
+    /// The queue was full.
+    Full,
+    /// The wait passed `QUEUE_MAX_WAIT_MS`, or (for a call with a fallback) was expected to.
+    TooLong,
     /// The caller's `stop` came first, with its value.
     Stopped(S),
+}
+
+impl<S> NoPlace<S> {
+    /// Why a fallback answers instead; `None` for a stop.
+    fn fallback_reason(&self) -> Option<FallbackReason> {
+        match self {
+            Self::Full => Some(FallbackReason::QueueFull),
+            Self::TooLong => Some(FallbackReason::QueueWait),
+            Self::Stopped(_) => None,
+        }
+    }
+}
+
+/// Which model answered a turn, when it was not the turn's own: its fallback, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answered {
+    pub model: Option<String>,
+    pub fallback_reason: Option<FallbackReason>,
+}
+
+/// A place for a turn's answer, and the model it goes to.
+pub struct Placed {
+    pub permit: Option<Permit>,
+    pub model: String,
+    pub answered: Answered,
 }
 
 /// How a turn's answer is asked for.
@@ -190,6 +220,8 @@ pub struct TurnOutcome {
     pub status: MessageStatus,
     pub usage: Option<Usage>,
     pub error: Option<StreamError>,
+    /// Set when a fallback answered.
+    pub answered: Answered,
 }
 
 /// A request to start a turn, before validation.
@@ -283,30 +315,107 @@ impl ChatService {
 
     /// The provider that serves `model`.
     fn provider_of(&self, model: &str) -> &str {
-        self.models
-            .catalogue()
-            .get(model)
-            .map_or(DEFAULT_PROVIDER, |m| m.provider.as_str())
+        self.models.catalogue().provider_of(model)
     }
 
-    /// A place for the turn's answer among its provider's calls: at once, or after waiting
-    /// in the queue (told to `moved` at every new place) for up to `QUEUE_MAX_WAIT_MS`,
-    /// unless `stop` comes first. `Ok(None)`: the provider has no budget. Counted in the
-    /// queue's metrics.
-    pub async fn take_place<S>(
+    /// The model that answers for `model` when it cannot: its catalogue `fallback`, else
+    /// `FALLBACK_MODEL`. A catalogue fallback an admin turned off is not used.
+    pub fn fallback_for(&self, model: &str) -> Option<String> {
+        let catalogue = self.models.catalogue();
+        let fallback = catalogue.fallback_for(model)?;
+        (catalogue.get(fallback).is_none() || self.models.usable().contains(fallback))
+            .then(|| fallback.to_string())
+    }
+
+    /// The fallback that answers after the turn's model failed fast (its breaker open),
+    /// unless the turn fell back already.
+    pub fn fall_back(&self, turn: &Turn, answered: &Answered) -> Option<Answered> {
+        if answered.model.is_some() {
+            return None;
+        }
+        let fallback = self.fallback_for(&turn.model)?;
+        self.count_fallback(FallbackReason::CircuitOpen);
+        Some(Answered {
+            model: Some(fallback),
+            fallback_reason: Some(FallbackReason::CircuitOpen),
+        })
+    }
+
+    fn count_fallback(&self, reason: FallbackReason) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .model_fallbacks
+                .with_label_values(&[reason.as_str()])
+                .inc();
+        }
+    }
+
+    /// A place for the turn's answer (see [`ChatService::place_for`]) with its model, or
+    /// (at most once) with its fallback when the model's breaker is open, its queue is
+    /// full, or its wait passed (or is expected to pass) the limit. `answered` says which
+    /// model to start from (a turn that fell back already stays with its fallback).
+    pub async fn place_answer<S>(
         &self,
         turn: &Turn,
-        class: CallClass,
-        moved: impl FnMut(usize),
+        mut answered: Answered,
+        mut moved: impl FnMut(usize),
         stop: impl std::future::Future<Output = S>,
-    ) -> Result<Option<Permit>, NoPlace<S>> {
-        let call = Call {
-            model: &turn.model,
-            user: turn.owner_id,
-            priority: turn.priority,
-            class,
-        };
-        self.place_for(call, moved, stop).await
+    ) -> Result<Placed, (NoPlace<S>, Answered)> {
+        tokio::pin!(stop);
+        loop {
+            let model = answered.model.clone().unwrap_or_else(|| turn.model.clone());
+            let fallback = match answered.model {
+                None => self.fallback_for(&model),
+                Some(_) => None,
+            };
+            let fall_back = |reason: FallbackReason, fallback: String| {
+                self.count_fallback(reason);
+                Answered {
+                    model: Some(fallback),
+                    fallback_reason: Some(reason),
+                }
+            };
+            if let Some(fallback) = &fallback {
+                if !self.provider.accepting(&model) {
+                    answered = fall_back(FallbackReason::CircuitOpen, fallback.clone());
+                    continue;
+                }
+            }
+            let call = Call {
+                model: &model,
+                user: turn.owner_id,
+                priority: turn.priority,
+                class: CallClass::Interactive,
+                impatient: fallback.is_some(),
+            };
+            match self.place_for(call, &mut moved, stop.as_mut()).await {
+                Ok(permit) => {
+                    return Ok(Placed {
+                        permit,
+                        model,
+                        answered,
+                    })
+                }
+                Err(busy) => match (busy.fallback_reason(), fallback) {
+                    (Some(reason), Some(fallback)) => answered = fall_back(reason, fallback),
+                    _ => return Err((busy, answered)),
+                },
+            }
+        }
+    }
+
+    /// How a turn failed, saying so when its fallback failed too.
+    pub fn failure(&self, turn: &Turn, answered: &Answered, err: &ProviderError) -> StreamError {
+        let mut error = stream_error(err);
+        if let (Some(fallback), Some(reason)) = (&answered.model, answered.fallback_reason) {
+            error.message = format!(
+                "`{}` could not answer ({}), nor could its fallback `{fallback}`: {}",
+                turn.model,
+                reason.as_str().replace('_', " "),
+                error.message
+            );
+        }
+        error
     }
 
     /// A place for any call to a model (see [`ChatService::take_place`]).
@@ -324,11 +433,19 @@ impl ChatService {
         {
             Err(QueueFull) => {
                 self.count_refused("full");
-                return Err(NoPlace::Busy);
+                return Err(NoPlace::Full);
             }
             Ok(None) => None,
             Ok(Some(Admission::Now(permit))) => Some(permit),
             Ok(Some(Admission::Queued(mut ticket))) => {
+                if call.impatient
+                    && ticket
+                        .expected_wait()
+                        .is_some_and(|wait| wait > self.scheduler.max_wait())
+                {
+                    self.count_refused("expected_timeout");
+                    return Err(NoPlace::TooLong);
+                }
                 moved(ticket.position());
                 let until = since + self.scheduler.max_wait();
                 tokio::pin!(stop);
@@ -337,7 +454,7 @@ impl ChatService {
                         stopped = &mut stop => return Err(NoPlace::Stopped(stopped)),
                         _ = tokio::time::sleep_until(until) => {
                             self.count_refused("timeout");
-                            return Err(NoPlace::Busy);
+                            return Err(NoPlace::TooLong);
                         }
                         waited = ticket.next() => match waited {
                             Waited::Ready(permit) => break Some(permit),
@@ -364,6 +481,7 @@ impl ChatService {
             user,
             priority,
             class: CallClass::Background,
+            impatient: false,
         };
         let _permit = self
             .place_for(call, |_| {}, std::future::pending::<()>())
@@ -755,6 +873,8 @@ impl ChatService {
             status: outcome.status,
             usage: outcome.usage,
             error: outcome.error,
+            model: outcome.answered.model,
+            fallback_reason: outcome.answered.fallback_reason,
         };
         let committed = self
             .store
@@ -819,50 +939,59 @@ impl ChatService {
 
 impl ChatService {
     /// Asks the provider for a whole answer and commits it, `failed` if the provider fails.
+    /// Like a streamed answer it waits for its place, and falls back when its model cannot
+    /// take it.
     async fn answer(&self, turn: &Turn) -> ServiceResult<Result<(), ProviderError>> {
         let context = self.context_for(turn).await?;
-        // The model's budget: a place now, or a wait in the queue up to its limit.
-        let place = self
-            .take_place(
-                turn,
-                CallClass::Interactive,
-                |_| {},
-                std::future::pending::<()>(),
+        let mut answered = Answered::default();
+        let failed = |answered: &Answered, err: &ProviderError| TurnOutcome {
+            content: String::new(),
+            status: MessageStatus::Failed,
+            usage: None,
+            error: Some(self.failure(turn, answered, err)),
+            answered: answered.clone(),
+        };
+        let (answer, answered) = loop {
+            let place = self
+                .place_answer(turn, answered, |_| {}, std::future::pending::<()>())
+                .await;
+            let placed = match place {
+                Ok(placed) => placed,
+                Err((_, answered)) => {
+                    let busy = ProviderError::Busy;
+                    self.finish_turn(turn, Some(turn.owner_id), failed(&answered, &busy))
+                        .await?;
+                    return Ok(Err(busy));
+                }
+            };
+            let request = ChatRequest {
+                model: placed.model.clone(),
+                messages: context.messages.clone(),
+            };
+            let answer = tokio::time::timeout(
+                self.upstream.with_retries(self.upstream.request_timeout),
+                self.provider.complete(request),
             )
-            .await;
-        let _permit = match place {
-            Ok(permit) => permit,
-            Err(_) => {
-                let busy = ProviderError::Busy;
-                let outcome = TurnOutcome {
-                    content: String::new(),
-                    status: MessageStatus::Failed,
-                    usage: None,
-                    error: Some(stream_error(&busy)),
-                };
-                self.finish_turn(turn, Some(turn.owner_id), outcome).await?;
-                return Ok(Err(busy));
+            .await
+            .unwrap_or(Err(ProviderError::Timeout));
+            drop(placed.permit);
+            match answer {
+                Err(ProviderError::CircuitOpen) => match self.fall_back(turn, &placed.answered) {
+                    Some(fallback) => answered = fallback,
+                    None => break (Err(ProviderError::CircuitOpen), placed.answered),
+                },
+                answer => break (answer, placed.answered),
             }
         };
-        let answer = tokio::time::timeout(
-            self.upstream.with_retries(self.upstream.request_timeout),
-            self.provider.complete(context),
-        )
-        .await
-        .unwrap_or(Err(ProviderError::Timeout));
         let outcome = match &answer {
             Ok(completion) => TurnOutcome {
                 content: completion.content.clone(),
                 status: MessageStatus::Complete,
                 usage: completion.usage,
                 error: None,
+                answered,
             },
-            Err(err) => TurnOutcome {
-                content: String::new(),
-                status: MessageStatus::Failed,
-                usage: None,
-                error: Some(stream_error(err)),
-            },
+            Err(err) => failed(&answered, err),
         };
         self.finish_turn(turn, Some(turn.owner_id), outcome).await?;
         Ok(answer.map(|_| ()))

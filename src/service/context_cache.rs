@@ -465,6 +465,7 @@ mod tests {
             let mut history: Vec<MessageRecord> = state.messages.values().cloned().collect();
             history.sort_by_key(|m| m.position);
             let mut turn = history.last().cloned().unwrap_or_else(|| MessageRecord {
+                fallback_reason: None,
                 id: Uuid::nil(),
                 conversation_id: CONVERSATION,
                 position: 0,
@@ -545,6 +546,8 @@ mod tests {
                         text
                     };
                     log.append(vec![ConversationEvent::StreamCompleted(StreamCompleted {
+                        model: None,
+                        fallback_reason: None,
                         message_id: answer,
                         content,
                         status,

@@ -368,6 +368,7 @@ pub(super) async fn write_projections(
                         messages::Column::Model,
                         messages::Column::PromptTokens,
                         messages::Column::CompletionTokens,
+                        messages::Column::FallbackReason,
                         messages::Column::UpdatedAt,
                     ])
                     .to_owned(),

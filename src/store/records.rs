@@ -60,6 +60,7 @@ pub fn message_from_row(row: messages::Model) -> MessageRecord {
         },
         client_message_id: row.client_message_id,
         instance_id: row.instance_id,
+        fallback_reason: row.fallback_reason.and_then(|r| r.parse().ok()),
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -78,6 +79,7 @@ pub fn message_to_row(m: &MessageRecord) -> messages::ActiveModel {
         completion_tokens: Set(m.usage.map(|u| u.completion_tokens)),
         client_message_id: Set(m.client_message_id.clone()),
         instance_id: Set(m.instance_id),
+        fallback_reason: Set(m.fallback_reason.map(|r| r.as_str().to_string())),
         created_at: Set(m.created_at),
         updated_at: Set(m.updated_at),
     }

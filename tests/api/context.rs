@@ -57,6 +57,8 @@ async fn seed(app: &TestApp, owner: &str, conversation: &str, history: Vec<Seede
                     instance_id: None,
                 }));
                 events.push(ConversationEvent::StreamCompleted(StreamCompleted {
+                    model: None,
+                    fallback_reason: None,
                     message_id: id,
                     content: text,
                     status,

@@ -384,6 +384,8 @@ impl TestApp {
                 instance_id: None,
             }),
             ConversationEvent::StreamCompleted(StreamCompleted {
+                model: None,
+                fallback_reason: None,
                 message_id: assistant_msg,
                 content: answer.into(),
                 status: MessageStatus::Complete,

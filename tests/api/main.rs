@@ -19,6 +19,7 @@ mod db_writes;
 mod demo;
 mod errors;
 mod events;
+mod fallbacks;
 mod hardening_fuzz;
 mod hardening_http;
 mod hardening_limits;

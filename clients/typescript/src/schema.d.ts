@@ -621,6 +621,11 @@ export interface components {
             /** Format: date-time */
             createdAt: string;
         };
+        /**
+         * @description Why a fallback answered.
+         * @enum {string}
+         */
+        FallbackReason: "circuit_open" | "queue_full" | "queue_wait";
         /** Health */
         Health: {
             /** @description `OK`, or `DEGRADED` when the database does not answer. */
@@ -704,6 +709,12 @@ export interface components {
             model?: string;
             /** @description Token counts, when the provider reported them. */
             usage?: components["schemas"]["Usage"] & unknown;
+            /**
+             * @description Why another model than the conversation's answered (`model` names it):
+             *     `circuit_open` (its breaker was open), `queue_full`, or `queue_wait` (its wait
+             *     would have passed `QUEUE_MAX_WAIT_MS`).
+             */
+            fallbackReason?: (components["schemas"]["FallbackReason"] & unknown) | null;
         };
         /** MessageResponse */
         MessageResponse: {
