@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 fn scheduler(c: &mut Criterion) {
     let limits = LaneLimits {
-        max_concurrent: 64,
+        max_concurrent: Some(64),
         max_waiting: 1000,
+        tokens_per_minute: None,
     };
     let scheduler = Scheduler::new([("default".to_string(), limits)], Duration::from_secs(30));
     let user = Uuid::now_v7();
@@ -34,6 +35,7 @@ fn scheduler(c: &mut Criterion) {
                 user,
                 CallClass::Interactive,
                 Priority::Normal,
+                0,
             ))
         })
     });
@@ -44,6 +46,7 @@ fn scheduler(c: &mut Criterion) {
                 user,
                 CallClass::Interactive,
                 Priority::Normal,
+                0,
             );
             match admission {
                 Ok(Some(Admission::Now(permit))) => drop(black_box(permit)),
@@ -52,7 +55,7 @@ fn scheduler(c: &mut Criterion) {
         })
     });
     c.bench_function("early: try_admit and release", |b| {
-        b.iter(|| drop(black_box(scheduler.try_admit(black_box("default")))))
+        b.iter(|| drop(black_box(scheduler.try_admit(black_box("default"), 0))))
     });
 }
 

@@ -13,6 +13,9 @@
 //! target/release/examples/loadgen long                  # one conversation of 5,000 turns: the
 //!                                                       # first chunk at turn 10 and at the end
 //! target/release/examples/loadgen appends               # 16 writers: own conversations, then one shared
+//! UPSTREAM_MAX_CONCURRENT=4 target/release/examples/loadgen share   # the model queue under
+//!                                                       # saturation: one user's 50 waiting answers
+//!                                                       # beside four users sending one at a time
 //! target/release/examples/loadgen cross --database-url postgres://…   # two instances: 200 streams
 //!                                                       # on A, read on A and on B
 //! target/release/examples/loadgen mock --port 9100 --tokens 200 --delay-ms 0   # the mock alone
@@ -73,6 +76,7 @@ fn parse_args() -> Args {
         "throughput" => (50, 200, 0),
         "realistic" | "cross" => (200, 100, 20),
         "idle" => (1000, 0, 0),
+        "share" => (50, 20, 20),
         _ => (1, 200, 0),
     };
     let rounds = if scenario == "long" { 5_000 } else { 50 };
@@ -895,6 +899,82 @@ async fn throughput(args: &Args, base: &str, server: &ServerProcess, tokens: &[S
     report(args, server, &direct, &through, before, usage(pid)).await;
 }
 
+/// The model queue's fairness under saturation: one user keeps `--clients` answers waiting
+/// at once, four others send one at a time, for `--seconds`, against a budget of
+/// `UPSTREAM_MAX_CONCURRENT` (4 unless set). Prints each user's share of the answers and
+/// their first-chunk times (which include the queue wait), beside the fair share (a fifth
+/// each) and the capacity the budget allows.
+async fn share(args: &Args, server: &ServerProcess, tokens: &[String]) {
+    let heavy_clients = args.clients.max(1);
+    let light_users = tokens.len() - 1;
+    let duration = Duration::from_secs(args.seconds);
+    let mut heavy = Vec::new();
+    for _ in 0..heavy_clients {
+        heavy.push(connect(&server.address, &tokens[0]).await);
+    }
+    let mut light = Vec::new();
+    for token in &tokens[1..] {
+        light.push(connect(&server.address, token).await);
+    }
+    let end = Instant::now() + duration;
+    let started = Instant::now();
+    let run = |socket: Socket| async move {
+        let mut socket = socket;
+        let mut streams = Vec::new();
+        while Instant::now() < end {
+            streams.push(stream_through(&mut socket, args.delay).await);
+        }
+        streams
+    };
+    let (heavy, light) = tokio::join!(
+        futures::future::join_all(heavy.into_iter().map(run)),
+        futures::future::join_all(light.into_iter().map(run)),
+    );
+    let elapsed = started.elapsed();
+    let heavy = Summary::of(heavy.into_iter().flatten().collect(), elapsed);
+    let light: Vec<Summary> = light
+        .into_iter()
+        .map(|streams| Summary::of(streams, elapsed))
+        .collect();
+    let done = |s: &Summary| s.streams - s.failed;
+    let total = done(&heavy) + light.iter().map(done).sum::<usize>();
+    let users = light_users + 1;
+    let budget: f64 = std::env::var("UPSTREAM_MAX_CONCURRENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4.0);
+    let call = args.delay * args.tokens as u32;
+    println!(
+        "scenario share: {users} users, budget {budget} calls, {} s; user 1 keeps {heavy_clients} answers waiting, users 2-{users} send one at a time; an answer is {} tokens {} ms apart (~{} ms)",
+        args.seconds,
+        args.tokens,
+        args.delay.as_millis(),
+        call.as_millis()
+    );
+    println!(
+        "ceiling: the budget serves at most {:.0} answers in the run; the fair share is {:.1}% each",
+        budget * elapsed.as_secs_f64() / call.as_secs_f64().max(1e-3),
+        100.0 / users as f64
+    );
+    let line = |name: &str, s: &Summary| {
+        println!(
+            "{name}: {} answers ({:.1}% of {total}), {} failed, first chunk (with the wait) p50 {} ms, p95 {} ms",
+            done(s),
+            100.0 * done(s) as f64 / total.max(1) as f64,
+            s.failed,
+            ms(percentile(&s.first, 0.5)),
+            ms(percentile(&s.first, 0.95)),
+        )
+    };
+    line(&format!("user 1 ({heavy_clients} at once)"), &heavy);
+    for (i, s) in light.iter().enumerate() {
+        line(&format!("user {} (one at a time)", i + 2), s);
+    }
+    if heavy.failed + light.iter().map(|s| s.failed).sum::<usize>() > 0 {
+        std::process::exit(2);
+    }
+}
+
 /// Every client sends one message at the same moment.
 async fn realistic(args: &Args, base: &str, server: &ServerProcess, tokens: &[String]) {
     let direct = {
@@ -1451,7 +1531,11 @@ async fn main() {
     }
     let base = start_mock(0, mock).await;
     let server = start_server(&args, &base).await;
-    let users = args.clients.div_ceil(10).max(1);
+    // `share`: one user with many sockets, four with one each.
+    let users = match args.scenario.as_str() {
+        "share" => 5,
+        _ => args.clients.div_ceil(10).max(1),
+    };
     let tokens = register(&server.address, users).await;
     match args.scenario.as_str() {
         "first" => first(&args, &base, &server, &tokens[0]).await,
@@ -1462,6 +1546,7 @@ async fn main() {
         "long" => long(&args, &base, &server, &tokens[0]).await,
         "appends" => appends(&args, &server, &tokens[0]).await,
         "cross" => cross(&args, &base, &server, &tokens).await,
+        "share" => share(&args, &server, &tokens).await,
         other => panic!("unknown scenario {other}: first, throughput, realistic, idle, mock"),
     }
 }

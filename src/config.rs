@@ -196,6 +196,9 @@ pub struct UpstreamConfig {
     /// Calls in flight per provider (a catalogue provider's `max_concurrent` wins); `None`:
     /// no budget, nothing waits.
     pub max_concurrent: Option<usize>,
+    /// Tokens per minute per provider (a catalogue provider's `tokens_per_minute` wins);
+    /// `None`: no token budget.
+    pub tokens_per_minute: Option<u64>,
     /// The longest a call waits for the budget.
     pub queue_max_wait: Duration,
     /// The most calls waiting per provider; more are refused at once.
@@ -374,6 +377,19 @@ impl Config {
                             .with_context(|| {
                                 format!(
                                     "UPSTREAM_MAX_CONCURRENT must be a positive number, not {v:?}"
+                                )
+                            })
+                    })
+                    .transpose()?,
+                tokens_per_minute: get("UPSTREAM_TOKENS_PER_MINUTE")
+                    .map(|v| {
+                        v.trim()
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .with_context(|| {
+                                format!(
+                                    "UPSTREAM_TOKENS_PER_MINUTE must be a positive number, not {v:?}"
                                 )
                             })
                     })
@@ -701,6 +717,10 @@ mod tests {
             "BREAKER_FAILURE_THRESHOLD" => cfg.upstream.breaker_threshold.to_string(),
             "BREAKER_COOLDOWN_MS" => ms(cfg.upstream.breaker_cooldown),
             "UPSTREAM_MAX_CONCURRENT" => match cfg.upstream.max_concurrent {
+                None => "none".into(),
+                Some(n) => n.to_string(),
+            },
+            "UPSTREAM_TOKENS_PER_MINUTE" => match cfg.upstream.tokens_per_minute {
                 None => "none".into(),
                 Some(n) => n.to_string(),
             },

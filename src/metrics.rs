@@ -29,6 +29,8 @@ pub struct Metrics {
     pub model_queue_wait: HistogramVec,
     pub model_queue_refused: IntCounterVec,
     pub model_fallbacks: IntCounterVec,
+    pub model_throttled: IntCounterVec,
+    pub model_tokens_available: IntGaugeVec,
     pub jobs_finished: IntCounterVec,
     pub job_duration: HistogramVec,
     pub circuit_state: IntGauge,
@@ -190,6 +192,20 @@ impl Metrics {
                     "Answers sent to a model's fallback, by reason: circuit_open, queue_full, queue_wait"
                 ),
                 &["reason"]
+            )),
+            model_throttled: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_model_throttled_total",
+                    "Answers in which a model provider pushed back (HTTP 429 or 503), by provider and status; each lowers the provider's budget for a while"
+                ),
+                &["provider", "status"]
+            )),
+            model_tokens_available: register!(IntGaugeVec::new(
+                Opts::new(
+                    "chat_model_tokens_available",
+                    "Tokens left in a provider's per-minute budget (UPSTREAM_TOKENS_PER_MINUTE), by provider"
+                ),
+                &["provider"]
             )),
             jobs_finished: register!(IntCounterVec::new(
                 Opts::new(

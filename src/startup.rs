@@ -162,7 +162,8 @@ pub async fn build_state(
     let peers = instance.map(|i| i.peers.clone()).unwrap_or_default();
     let keys = TokenKeys::new(&config.jwt);
     let metrics = Arc::new(Metrics::new());
-    let provider = llm::from_config(config, metrics.clone())?;
+    let scheduler = Arc::new(scheduler(config));
+    let provider = llm::from_config(config, metrics.clone(), &scheduler)?;
     let catalogue = Arc::new(config.catalogue.clone());
     let models = Arc::new(ModelRegistry::new(catalogue.clone(), store.clone()));
     tracing::info!(provider = provider.name(), default_model = %catalogue.default_model().id, models = catalogue.models().len(), "LLM providers configured");
@@ -183,7 +184,7 @@ pub async fn build_state(
         config.limits.max_message_chars,
     )
     .with_context_cache(config.context_cache_bytes, metrics.clone())
-    .with_scheduler(Arc::new(scheduler(config)), metrics.clone());
+    .with_scheduler(scheduler, metrics.clone());
     let chat = match instance_id {
         Some(id) => chat.run_by(id, peers.clone()),
         None => chat,
@@ -306,22 +307,23 @@ pub async fn build_state(
     Ok(state)
 }
 
-/// The model queue: a lane for each provider with a budget (its own `max_concurrent` in the
-/// catalogue, else `UPSTREAM_MAX_CONCURRENT`).
+/// The model queue: a lane for each provider, with its budget (its own `max_concurrent`
+/// and `tokens_per_minute` in the catalogue, else `UPSTREAM_MAX_CONCURRENT` and
+/// `UPSTREAM_TOKENS_PER_MINUTE`; without one, only what the provider's pushback sets).
 fn scheduler(config: &Config) -> Scheduler {
     let upstream = &config.upstream;
-    let lanes = config.catalogue.providers().iter().filter_map(|provider| {
-        let max_concurrent = provider
-            .max_concurrent
-            .map(|n| n as usize)
-            .or(upstream.max_concurrent)?;
-        Some((
+    let lanes = config.catalogue.providers().iter().map(|provider| {
+        (
             provider.id.clone(),
             LaneLimits {
-                max_concurrent,
+                max_concurrent: provider
+                    .max_concurrent
+                    .map(|n| n as usize)
+                    .or(upstream.max_concurrent),
                 max_waiting: upstream.queue_max_length,
+                tokens_per_minute: provider.tokens_per_minute.or(upstream.tokens_per_minute),
             },
-        ))
+        )
     });
     Scheduler::new(lanes, upstream.queue_max_wait)
 }

@@ -56,11 +56,22 @@ impl AppState {
                     .model_queue_waiting
                     .with_label_values(&labels)
                     .set(waiting as i64);
-                let share = scheduler.share(provider).unwrap_or_default();
-                metrics
-                    .model_budget
-                    .with_label_values(&labels)
-                    .set(share as i64);
+                // An unbounded lane (no budget, no pushback yet) has no figure to show.
+                match scheduler.share(provider) {
+                    Some(share) => metrics
+                        .model_budget
+                        .with_label_values(&labels)
+                        .set(share as i64),
+                    None => {
+                        let _ = metrics.model_budget.remove_label_values(&labels);
+                    }
+                }
+                if let Some(tokens) = scheduler.tokens_available(provider) {
+                    metrics
+                        .model_tokens_available
+                        .with_label_values(&labels)
+                        .set(tokens as i64);
+                }
             }
         }
         // The store counts its writes itself; the counters catch up when scraped.

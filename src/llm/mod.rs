@@ -5,6 +5,7 @@ pub mod catalogue;
 pub mod context;
 pub mod demo;
 pub mod openai;
+pub mod rate_headers;
 pub mod resilience;
 pub mod scheduler;
 
@@ -29,6 +30,23 @@ pub struct ChatMessage {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
+}
+
+/// What a call is expected to generate, for the tokens-per-minute budget before the
+/// provider reports what it used.
+pub const EXPECTED_COMPLETION_TOKENS: u64 = 256;
+
+impl ChatRequest {
+    /// The tokens the call is expected to use: its messages (estimated) and
+    /// [`EXPECTED_COMPLETION_TOKENS`].
+    pub fn estimated_tokens(&self) -> u64 {
+        let prompt: usize = self
+            .messages
+            .iter()
+            .map(|m| context::estimate_tokens(&m.content))
+            .sum();
+        prompt as u64 + EXPECTED_COMPLETION_TOKENS
+    }
 }
 
 /// What a streamed completion yields, in order: text deltas, then at most one usage report.
@@ -102,6 +120,7 @@ pub trait ChatProvider: Send + Sync + 'static {
 pub fn from_config(
     config: &Config,
     metrics: Arc<Metrics>,
+    scheduler: &scheduler::Scheduler,
 ) -> anyhow::Result<Arc<dyn ChatProvider>> {
     let mut clients: HashMap<String, Arc<dyn ChatProvider>> = HashMap::new();
     for provider in config.catalogue.providers() {
@@ -112,16 +131,27 @@ pub fn from_config(
             key => {
                 // A local server (Ollama, vLLM) may need no key: an empty one is sent.
                 let key = key.as_ref().map_or("", |k| k.expose());
+                // What the provider says of its capacity reaches its lane in the queue.
+                let feedback = scheduler.feedback(&provider.id);
+                let observe = feedback.clone().map(|feedback| {
+                    let metrics = metrics.clone();
+                    let id = provider.id.clone();
+                    move |service| rate_headers::Observed::new(service, feedback, &id, metrics)
+                });
                 let openai = openai::OpenAiProvider::new(
                     key,
                     provider.base_url.as_deref(),
                     config.upstream.connect_timeout,
+                    observe,
                 )?;
-                Arc::new(resilience::ResilientProvider::new(
-                    Arc::new(openai),
-                    &config.upstream,
-                    metrics.clone(),
-                ))
+                Arc::new(
+                    resilience::ResilientProvider::new(
+                        Arc::new(openai),
+                        &config.upstream,
+                        metrics.clone(),
+                    )
+                    .honouring(feedback),
+                )
             }
         };
         clients.insert(provider.id.clone(), client);

@@ -26,10 +26,13 @@ pub struct OpenAiProvider {
 }
 
 impl OpenAiProvider {
+    /// `observe`: a layer around the HTTP service that reads each answer's status and
+    /// rate-limit headers (see `rate_headers`).
     pub fn new(
         api_key: &str,
         base_url: Option<&str>,
         connect_timeout: Duration,
+        observe: Option<impl FnOnce(ReqwestService) -> super::rate_headers::Observed>,
     ) -> anyhow::Result<Self> {
         let mut config = OpenAIConfig::new().with_api_key(api_key);
         if let Some(base) = base_url {
@@ -42,7 +45,12 @@ impl OpenAiProvider {
             .build()?;
         // Without async-openai's own retry layer: retries are ours (`llm::resilience`), so
         // they happen only before the first token and count toward the circuit breaker.
-        let client = Client::with_config(config).with_http_service(ReqwestService::new(http));
+        let service = ReqwestService::new(http);
+        let client = Client::with_config(config);
+        let client = match observe {
+            Some(observe) => client.with_http_service(observe(service)),
+            None => client.with_http_service(service),
+        };
         Ok(Self { client })
     }
 }

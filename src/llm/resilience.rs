@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
+use super::scheduler::Feedback;
 use super::{ChatProvider, ChatRequest, ChatStream, Completion, ProviderError};
 use crate::config::UpstreamConfig;
 use crate::metrics::{Metrics, CIRCUIT_CLOSED, CIRCUIT_HALF_OPEN, CIRCUIT_OPEN};
@@ -161,6 +162,9 @@ pub struct ResilientProvider {
     first_token_timeout: Duration,
     request_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The provider's lane: a retry waits at least as long as the provider asked
+    /// (`Retry-After`, a spent rate limit).
+    feedback: Option<Feedback>,
 }
 
 impl ResilientProvider {
@@ -181,7 +185,14 @@ impl ResilientProvider {
             first_token_timeout: config.first_token_timeout,
             request_timeout: config.request_timeout,
             metrics,
+            feedback: None,
         }
+    }
+
+    /// Retries wait at least until the pause the provider asked its lane for is over.
+    pub fn honouring(mut self, feedback: Option<Feedback>) -> Self {
+        self.feedback = feedback;
+        self
     }
 
     pub fn breaker(&self) -> &CircuitBreaker {
@@ -250,7 +261,8 @@ impl ResilientProvider {
                     }
                     attempt += 1;
                     self.metrics.upstream_retries.inc();
-                    let delay = self.backoff(attempt);
+                    let asked = self.feedback.as_ref().and_then(Feedback::paused_for);
+                    let delay = self.backoff(attempt).max(asked.unwrap_or_default());
                     tracing::info!(attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying the upstream");
                     tokio::time::sleep(delay).await;
                 }
@@ -365,6 +377,7 @@ mod tests {
             breaker_threshold: threshold,
             breaker_cooldown: Duration::from_millis(cooldown_ms),
             max_concurrent: None,
+            tokens_per_minute: None,
             queue_max_wait: Duration::from_secs(1),
             queue_max_length: 10,
         }

@@ -56,14 +56,32 @@ pub struct Permit {
     lane: Option<Arc<Lane>>,
     /// When the place was taken: how long calls hold a place predicts how long a queue waits.
     since: std::time::Instant,
+    /// The tokens taken from the lane's per-minute budget for it (its estimate, until
+    /// [`Permit::settle`] corrects it).
+    tokens: u64,
 }
 
 impl Permit {
-    fn new(lane: &Arc<Lane>) -> Self {
+    fn new(lane: &Arc<Lane>, tokens: u64) -> Self {
         Self {
             lane: Some(lane.clone()),
             since: std::time::Instant::now(),
+            tokens,
         }
+    }
+
+    /// Corrects the tokens the call took from its provider's per-minute budget to what the
+    /// provider reported it used (prompt and completion).
+    pub fn settle(&mut self, used: u64) {
+        let Some(lane) = &self.lane else {
+            return;
+        };
+        let mut state = lane.lock();
+        if let Some(bucket) = &mut state.bucket {
+            bucket.available -= used as f64 - self.tokens as f64;
+        }
+        self.tokens = used;
+        lane.dispatch(&mut state);
     }
 }
 
@@ -163,6 +181,8 @@ pub enum Admission {
 
 struct Waiter {
     id: u64,
+    /// Its estimate of the tokens it will use.
+    tokens: u64,
     permit: oneshot::Sender<Permit>,
     position: watch::Sender<usize>,
 }
@@ -182,6 +202,10 @@ impl ClassQueue {
             .iter()
             .min_by_key(|(user, calls)| (served.get(*user).copied().unwrap_or(0), calls[0].id))
             .map(|(user, _)| *user)
+    }
+
+    fn peek(&self, served: &HashMap<Uuid, u64>) -> Option<&Waiter> {
+        self.calls.get(&self.next_user(served)?)?.front()
     }
 
     fn pop(&mut self, served: &mut HashMap<Uuid, u64>, tick: &mut u64) -> Option<Waiter> {
@@ -229,6 +253,48 @@ struct LaneState {
     /// When each user was last served (a count of calls served by the lane).
     served: HashMap<Uuid, u64>,
     tick: u64,
+    /// The provider asked for a pause (`Retry-After`, or a rate limit spent until its
+    /// reset): nothing starts before then.
+    paused_until: Option<tokio::time::Instant>,
+    /// When a timer will dispatch again (a pause or the token budget ends then).
+    wake_at: Option<tokio::time::Instant>,
+    /// Successes since the adaptive ceiling last moved.
+    successes: usize,
+    /// The tokens-per-minute budget, when the provider has one.
+    bucket: Option<Bucket>,
+}
+
+/// A token bucket: `per_minute` tokens, refilled continuously. A call takes its estimate
+/// when it starts; `available` may go below zero when a call used more than it said.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    per_minute: f64,
+    available: f64,
+    refilled: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self, now: tokio::time::Instant) {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.available = (self.available + elapsed * self.per_minute / 60.0).min(self.per_minute);
+        self.refilled = now;
+    }
+
+    /// `Ok` when a call of `tokens` may start now (one larger than the whole budget waits
+    /// for a full bucket), else when it may.
+    fn ready(
+        &mut self,
+        now: tokio::time::Instant,
+        tokens: u64,
+    ) -> Result<(), tokio::time::Instant> {
+        self.refill(now);
+        let need = (tokens as f64).min(self.per_minute);
+        if self.available >= need {
+            return Ok(());
+        }
+        let seconds = (need - self.available) * 60.0 / self.per_minute;
+        Err(now + Duration::from_secs_f64(seconds.min(3600.0)))
+    }
 }
 
 impl LaneState {
@@ -250,6 +316,38 @@ impl LaneState {
         }
     }
 
+    /// Whether a call of `tokens` may start now; else when to look again.
+    fn may_start(
+        &mut self,
+        now: tokio::time::Instant,
+        tokens: u64,
+    ) -> Result<(), tokio::time::Instant> {
+        if let Some(until) = self.paused_until {
+            if until > now {
+                return Err(until);
+            }
+            self.paused_until = None;
+        }
+        match &mut self.bucket {
+            Some(bucket) => bucket.ready(now, tokens),
+            None => Ok(()),
+        }
+    }
+
+    fn take_tokens(&mut self, tokens: u64) {
+        if let Some(bucket) = &mut self.bucket {
+            bucket.available -= tokens as f64;
+        }
+    }
+
+    /// The estimate of the call that would be served next.
+    fn next_tokens(&self) -> Option<u64> {
+        self.classes
+            .iter()
+            .find_map(|class| class.peek(&self.served))
+            .map(|w| w.tokens)
+    }
+
     fn pop(&mut self) -> Option<Waiter> {
         let waiter = self
             .classes
@@ -268,12 +366,19 @@ impl LaneState {
 /// Users whose last service a lane remembers before it forgets those not waiting.
 const MAX_REMEMBERED_USERS: usize = 10_000;
 
+/// The budget of a provider without one configured: as good as none, until the provider
+/// pushes back (a 429 lowers it to half the calls then in flight).
+const UNLIMITED: usize = 1 << 40;
+
 /// One provider's budget and queue.
 struct Lane {
-    /// The provider's whole budget.
+    /// The provider's whole budget ([`UNLIMITED`] when none is configured).
     budget: usize,
     /// This instance's share of it (the whole while it is alone).
     limit: AtomicUsize,
+    /// What the provider tolerates now: halved by a 429 or 503, raised by one after as
+    /// many successes as it allows calls (additive increase, multiplicative decrease).
+    ceiling: AtomicUsize,
     max_waiting: usize,
     state: Mutex<LaneState>,
     /// How long a call holds a place, in µs: a moving average (0 until one ended).
@@ -294,8 +399,38 @@ impl Lane {
             });
     }
 
+    /// The calls this instance may have in flight now: its share, under the adaptive
+    /// ceiling.
     fn limit(&self) -> usize {
-        self.limit.load(Ordering::Relaxed)
+        self.limit
+            .load(Ordering::Relaxed)
+            .min(self.ceiling.load(Ordering::Relaxed))
+            .max(1)
+    }
+
+    /// Has a timer dispatch again at `until` (unless one already will, sooner).
+    fn wake_at(self: &Arc<Self>, state: &mut LaneState, until: tokio::time::Instant) {
+        if state.wake_at.is_some_and(|at| at <= until) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        state.wake_at = Some(until);
+        let lane = Arc::downgrade(self);
+        runtime.spawn(async move {
+            tokio::time::sleep_until(until).await;
+            if let Some(lane) = lane.upgrade() {
+                let mut state = lane.lock();
+                if state
+                    .wake_at
+                    .is_some_and(|at| at <= tokio::time::Instant::now())
+                {
+                    state.wake_at = None;
+                }
+                lane.dispatch(&mut state);
+            }
+        });
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LaneState> {
@@ -305,18 +440,31 @@ impl Lane {
     /// Hands free places to the next waiting calls, then tells the rest their places.
     fn dispatch(self: &Arc<Self>, state: &mut LaneState) {
         let mut moved = false;
+        let now = tokio::time::Instant::now();
         while state.in_flight < self.limit() {
+            let Some(tokens) = state.next_tokens() else {
+                break;
+            };
+            if let Err(until) = state.may_start(now, tokens) {
+                self.wake_at(state, until);
+                break;
+            }
             let Some(waiter) = state.pop() else {
                 break;
             };
             state.waiting -= 1;
             state.in_flight += 1;
+            state.take_tokens(tokens);
             moved = true;
-            if let Err(mut unsent) = waiter.permit.send(Permit::new(self)) {
-                // Its caller left between giving up and removing itself: the place is
-                // free again (undone here: the permit's own drop would lock the lane).
+            if let Err(mut unsent) = waiter.permit.send(Permit::new(self, tokens)) {
+                // Its caller left between giving up and removing itself: the place and
+                // its tokens are free again (undone here: the permit's own drop would
+                // lock the lane).
                 unsent.lane = None;
                 state.in_flight -= 1;
+                if let Some(bucket) = &mut state.bucket {
+                    bucket.available += tokens as f64;
+                }
             }
         }
         if moved {
@@ -340,7 +488,88 @@ impl Lane {
     }
 }
 
-/// The budgets of every provider (a provider without one is not queued).
+/// What a provider's answers say about its capacity, told to its lane. A 429 or 503
+/// halves the calls this instance lets through (to half of those in flight, at least one)
+/// and, with `Retry-After`, pauses the lane until then; every success counts toward the
+/// next raise by one (after as many successes as calls allowed: additive increase,
+/// multiplicative decrease). `x-ratelimit-remaining-*` at zero pause the lane until the
+/// matching `x-ratelimit-reset-*`, and `x-ratelimit-remaining-tokens` caps the lane's own
+/// token count.
+#[derive(Clone)]
+pub struct Feedback(Arc<Lane>);
+
+/// The rate-limit headers of one answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub remaining_requests: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_requests: Option<Duration>,
+    pub reset_tokens: Option<Duration>,
+}
+
+impl Feedback {
+    /// The provider refused for load (429, 503); `retry_after` when it said how long.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        let lane = &self.0;
+        let mut state = lane.lock();
+        let before = lane.limit();
+        let lowered = (before.min(state.in_flight.max(1)) / 2).max(1);
+        lane.ceiling.fetch_min(lowered, Ordering::Relaxed);
+        state.successes = 0;
+        if let Some(wait) = retry_after {
+            self.pause(&mut state, wait);
+        }
+        tracing::warn!(
+            calls = lane.limit(),
+            retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
+            "the model provider pushed back; fewer calls go to it for now"
+        );
+    }
+
+    /// The provider answered; `headers` are its rate-limit headers.
+    pub fn succeeded(&self, headers: RateHeaders) {
+        let lane = &self.0;
+        let mut state = lane.lock();
+        state.successes += 1;
+        let ceiling = lane.ceiling.load(Ordering::Relaxed);
+        if ceiling < lane.budget && state.successes >= ceiling {
+            lane.ceiling.store(ceiling + 1, Ordering::Relaxed);
+            state.successes = 0;
+        }
+        if headers.remaining_requests == Some(0) {
+            if let Some(reset) = headers.reset_requests {
+                self.pause(&mut state, reset);
+            }
+        }
+        if headers.remaining_tokens == Some(0) {
+            if let Some(reset) = headers.reset_tokens {
+                self.pause(&mut state, reset);
+            }
+        }
+        if let (Some(bucket), Some(remaining)) = (&mut state.bucket, headers.remaining_tokens) {
+            bucket.refill(tokio::time::Instant::now());
+            bucket.available = bucket.available.min(remaining as f64);
+        }
+        lane.dispatch(&mut state);
+    }
+
+    /// How long the lane is paused from now (a retry should wait at least this long).
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = self.0.lock().paused_until?;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
+    fn pause(&self, state: &mut LaneState, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait.min(Duration::from_secs(600));
+        if state.paused_until.is_none_or(|at| at < until) {
+            state.paused_until = Some(until);
+        }
+        self.0.wake_at(state, until);
+    }
+}
+
+/// The budgets of every provider, one lane each.
 pub struct Scheduler {
     lanes: HashMap<String, Arc<Lane>>,
     max_wait: Duration,
@@ -349,23 +578,35 @@ pub struct Scheduler {
 /// Limits of one provider's lane.
 #[derive(Clone, Copy, Debug)]
 pub struct LaneLimits {
-    pub max_concurrent: usize,
+    /// Calls in flight; `None`: no budget until the provider pushes back.
+    pub max_concurrent: Option<usize>,
     pub max_waiting: usize,
+    /// Tokens per minute (estimated before a call, corrected by its reported usage).
+    pub tokens_per_minute: Option<u64>,
 }
 
 impl Scheduler {
-    /// `lanes`: each provider with a budget. `max_wait`: how long a caller should wait
-    /// (the caller enforces it; see [`Scheduler::max_wait`]).
+    /// `lanes`: each provider's limits. `max_wait`: how long a caller should wait (the
+    /// caller enforces it; see [`Scheduler::max_wait`]).
     pub fn new(lanes: impl IntoIterator<Item = (String, LaneLimits)>, max_wait: Duration) -> Self {
         let lanes = lanes
             .into_iter()
             .map(|(provider, limits)| {
-                let budget = limits.max_concurrent.max(1);
+                let budget = limits.max_concurrent.map_or(UNLIMITED, |n| n.max(1));
+                let state = LaneState {
+                    bucket: limits.tokens_per_minute.map(|per_minute| Bucket {
+                        per_minute: per_minute.max(1) as f64,
+                        available: per_minute.max(1) as f64,
+                        refilled: tokio::time::Instant::now(),
+                    }),
+                    ..LaneState::default()
+                };
                 let lane = Lane {
                     budget,
                     limit: AtomicUsize::new(budget),
+                    ceiling: AtomicUsize::new(budget),
                     max_waiting: limits.max_waiting,
-                    state: Mutex::default(),
+                    state: Mutex::new(state),
                     hold_micros: Default::default(),
                 };
                 (provider, Arc::new(lane))
@@ -383,23 +624,31 @@ impl Scheduler {
         self.max_wait
     }
 
-    /// A place for a call to `provider` by `user`: at once if the budget has room and no
-    /// one waits, else a ticket in the queue, else [`QueueFull`]. `None`: the provider has
-    /// no budget (nothing to hold).
+    /// A place for a call to `provider` by `user`, expected to use `tokens`: at once if
+    /// the budget has room and no one waits, else a ticket in the queue, else
+    /// [`QueueFull`]. `None`: the provider has no lane (nothing to hold).
     pub fn admit(
         &self,
         provider: &str,
         user: Uuid,
         class: CallClass,
         priority: Priority,
+        tokens: u64,
     ) -> Result<Option<Admission>, QueueFull> {
         let Some(lane) = self.lanes.get(provider) else {
             return Ok(None);
         };
         let mut state = lane.lock();
+        let now = tokio::time::Instant::now();
         if state.in_flight < lane.limit() && state.waiting == 0 {
-            state.in_flight += 1;
-            return Ok(Some(Admission::Now(Permit::new(lane))));
+            match state.may_start(now, tokens) {
+                Ok(()) => {
+                    state.in_flight += 1;
+                    state.take_tokens(tokens);
+                    return Ok(Some(Admission::Now(Permit::new(lane, tokens))));
+                }
+                Err(until) => lane.wake_at(&mut state, until),
+            }
         }
         if state.waiting >= lane.max_waiting {
             return Err(QueueFull);
@@ -411,6 +660,7 @@ impl Scheduler {
         let queue = &mut state.classes[class as usize * 3 + priority.rank()];
         queue.calls.entry(user).or_default().push_back(Waiter {
             id,
+            tokens,
             permit: permit_tx,
             position: position_tx,
         });
@@ -430,15 +680,21 @@ impl Scheduler {
 
     /// A place only if one is free now and nobody waits: for a call that may go early
     /// or not at all.
-    pub fn try_admit(&self, provider: &str) -> Option<Option<Permit>> {
+    pub fn try_admit(&self, provider: &str, tokens: u64) -> Option<Option<Permit>> {
         let Some(lane) = self.lanes.get(provider) else {
             return Some(None);
         };
         let mut state = lane.lock();
-        (state.in_flight < lane.limit() && state.waiting == 0).then(|| {
+        let now = tokio::time::Instant::now();
+        if state.in_flight < lane.limit()
+            && state.waiting == 0
+            && state.may_start(now, tokens).is_ok()
+        {
             state.in_flight += 1;
-            Some(Permit::new(lane))
-        })
+            state.take_tokens(tokens);
+            return Some(Some(Permit::new(lane, tokens)));
+        }
+        None
     }
 
     /// Shares each provider's budget among `instances` live instances on one database:
@@ -450,24 +706,42 @@ impl Scheduler {
         for lane in self.lanes.values() {
             let share = (lane.budget / instances).max(1);
             if lane.limit.swap(share, Ordering::Relaxed) != share {
-                tracing::info!(
-                    budget = lane.budget,
-                    share,
-                    instances,
-                    "this instance's share of a model budget changed"
-                );
+                if lane.budget < UNLIMITED {
+                    tracing::info!(
+                        budget = lane.budget,
+                        share,
+                        instances,
+                        "this instance's share of a model budget changed"
+                    );
+                }
                 let mut state = lane.lock();
                 lane.dispatch(&mut state);
             }
         }
     }
 
-    /// This instance's share of `provider`'s budget.
+    /// The calls this instance may have in flight to `provider` now (its share, under
+    /// what the provider tolerates); `None` while that is unbounded.
     pub fn share(&self, provider: &str) -> Option<usize> {
-        Some(self.lanes.get(provider)?.limit())
+        let limit = self.lanes.get(provider)?.limit();
+        (limit < UNLIMITED).then_some(limit)
     }
 
-    /// The providers with a budget.
+    /// The tokens `provider`'s per-minute budget has left now, when it has one.
+    pub fn tokens_available(&self, provider: &str) -> Option<f64> {
+        let lane = self.lanes.get(provider)?;
+        let mut state = lane.lock();
+        let bucket = state.bucket.as_mut()?;
+        bucket.refill(tokio::time::Instant::now());
+        Some(bucket.available)
+    }
+
+    /// What `provider`'s answers tell its lane (429s, rate-limit headers).
+    pub fn feedback(&self, provider: &str) -> Option<Feedback> {
+        self.lanes.get(provider).map(|lane| Feedback(lane.clone()))
+    }
+
+    /// The providers with a lane.
     pub fn providers(&self) -> impl Iterator<Item = &str> {
         self.lanes.keys().map(String::as_str)
     }
@@ -489,8 +763,9 @@ mod tests {
             [(
                 "p".to_string(),
                 LaneLimits {
-                    max_concurrent: limit,
+                    max_concurrent: Some(limit),
                     max_waiting,
+                    tokens_per_minute: None,
                 },
             )],
             Duration::from_secs(1),
@@ -498,7 +773,7 @@ mod tests {
     }
 
     fn admit(s: &Scheduler, user: u128, class: CallClass) -> Admission {
-        s.admit("p", Uuid::from_u128(user), class, Priority::Normal)
+        s.admit("p", Uuid::from_u128(user), class, Priority::Normal, 0)
             .unwrap()
             .unwrap()
     }
@@ -555,7 +830,8 @@ mod tests {
                 "other",
                 Uuid::nil(),
                 CallClass::Interactive,
-                Priority::Normal
+                Priority::Normal,
+                0
             )
             .unwrap()
             .is_none());
@@ -604,7 +880,8 @@ mod tests {
                 "p",
                 Uuid::from_u128(3),
                 CallClass::Interactive,
-                Priority::Normal
+                Priority::Normal,
+                0
             ),
             Err(QueueFull)
         ));
@@ -618,7 +895,8 @@ mod tests {
                 "p",
                 Uuid::from_u128(3),
                 CallClass::Interactive,
-                Priority::Normal
+                Priority::Normal,
+                0
             )
             .is_ok());
     }
@@ -634,7 +912,7 @@ mod tests {
         drop(gone);
         let _p = next.permit().await;
         assert_eq!(s.load("p"), Some((1, 0)));
-        assert!(s.try_admit("p").is_none(), "the one place is taken");
+        assert!(s.try_admit("p", 0).is_none(), "the one place is taken");
     }
 
     #[tokio::test]
@@ -660,7 +938,7 @@ mod tests {
         let first = permit(admit(&s, 1, CallClass::Interactive));
         let tiered = |user: u128, class, priority| {
             ticket(
-                s.admit("p", Uuid::from_u128(user), class, priority)
+                s.admit("p", Uuid::from_u128(user), class, priority, 0)
                     .unwrap()
                     .unwrap(),
             )
@@ -678,5 +956,123 @@ mod tests {
             [4, 2, 1, 3],
             "a class still goes before a tier"
         );
+    }
+
+    fn lane_with_tokens(per_minute: u64) -> Scheduler {
+        Scheduler::new(
+            [(
+                "p".to_string(),
+                LaneLimits {
+                    max_concurrent: None,
+                    max_waiting: 100,
+                    tokens_per_minute: Some(per_minute),
+                },
+            )],
+            Duration::from_secs(1),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_429_halves_the_calls_let_through_and_successes_raise_them_back_one_at_a_time() {
+        let s = scheduler(8, 100);
+        let feedback = s.feedback("p").unwrap();
+        let running: Vec<Permit> = (0..4)
+            .map(|u| permit(admit(&s, u, CallClass::Interactive)))
+            .collect();
+        feedback.throttled(None);
+        assert_eq!(s.share("p"), Some(2), "half of the four in flight");
+        drop(running);
+        let _a = permit(admit(&s, 1, CallClass::Interactive));
+        let _b = permit(admit(&s, 2, CallClass::Interactive));
+        let mut third = ticket(admit(&s, 3, CallClass::Interactive));
+        // One more place after as many successes as places: two.
+        feedback.succeeded(RateHeaders::default());
+        assert!(futures::FutureExt::now_or_never(third.permit()).is_none());
+        feedback.succeeded(RateHeaders::default());
+        assert_eq!(s.share("p"), Some(3));
+        let _c = third.permit().await;
+        for _ in 0..(3 + 4 + 5 + 6 + 7 + 8) {
+            feedback.succeeded(RateHeaders::default());
+        }
+        assert_eq!(s.share("p"), Some(8), "back to the budget, never above it");
+    }
+
+    #[tokio::test]
+    async fn a_lane_without_a_budget_is_unbounded_until_the_provider_pushes_back() {
+        let s = lane_with_tokens(u64::MAX / 2);
+        let feedback = s.feedback("p").unwrap();
+        assert_eq!(s.share("p"), None);
+        let running: Vec<Permit> = (0..10)
+            .map(|u| permit(admit(&s, u, CallClass::Interactive)))
+            .collect();
+        feedback.throttled(None);
+        assert_eq!(s.share("p"), Some(5));
+        drop(running);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_and_spent_rate_limits_pause_the_lane_until_then() {
+        let s = scheduler(4, 100);
+        let feedback = s.feedback("p").unwrap();
+        feedback.throttled(Some(Duration::from_secs(5)));
+        let mut waiting = ticket(admit(&s, 1, CallClass::Interactive));
+        assert!(feedback
+            .paused_for()
+            .is_some_and(|d| d > Duration::from_secs(4)));
+        tokio::time::advance(Duration::from_millis(4_900)).await;
+        assert!(futures::FutureExt::now_or_never(waiting.permit()).is_none());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let first = waiting.permit().await;
+
+        // A success that says the requests are spent until a reset pauses it too.
+        feedback.succeeded(RateHeaders {
+            remaining_requests: Some(0),
+            reset_requests: Some(Duration::from_secs(2)),
+            ..RateHeaders::default()
+        });
+        let mut next = ticket(admit(&s, 2, CallClass::Interactive));
+        tokio::time::advance(Duration::from_millis(1_900)).await;
+        assert!(futures::FutureExt::now_or_never(next.permit()).is_none());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let _second = next.permit().await;
+        drop(first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_until_its_tokens_fit_and_reported_usage_corrects_the_estimate() {
+        // 600 tokens a minute: 10 a second.
+        let s = lane_with_tokens(600);
+        let admit_tokens = |user: u128, tokens: u64| {
+            s.admit(
+                "p",
+                Uuid::from_u128(user),
+                CallClass::Interactive,
+                Priority::Normal,
+                tokens,
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let mut big = permit(admit_tokens(1, 500));
+        let mut second = ticket(admit_tokens(2, 300));
+        // 100 left, 300 needed: 20 s of refill.
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(futures::FutureExt::now_or_never(second.permit()).is_none());
+        tokio::time::advance(Duration::from_millis(1_100)).await;
+        let _second = second.permit().await;
+        assert!(s.tokens_available("p").unwrap() < 10.0);
+
+        // The first call used 100 tokens, not 500: the 400 come back at once.
+        big.settle(100);
+        let left = s.tokens_available("p").unwrap();
+        assert!((400.0..420.0).contains(&left), "{left}");
+        let _third = permit(admit_tokens(3, 350));
+
+        // A call larger than the whole budget goes once the bucket is full.
+        let mut huge = ticket(admit_tokens(4, 10_000));
+        tokio::time::advance(Duration::from_secs(50)).await;
+        assert!(futures::FutureExt::now_or_never(huge.permit()).is_none());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let _huge = huge.permit().await;
     }
 }

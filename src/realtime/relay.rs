@@ -18,7 +18,7 @@ use super::frames::{OutFrame, ServerFrame};
 use super::stream::RunningStream;
 use crate::domain::codes::ErrorCode;
 use crate::domain::events::StreamError;
-use crate::domain::types::MessageStatus;
+use crate::domain::types::{MessageStatus, Usage};
 use crate::llm::scheduler::CallClass;
 use crate::llm::scheduler::Permit;
 use crate::llm::{ChatRequest, ChatStream, ProviderError, StreamItem};
@@ -71,7 +71,7 @@ impl Relay<'_> {
     pub async fn drive(&self, stream: &RunningStream, early: Option<EarlyStream>) -> TurnOutcome {
         let chat = self.chat;
         let limits = chat.upstream().clone();
-        let (asked, mut upstream, _permit, answered) = match self.open(stream, early).await {
+        let (asked, mut upstream, mut permit, answered) = match self.open(stream, early).await {
             Ok(opened) => opened,
             Err(outcome) => return outcome,
         };
@@ -133,7 +133,10 @@ impl Relay<'_> {
                 item = upstream.next() => match item {
                     None => return end(MessageStatus::Complete, None, usage),
                     Some(Err(err)) => return end(MessageStatus::Failed, Some(&err), usage),
-                    Some(Ok(StreamItem::Usage(u))) => usage = Some(u),
+                    Some(Ok(StreamItem::Usage(u))) => {
+                        usage = Some(u);
+                        settle(&mut permit, u);
+                    }
                     Some(Ok(StreamItem::Delta(delta))) => {
                         let arrived = std::time::Instant::now();
                         deadline = Instant::now() + limits.idle_timeout;
@@ -148,7 +151,10 @@ impl Relay<'_> {
                                     text.push_str(&more);
                                     deltas += 1;
                                 }
-                                Some(Some(Ok(StreamItem::Usage(u)))) => usage = Some(u),
+                                Some(Some(Ok(StreamItem::Usage(u)))) => {
+                                    usage = Some(u);
+                                    settle(&mut permit, u);
+                                }
                                 Some(None) => {
                                     ended = Some(None);
                                     break;
@@ -224,7 +230,13 @@ impl Relay<'_> {
                         }
                     };
                     let placed = match chat
-                        .place_answer(turn, answered, |at| self.queued(stream, at), stop)
+                        .place_answer(
+                            turn,
+                            context.estimated_tokens(),
+                            answered,
+                            |at| self.queued(stream, at),
+                            stop,
+                        )
                         .await
                     {
                         Ok(placed) => placed,
@@ -320,5 +332,12 @@ impl Relay<'_> {
         })
         .arrived_at(arrived);
         self.bus.publish(turn.conversation_id, Arc::new(frame));
+    }
+}
+
+/// Corrects the answer's share of its provider's tokens per minute by the usage reported.
+fn settle(permit: &mut Option<Permit>, usage: Usage) {
+    if let Some(permit) = permit {
+        permit.settle((usage.prompt_tokens + usage.completion_tokens).max(0) as u64);
     }
 }

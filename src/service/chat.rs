@@ -96,6 +96,8 @@ pub struct Call<'a> {
     /// It has somewhere else to go: refuse it at once when its wait is expected to pass
     /// `QUEUE_MAX_WAIT_MS`, instead of letting it wait that long first.
     pub impatient: bool,
+    /// The tokens it is expected to use ([`ChatRequest::estimated_tokens`]).
+    pub tokens: u64,
 }
 
 /// Why a call got no place among its provider's calls.
@@ -357,6 +359,7 @@ impl ChatService {
     pub async fn place_answer<S>(
         &self,
         turn: &Turn,
+        tokens: u64,
         mut answered: Answered,
         mut moved: impl FnMut(usize),
         stop: impl std::future::Future<Output = S>,
@@ -387,6 +390,7 @@ impl ChatService {
                 priority: turn.priority,
                 class: CallClass::Interactive,
                 impatient: fallback.is_some(),
+                tokens,
             };
             match self.place_for(call, &mut moved, stop.as_mut()).await {
                 Ok(permit) => {
@@ -427,43 +431,44 @@ impl ChatService {
     ) -> Result<Option<Permit>, NoPlace<S>> {
         let since = tokio::time::Instant::now();
         let provider = self.provider_of(call.model);
-        let permit = match self
-            .scheduler
-            .admit(provider, call.user, call.class, call.priority)
-        {
-            Err(QueueFull) => {
-                self.count_refused("full");
-                return Err(NoPlace::Full);
-            }
-            Ok(None) => None,
-            Ok(Some(Admission::Now(permit))) => Some(permit),
-            Ok(Some(Admission::Queued(mut ticket))) => {
-                if call.impatient
-                    && ticket
-                        .expected_wait()
-                        .is_some_and(|wait| wait > self.scheduler.max_wait())
-                {
-                    self.count_refused("expected_timeout");
-                    return Err(NoPlace::TooLong);
+        let permit =
+            match self
+                .scheduler
+                .admit(provider, call.user, call.class, call.priority, call.tokens)
+            {
+                Err(QueueFull) => {
+                    self.count_refused("full");
+                    return Err(NoPlace::Full);
                 }
-                moved(ticket.position());
-                let until = since + self.scheduler.max_wait();
-                tokio::pin!(stop);
-                loop {
-                    tokio::select! {
-                        stopped = &mut stop => return Err(NoPlace::Stopped(stopped)),
-                        _ = tokio::time::sleep_until(until) => {
-                            self.count_refused("timeout");
-                            return Err(NoPlace::TooLong);
+                Ok(None) => None,
+                Ok(Some(Admission::Now(permit))) => Some(permit),
+                Ok(Some(Admission::Queued(mut ticket))) => {
+                    if call.impatient
+                        && ticket
+                            .expected_wait()
+                            .is_some_and(|wait| wait > self.scheduler.max_wait())
+                    {
+                        self.count_refused("expected_timeout");
+                        return Err(NoPlace::TooLong);
+                    }
+                    moved(ticket.position());
+                    let until = since + self.scheduler.max_wait();
+                    tokio::pin!(stop);
+                    loop {
+                        tokio::select! {
+                            stopped = &mut stop => return Err(NoPlace::Stopped(stopped)),
+                            _ = tokio::time::sleep_until(until) => {
+                                self.count_refused("timeout");
+                                return Err(NoPlace::TooLong);
+                            }
+                            waited = ticket.next() => match waited {
+                                Waited::Ready(permit) => break Some(permit),
+                                Waited::Moved(position) => moved(position),
+                            },
                         }
-                        waited = ticket.next() => match waited {
-                            Waited::Ready(permit) => break Some(permit),
-                            Waited::Moved(position) => moved(position),
-                        },
                     }
                 }
-            }
-        };
+            };
         self.count_admitted(call.class, since.elapsed());
         Ok(permit)
     }
@@ -482,17 +487,20 @@ impl ChatService {
             priority,
             class: CallClass::Background,
             impatient: false,
+            tokens: request.estimated_tokens(),
         };
-        let _permit = self
+        let mut permit = self
             .place_for(call, |_| {}, std::future::pending::<()>())
             .await
             .map_err(|_| ProviderError::Busy)?;
-        tokio::time::timeout(
+        let completion = tokio::time::timeout(
             self.upstream.with_retries(self.upstream.request_timeout),
             self.provider.complete(request),
         )
         .await
-        .unwrap_or(Err(ProviderError::Timeout))
+        .unwrap_or(Err(ProviderError::Timeout));
+        settle(&mut permit, &completion);
+        completion
     }
 
     /// Whether `model` is answered by the built-in demo provider (no key for it).
@@ -514,7 +522,9 @@ impl ChatService {
 
     /// Asks for a streamed answer now, if its provider has a place free at once.
     fn open_early(&self, request: ChatRequest) -> Option<EarlyStream> {
-        let permit = self.scheduler.try_admit(self.provider_of(&request.model))?;
+        let permit = self
+            .scheduler
+            .try_admit(self.provider_of(&request.model), request.estimated_tokens())?;
         Some(EarlyStream::open(&self.provider, request, permit))
     }
 
@@ -953,7 +963,13 @@ impl ChatService {
         };
         let (answer, answered) = loop {
             let place = self
-                .place_answer(turn, answered, |_| {}, std::future::pending::<()>())
+                .place_answer(
+                    turn,
+                    context.estimated_tokens(),
+                    answered,
+                    |_| {},
+                    std::future::pending::<()>(),
+                )
                 .await;
             let placed = match place {
                 Ok(placed) => placed,
@@ -974,7 +990,9 @@ impl ChatService {
             )
             .await
             .unwrap_or(Err(ProviderError::Timeout));
-            drop(placed.permit);
+            let mut permit = placed.permit;
+            settle(&mut permit, &answer);
+            drop(permit);
             match answer {
                 Err(ProviderError::CircuitOpen) => match self.fall_back(turn, &placed.answered) {
                     Some(fallback) => answered = fallback,
@@ -995,6 +1013,19 @@ impl ChatService {
         };
         self.finish_turn(turn, Some(turn.owner_id), outcome).await?;
         Ok(answer.map(|_| ()))
+    }
+}
+
+/// Corrects a call's share of its provider's tokens per minute by the usage it reported.
+fn settle(permit: &mut Option<Permit>, completion: &Result<Completion, ProviderError>) {
+    if let (
+        Some(permit),
+        Ok(Completion {
+            usage: Some(usage), ..
+        }),
+    ) = (permit, completion)
+    {
+        permit.settle((usage.prompt_tokens + usage.completion_tokens).max(0) as u64);
     }
 }
 

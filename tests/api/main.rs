@@ -35,6 +35,7 @@ mod mock_llm;
 mod openapi;
 mod panics;
 mod pg;
+mod pushback;
 mod queue;
 mod scale_out;
 mod sessions;

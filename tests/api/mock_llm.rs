@@ -37,6 +37,16 @@ pub struct MockLlm {
     requests: Arc<Mutex<Vec<Value>>>,
     keys: Arc<Mutex<Vec<String>>>,
     whole: Arc<Mutex<Whole>>,
+    pushback: Arc<Mutex<Pushback>>,
+}
+
+/// The provider's say about its capacity: the next `refuse` requests get 429 with
+/// `retry_after` (if any); every other answer carries `headers`.
+#[derive(Clone, Debug, Default)]
+pub struct Pushback {
+    pub refuse: usize,
+    pub retry_after: Option<String>,
+    pub headers: Vec<(String, String)>,
 }
 
 /// How the mock answers requests that are not streamed.
@@ -59,6 +69,7 @@ struct MockState {
     keys: Arc<Mutex<Vec<String>>>,
     delay: Duration,
     whole: Arc<Mutex<Whole>>,
+    pushback: Arc<Mutex<Pushback>>,
 }
 
 impl MockLlm {
@@ -67,11 +78,13 @@ impl MockLlm {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let keys = Arc::new(Mutex::new(Vec::new()));
         let whole = Arc::new(Mutex::new(Whole::Normal));
+        let pushback = Arc::new(Mutex::new(Pushback::default()));
         let state = MockState {
             requests: requests.clone(),
             keys: keys.clone(),
             delay,
             whole: whole.clone(),
+            pushback: pushback.clone(),
         };
         let acceptor = TcpListener::bind("127.0.0.1:0")
             .into_acceptor()
@@ -90,7 +103,13 @@ impl MockLlm {
             requests,
             keys,
             whole,
+            pushback,
         }
+    }
+
+    /// What the mock says about its capacity from now on.
+    pub fn set_pushback(&self, pushback: Pushback) {
+        *self.pushback.lock().unwrap() = pushback;
     }
 
     /// How requests that are not streamed are answered from now on.
@@ -146,6 +165,41 @@ fn marker<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 
 #[handler]
 async fn completions(
+    body: Json<Value>,
+    headers: &poem::http::HeaderMap,
+    state: poem::web::Data<&MockState>,
+) -> Response {
+    let refused = {
+        let mut pushback = state.pushback.lock().unwrap();
+        match pushback.refuse {
+            0 => None,
+            _ => {
+                pushback.refuse -= 1;
+                Some(pushback.retry_after.clone())
+            }
+        }
+    };
+    if let Some(retry_after) = refused {
+        state.requests.lock().unwrap().push(body.0.clone());
+        let error = json!({"error": {"message": "Rate limit reached", "type": "requests", "param": null, "code": "rate_limit_exceeded"}});
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(error)).into_response();
+        if let Some(after) = retry_after {
+            response
+                .headers_mut()
+                .insert("retry-after", after.parse().unwrap());
+        }
+        return response;
+    }
+    let extra = state.pushback.lock().unwrap().headers.clone();
+    let mut response = answer(body, headers, state).await;
+    for (name, value) in extra {
+        let name: poem::http::HeaderName = name.parse().unwrap();
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
+
+async fn answer(
     body: Json<Value>,
     headers: &poem::http::HeaderMap,
     state: poem::web::Data<&MockState>,
