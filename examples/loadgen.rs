@@ -943,7 +943,7 @@ async fn share(args: &Args, server: &ServerProcess, tokens: &[String]) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4.0);
-    let call = args.delay * args.tokens as u32;
+    let call = args.delay * args.tokens.saturating_sub(1) as u32;
     println!(
         "scenario share: {users} users, budget {budget} calls, {} s; user 1 keeps {heavy_clients} answers waiting, users 2-{users} send one at a time; an answer is {} tokens {} ms apart (~{} ms)",
         args.seconds,

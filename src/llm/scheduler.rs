@@ -54,8 +54,10 @@ pub struct QueueFull;
 pub struct Permit {
     /// `None` once given back by other means (a permit its caller never took).
     lane: Option<Arc<Lane>>,
-    /// When the place was taken: how long calls hold a place predicts how long a queue waits.
-    since: std::time::Instant,
+    /// When the place was taken, for a call sampled to measure how long calls hold a place
+    /// (which predicts how long a queue waits): one in [`HOLD_SAMPLE`], and every call
+    /// until the first was measured. Two clock reads are most of an uncontended call's cost.
+    since: Option<std::time::Instant>,
     /// The tokens taken from the lane's per-minute budget for it (its estimate, until
     /// [`Permit::settle`] corrects it).
     tokens: u64,
@@ -65,7 +67,7 @@ impl Permit {
     fn new(lane: &Arc<Lane>, tokens: u64) -> Self {
         Self {
             lane: Some(lane.clone()),
-            since: std::time::Instant::now(),
+            since: lane.sample_hold().then(std::time::Instant::now),
             tokens,
         }
     }
@@ -94,7 +96,9 @@ impl std::fmt::Debug for Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(lane) = self.lane.take() {
-            lane.held(self.since.elapsed());
+            if let Some(since) = self.since {
+                lane.held(since.elapsed());
+            }
             let mut state = lane.lock();
             state.in_flight -= 1;
             lane.dispatch(&mut state);
@@ -316,12 +320,13 @@ impl LaneState {
         }
     }
 
-    /// Whether a call of `tokens` may start now; else when to look again.
-    fn may_start(
-        &mut self,
-        now: tokio::time::Instant,
-        tokens: u64,
-    ) -> Result<(), tokio::time::Instant> {
+    /// Whether a call of `tokens` may start now; else when to look again. Reads the clock
+    /// only when the lane is paused or has a token budget.
+    fn may_start(&mut self, tokens: u64) -> Result<(), tokio::time::Instant> {
+        if self.paused_until.is_none() && self.bucket.is_none() {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
         if let Some(until) = self.paused_until {
             if until > now {
                 return Err(until);
@@ -383,9 +388,24 @@ struct Lane {
     state: Mutex<LaneState>,
     /// How long a call holds a place, in µs: a moving average (0 until one ended).
     hold_micros: std::sync::atomic::AtomicU64,
+    /// Places taken, to pick the calls whose hold is measured.
+    taken: std::sync::atomic::AtomicU64,
 }
 
+/// One call in this many is timed for the hold-time average.
+const HOLD_SAMPLE: u64 = 8;
+
 impl Lane {
+    /// Whether the next call is timed: every one until a first hold is known, then one in
+    /// [`HOLD_SAMPLE`].
+    fn sample_hold(&self) -> bool {
+        self.hold_micros.load(Ordering::Relaxed) == 0
+            || self
+                .taken
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(HOLD_SAMPLE)
+    }
+
     /// Folds one call's time in its place into the average (each new one weighs a fifth).
     fn held(&self, held: Duration) {
         let sample = held.as_micros().min(u64::MAX as u128) as u64;
@@ -440,12 +460,11 @@ impl Lane {
     /// Hands free places to the next waiting calls, then tells the rest their places.
     fn dispatch(self: &Arc<Self>, state: &mut LaneState) {
         let mut moved = false;
-        let now = tokio::time::Instant::now();
         while state.in_flight < self.limit() {
             let Some(tokens) = state.next_tokens() else {
                 break;
             };
-            if let Err(until) = state.may_start(now, tokens) {
+            if let Err(until) = state.may_start(tokens) {
                 self.wake_at(state, until);
                 break;
             }
@@ -608,6 +627,7 @@ impl Scheduler {
                     max_waiting: limits.max_waiting,
                     state: Mutex::new(state),
                     hold_micros: Default::default(),
+                    taken: Default::default(),
                 };
                 (provider, Arc::new(lane))
             })
@@ -639,9 +659,8 @@ impl Scheduler {
             return Ok(None);
         };
         let mut state = lane.lock();
-        let now = tokio::time::Instant::now();
         if state.in_flight < lane.limit() && state.waiting == 0 {
-            match state.may_start(now, tokens) {
+            match state.may_start(tokens) {
                 Ok(()) => {
                     state.in_flight += 1;
                     state.take_tokens(tokens);
@@ -685,11 +704,7 @@ impl Scheduler {
             return Some(None);
         };
         let mut state = lane.lock();
-        let now = tokio::time::Instant::now();
-        if state.in_flight < lane.limit()
-            && state.waiting == 0
-            && state.may_start(now, tokens).is_ok()
-        {
+        if state.in_flight < lane.limit() && state.waiting == 0 && state.may_start(tokens).is_ok() {
             state.in_flight += 1;
             state.take_tokens(tokens);
             return Some(Some(Permit::new(lane, tokens)));
