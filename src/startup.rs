@@ -312,20 +312,37 @@ pub async fn build_state(
 /// `UPSTREAM_TOKENS_PER_MINUTE`; without one, only what the provider's pushback sets).
 fn scheduler(config: &Config) -> Scheduler {
     let upstream = &config.upstream;
-    let lanes = config.catalogue.providers().iter().map(|provider| {
-        (
-            provider.id.clone(),
-            LaneLimits {
-                max_concurrent: provider
-                    .max_concurrent
-                    .map(|n| n as usize)
-                    .or(upstream.max_concurrent),
-                max_waiting: upstream.queue_max_length,
-                tokens_per_minute: provider.tokens_per_minute.or(upstream.tokens_per_minute),
-            },
-        )
+    let catalogue = &config.catalogue;
+    let limits = |max_concurrent: Option<u32>, tokens_per_minute: Option<u64>| LaneLimits {
+        max_concurrent: max_concurrent
+            .map(|n| n as usize)
+            .or(upstream.max_concurrent),
+        max_waiting: upstream.queue_max_length,
+        tokens_per_minute: tokens_per_minute.or(upstream.tokens_per_minute),
+    };
+    let providers = catalogue.providers().iter().map(|provider| {
+        let lane = limits(provider.max_concurrent, provider.tokens_per_minute);
+        (provider.id.clone(), lane)
     });
-    Scheduler::new(lanes, upstream.queue_max_wait)
+    // A model with a budget of its own waits in a lane of its own; what it does not set
+    // comes from its provider.
+    let models = catalogue
+        .models()
+        .iter()
+        .filter(|m| m.has_own_budget())
+        .map(|model| {
+            let provider = catalogue.provider(&model.provider);
+            let lane = limits(
+                model
+                    .max_concurrent
+                    .or(provider.and_then(|p| p.max_concurrent)),
+                model
+                    .tokens_per_minute
+                    .or(provider.and_then(|p| p.tokens_per_minute)),
+            );
+            (catalogue.lane_of(&model.id), lane)
+        });
+    Scheduler::new(providers.chain(models), upstream.queue_max_wait)
 }
 
 /// How often an instance that shares its database reads the model settings again, should

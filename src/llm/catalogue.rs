@@ -88,6 +88,13 @@ pub struct ModelEntry {
     pub tokens_per_minute: Option<u64>,
 }
 
+impl ModelEntry {
+    /// Whether the catalogue gives this model a budget of its own (a lane of its own).
+    pub fn has_own_budget(&self) -> bool {
+        self.max_concurrent.is_some() || self.tokens_per_minute.is_some()
+    }
+}
+
 /// The checked catalogue: ids unique, every provider and fallback known, one default.
 #[derive(Clone, Debug)]
 pub struct Catalogue {
@@ -135,6 +142,15 @@ impl Catalogue {
             .and_then(|m| m.fallback.as_deref())
             .or(self.fallback_model.as_deref())
             .filter(|f| *f != model)
+    }
+
+    /// The scheduler lane `model`'s calls wait in: its own (`model:<id>`) when the
+    /// catalogue gives it a budget of its own, else its provider's.
+    pub fn lane_of(&self, model: &str) -> String {
+        match self.get(model) {
+            Some(m) if m.has_own_budget() => format!("model:{}", m.id),
+            _ => self.provider_of(model).to_string(),
+        }
     }
 
     /// The provider that serves `model`: its catalogue entry's, or the default provider's

@@ -132,7 +132,17 @@ pub fn from_config(
                 // A local server (Ollama, vLLM) may need no key: an empty one is sent.
                 let key = key.as_ref().map_or("", |k| k.expose());
                 // What the provider says of its capacity reaches its lane in the queue.
-                let feedback = scheduler.feedback(&provider.id);
+                let lanes: Vec<String> = std::iter::once(provider.id.clone())
+                    .chain(
+                        config
+                            .catalogue
+                            .models()
+                            .iter()
+                            .filter(|m| m.provider == provider.id && m.has_own_budget())
+                            .map(|m| config.catalogue.lane_of(&m.id)),
+                    )
+                    .collect();
+                let feedback = scheduler.feedback(&lanes);
                 let observe = feedback.clone().map(|feedback| {
                     let metrics = metrics.clone();
                     let id = provider.id.clone();

@@ -515,7 +515,7 @@ impl Lane {
 /// matching `x-ratelimit-reset-*`, and `x-ratelimit-remaining-tokens` caps the lane's own
 /// token count.
 #[derive(Clone)]
-pub struct Feedback(Arc<Lane>);
+pub struct Feedback(Vec<Arc<Lane>>);
 
 /// The rate-limit headers of one answer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -528,18 +528,20 @@ pub struct RateHeaders {
 
 impl Feedback {
     /// The provider refused for load (429, 503); `retry_after` when it said how long.
+    /// Every lane that calls the provider (its own, and its models' with budgets of their
+    /// own) takes it.
     pub fn throttled(&self, retry_after: Option<Duration>) {
-        let lane = &self.0;
-        let mut state = lane.lock();
-        let before = lane.limit();
-        let lowered = (before.min(state.in_flight.max(1)) / 2).max(1);
-        lane.ceiling.fetch_min(lowered, Ordering::Relaxed);
-        state.successes = 0;
-        if let Some(wait) = retry_after {
-            self.pause(&mut state, wait);
+        for lane in &self.0 {
+            let mut state = lane.lock();
+            let before = lane.limit();
+            let lowered = (before.min(state.in_flight.max(1)) / 2).max(1);
+            lane.ceiling.fetch_min(lowered, Ordering::Relaxed);
+            state.successes = 0;
+            if let Some(wait) = retry_after {
+                Self::pause(lane, &mut state, wait);
+            }
         }
         tracing::warn!(
-            calls = lane.limit(),
             retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
             "the model provider pushed back; fewer calls go to it for now"
         );
@@ -547,44 +549,50 @@ impl Feedback {
 
     /// The provider answered; `headers` are its rate-limit headers.
     pub fn succeeded(&self, headers: RateHeaders) {
-        let lane = &self.0;
-        let mut state = lane.lock();
-        state.successes += 1;
-        let ceiling = lane.ceiling.load(Ordering::Relaxed);
-        if ceiling < lane.budget && state.successes >= ceiling {
-            lane.ceiling.store(ceiling + 1, Ordering::Relaxed);
-            state.successes = 0;
-        }
-        if headers.remaining_requests == Some(0) {
-            if let Some(reset) = headers.reset_requests {
-                self.pause(&mut state, reset);
+        for lane in &self.0 {
+            let mut state = lane.lock();
+            state.successes += 1;
+            let ceiling = lane.ceiling.load(Ordering::Relaxed);
+            if ceiling < lane.budget && state.successes >= ceiling {
+                lane.ceiling.store(ceiling + 1, Ordering::Relaxed);
+                state.successes = 0;
             }
-        }
-        if headers.remaining_tokens == Some(0) {
-            if let Some(reset) = headers.reset_tokens {
-                self.pause(&mut state, reset);
+            if headers.remaining_requests == Some(0) {
+                if let Some(reset) = headers.reset_requests {
+                    Self::pause(lane, &mut state, reset);
+                }
             }
+            if headers.remaining_tokens == Some(0) {
+                if let Some(reset) = headers.reset_tokens {
+                    Self::pause(lane, &mut state, reset);
+                }
+            }
+            if let (Some(bucket), Some(remaining)) = (&mut state.bucket, headers.remaining_tokens) {
+                bucket.refill(tokio::time::Instant::now());
+                bucket.available = bucket.available.min(remaining as f64);
+            }
+            lane.dispatch(&mut state);
         }
-        if let (Some(bucket), Some(remaining)) = (&mut state.bucket, headers.remaining_tokens) {
-            bucket.refill(tokio::time::Instant::now());
-            bucket.available = bucket.available.min(remaining as f64);
-        }
-        lane.dispatch(&mut state);
     }
 
-    /// How long the lane is paused from now (a retry should wait at least this long).
+    /// How long the provider's lanes are paused from now (a retry should wait at least
+    /// this long).
     pub fn paused_for(&self) -> Option<Duration> {
-        let until = self.0.lock().paused_until?;
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        (!left.is_zero()).then_some(left)
+        let now = tokio::time::Instant::now();
+        self.0
+            .iter()
+            .filter_map(|lane| lane.lock().paused_until)
+            .map(|until| until.saturating_duration_since(now))
+            .max()
+            .filter(|left| !left.is_zero())
     }
 
-    fn pause(&self, state: &mut LaneState, wait: Duration) {
+    fn pause(lane: &Arc<Lane>, state: &mut LaneState, wait: Duration) {
         let until = tokio::time::Instant::now() + wait.min(Duration::from_secs(600));
         if state.paused_until.is_none_or(|at| at < until) {
             state.paused_until = Some(until);
         }
-        self.0.wake_at(state, until);
+        lane.wake_at(state, until);
     }
 }
 
@@ -751,9 +759,14 @@ impl Scheduler {
         Some(bucket.available)
     }
 
-    /// What `provider`'s answers tell its lane (429s, rate-limit headers).
-    pub fn feedback(&self, provider: &str) -> Option<Feedback> {
-        self.lanes.get(provider).map(|lane| Feedback(lane.clone()))
+    /// What a provider's answers tell `lanes` (its own, and those of its models with
+    /// budgets of their own): 429s, rate-limit headers.
+    pub fn feedback(&self, lanes: &[String]) -> Option<Feedback> {
+        let lanes: Vec<Arc<Lane>> = lanes
+            .iter()
+            .filter_map(|l| self.lanes.get(l).cloned())
+            .collect();
+        (!lanes.is_empty()).then_some(Feedback(lanes))
     }
 
     /// The providers with a lane.
@@ -990,7 +1003,7 @@ mod tests {
     #[tokio::test]
     async fn a_429_halves_the_calls_let_through_and_successes_raise_them_back_one_at_a_time() {
         let s = scheduler(8, 100);
-        let feedback = s.feedback("p").unwrap();
+        let feedback = s.feedback(&["p".to_string()]).unwrap();
         let running: Vec<Permit> = (0..4)
             .map(|u| permit(admit(&s, u, CallClass::Interactive)))
             .collect();
@@ -1015,7 +1028,7 @@ mod tests {
     #[tokio::test]
     async fn a_lane_without_a_budget_is_unbounded_until_the_provider_pushes_back() {
         let s = lane_with_tokens(u64::MAX / 2);
-        let feedback = s.feedback("p").unwrap();
+        let feedback = s.feedback(&["p".to_string()]).unwrap();
         assert_eq!(s.share("p"), None);
         let running: Vec<Permit> = (0..10)
             .map(|u| permit(admit(&s, u, CallClass::Interactive)))
@@ -1028,7 +1041,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_and_spent_rate_limits_pause_the_lane_until_then() {
         let s = scheduler(4, 100);
-        let feedback = s.feedback("p").unwrap();
+        let feedback = s.feedback(&["p".to_string()]).unwrap();
         feedback.throttled(Some(Duration::from_secs(5)));
         let mut waiting = ticket(admit(&s, 1, CallClass::Interactive));
         assert!(feedback

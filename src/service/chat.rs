@@ -316,8 +316,8 @@ impl ChatService {
     }
 
     /// The provider that serves `model`.
-    fn provider_of(&self, model: &str) -> &str {
-        self.models.catalogue().provider_of(model)
+    fn lane_of(&self, model: &str) -> String {
+        self.models.catalogue().lane_of(model)
     }
 
     /// The model that answers for `model` when it cannot: its catalogue `fallback`, else
@@ -430,11 +430,11 @@ impl ChatService {
         stop: impl std::future::Future<Output = S>,
     ) -> Result<Option<Permit>, NoPlace<S>> {
         let since = tokio::time::Instant::now();
-        let provider = self.provider_of(call.model);
+        let lane = self.lane_of(call.model);
         let permit =
             match self
                 .scheduler
-                .admit(provider, call.user, call.class, call.priority, call.tokens)
+                .admit(&lane, call.user, call.class, call.priority, call.tokens)
             {
                 Err(QueueFull) => {
                     self.count_refused("full");
@@ -524,7 +524,7 @@ impl ChatService {
     fn open_early(&self, request: ChatRequest) -> Option<EarlyStream> {
         let permit = self
             .scheduler
-            .try_admit(self.provider_of(&request.model), request.estimated_tokens())?;
+            .try_admit(&self.lane_of(&request.model), request.estimated_tokens())?;
         Some(EarlyStream::open(&self.provider, request, permit))
     }
 

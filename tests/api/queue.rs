@@ -273,3 +273,51 @@ backend_test!(
         assert_eq!(normal_done.complete["status"], "complete");
     }
 );
+
+backend_test!(
+    a_model_with_a_budget_of_its_own_waits_in_a_lane_of_its_own,
+    backend | backend: Backend | async move {
+        let mock = crate::mock_llm::MockLlm::start(std::time::Duration::from_millis(0)).await;
+        let file = std::env::temp_dir().join(format!("models-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(
+            &file,
+            "[[models]]\nid = \"big\"\ndefault = true\n\n[[models]]\nid = \"small\"\nmax_concurrent = 1\n",
+        )
+        .unwrap();
+        let mut env: Vec<(&str, String)> = mock.env();
+        env.push(("MODELS_FILE", file.display().to_string()));
+        env.push(("CHAT_RATE_PER_MINUTE", "1000".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let Some(app) = spawn_app_with(backend, &env).await else { return };
+
+        let holder = app.register_user(&unique_email()).await;
+        let mut hold = WsClient::authed(&app.address, &holder.access).await;
+        hold.send(json!({"type": "stream_chat", "message": "[[slow:60]] hold", "model": "small"})).await;
+        hold.expect_type("stream_start").await;
+        hold.expect_type("stream_chunk").await;
+
+        // Another answer of `small` waits for its one place...
+        let user = app.register_user(&unique_email()).await;
+        let mut waiting = WsClient::authed(&app.address, &user.access).await;
+        waiting.send(json!({"type": "stream_chat", "message": "small too", "model": "small"})).await;
+        let start = waiting.expect_type("stream_start").await;
+        assert_eq!(waiting.expect_type("stream_queued").await["position"], 1);
+        // ...while the provider's other model, with no budget of its own, goes at once.
+        let other = app.register_user(&unique_email()).await;
+        let mut free = WsClient::authed(&app.address, &other.access).await;
+        free.send(json!({"type": "stream_chat", "message": "big", "model": "big"})).await;
+        let frames = free.collect_stream(None).await;
+        assert_eq!(frames.complete["status"], "complete");
+        assert!(frames.queued.is_empty(), "{:?}", frames.queued);
+        let metrics = crate::hardening_support::metrics_text(&app).await;
+        assert_eq!(
+            crate::hardening_support::metric(&metrics, "chat_model_budget", &[("provider", "model:small")]),
+            Some(1.0),
+            "{metrics}"
+        );
+
+        assert_eq!(hold.collect_stream(None).await.complete["status"], "complete");
+        let done = waiting.collect_stream(Some(start["messageId"].as_str().unwrap())).await;
+        assert_eq!(done.complete["status"], "complete");
+    }
+);
