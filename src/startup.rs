@@ -20,6 +20,7 @@ use crate::llm::scheduler::{LaneLimits, Scheduler};
 use crate::metrics::Metrics;
 use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus};
 use crate::realtime::hub::StreamHub;
+use crate::service::agents::AgentService;
 use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
@@ -262,6 +263,7 @@ pub async fn build_state(
             sessions.clone(),
         ),
         models: models.clone(),
+        agents: AgentService::new(store.clone(), models.clone()),
         conversations: ConversationService::new(
             store.clone(),
             config.limits.max_message_chars,

@@ -4,6 +4,8 @@
 //! source of truth for conversations; `conversations` and `messages` are projections of it,
 //! rebuilt by replaying the log (see the server's `domain::events` and `store::events`).
 
+pub mod agent_versions;
+pub mod agents;
 pub mod conversation_events;
 pub mod conversations;
 pub mod instances;

@@ -13,6 +13,7 @@ mod m20261204_000002_model_settings;
 mod m20261204_000003_user_priority;
 mod m20261204_000004_jobs;
 mod m20261204_000005_fallback_reason;
+mod m20261204_000006_agents;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000003_user_priority::Migration),
             Box::new(m20261204_000004_jobs::Migration),
             Box::new(m20261204_000005_fallback_reason::Migration),
+            Box::new(m20261204_000006_agents::Migration),
         ]
     }
 }

@@ -112,6 +112,11 @@ impl From<ServiceError> for ApiError {
                 ErrorCode::NotFound,
                 "no such model in the catalogue",
             ),
+            E::AgentNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "agent not found",
+            ),
             E::JobNotFound => {
                 Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "job not found")
             }

@@ -2,6 +2,7 @@
 //! one error renderer. Handlers parse, call one service method and shape the answer.
 
 pub mod admin;
+pub mod agents;
 pub mod auth;
 pub mod catalogue;
 pub mod chat;
@@ -36,6 +37,8 @@ pub enum Tags {
     Conversations,
     /// Sending messages and receiving answers
     Chat,
+    /// Agents: instructions, a model, tools, knowledge and hand-offs, versioned
+    Agents,
 }
 
 type Apis = (
@@ -46,6 +49,7 @@ type Apis = (
     chat::ChatApi,
     catalogue::CatalogueApi,
     jobs::JobsApi,
+    agents::AgentsApi,
 );
 
 fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
@@ -68,7 +72,10 @@ fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
         catalogue::CatalogueApi {
             state: state.clone(),
         },
-        jobs::JobsApi { state },
+        jobs::JobsApi {
+            state: state.clone(),
+        },
+        agents::AgentsApi { state },
     );
     OpenApiService::new(apis, "Chat Server API", env!("CARGO_PKG_VERSION"))
         .description(

@@ -1,5 +1,6 @@
 //! The application state handed to every handler: services, built once at start-up.
 
+use crate::service::agents::AgentService;
 use crate::service::jobs::JobRunner;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,7 @@ pub struct AppState {
     pub store: Store,
     pub auth: AuthService,
     pub conversations: ConversationService,
+    pub agents: AgentService,
     pub models: Arc<ModelRegistry>,
     pub limits: Arc<RateLimits>,
     /// Every open WebSocket, so ended sessions close theirs (and for

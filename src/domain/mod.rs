@@ -1,6 +1,7 @@
 //! Domain model: validated inputs, the conversation event enum, the pure projection
 //! (`apply`) and the pure command functions that turn a request into events.
 
+pub mod agents;
 pub mod codes;
 pub mod commands;
 pub mod events;

@@ -89,6 +89,20 @@ string_enum!(
 );
 
 string_enum!(
+    /// The built-in tools an agent may be given.
+    AgentTool {
+        SearchKnowledge => "search_knowledge",
+        AskAgent => "ask_agent",
+        CurrentTime => "current_time",
+    }
+);
+
+string_enum!(
+    /// Who may chat with an agent: its owner, or everyone (set by an admin).
+    Visibility { Private => "private", Public => "public" }
+);
+
+string_enum!(
     /// Who wrote a message.
     MessageRole { User => "user", Assistant => "assistant", System => "system" }
 );

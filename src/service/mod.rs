@@ -1,6 +1,7 @@
 //! Use cases: what the API can ask for, in domain terms. Services own the rules that need
 //! storage (ownership, credentials, token rotation); handlers stay thin.
 
+pub mod agents;
 pub mod auth;
 pub mod chat;
 pub mod context_cache;
@@ -39,6 +40,8 @@ pub enum ServiceError {
     ModelNotFound,
     #[error("job not found")]
     JobNotFound,
+    #[error("agent not found")]
+    AgentNotFound,
     #[error("{0}")]
     Conflict(String),
     /// The answer already has its end (see [`DomainError::AlreadyFinished`]).

@@ -1,6 +1,7 @@
 //! Storage: SeaORM over SQLite or PostgreSQL. This layer knows tables and transactions,
 //! nothing about HTTP.
 
+mod agents;
 mod batch;
 mod conversations;
 mod events;

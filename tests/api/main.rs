@@ -6,6 +6,7 @@ mod helpers;
 
 mod abuse;
 mod admin;
+mod agents;
 mod asyncapi;
 mod auth;
 mod backpressure;
