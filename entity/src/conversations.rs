@@ -19,6 +19,8 @@ pub struct Model {
     /// The title is a placeholder (from the first message, or the default) that a generated
     /// title may replace; `false` once the user or the server set one.
     pub title_pending: bool,
+    /// The agent that answers in it, if any.
+    pub agent_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

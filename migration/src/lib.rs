@@ -14,6 +14,7 @@ mod m20261204_000003_user_priority;
 mod m20261204_000004_jobs;
 mod m20261204_000005_fallback_reason;
 mod m20261204_000006_agents;
+mod m20261204_000007_conversation_agent;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000004_jobs::Migration),
             Box::new(m20261204_000005_fallback_reason::Migration),
             Box::new(m20261204_000006_agents::Migration),
+            Box::new(m20261204_000007_conversation_agent::Migration),
         ]
     }
 }

@@ -41,6 +41,7 @@ impl From<ConversationInput> for ConversationFields {
             title: i.title,
             system_prompt: i.system_prompt,
             model: i.model,
+            agent_id: i.agent_id,
         }
     }
 }

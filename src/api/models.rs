@@ -220,6 +220,8 @@ pub struct ConversationInput {
     pub system_prompt: Option<String>,
     /// The model to use; `null` means the server's default. On update, `""` resets it.
     pub model: Option<String>,
+    /// The agent that answers in it (yours, or a public one). On update, `""` unbinds it.
+    pub agent_id: Option<String>,
 }
 
 #[derive(Debug, Object, Deserialize)]
@@ -264,6 +266,9 @@ pub struct Conversation {
     /// `null` means the server's default model.
     #[oai(nullable)]
     pub model: Option<String>,
+    /// The agent bound to it, if any.
+    #[oai(nullable)]
+    pub agent_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The `seq` of the conversation's latest event.
@@ -279,6 +284,7 @@ impl From<ConversationView> for Conversation {
             title: c.title,
             system_prompt: c.system_prompt,
             model: c.model,
+            agent_id: c.agent_id,
             created_at: c.created_at,
             updated_at: c.updated_at,
             last_seq: c.last_seq,

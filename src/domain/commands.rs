@@ -56,6 +56,10 @@ pub fn update_conversation(
         system_prompt: changed(&patch.system_prompt, current.system_prompt.as_deref()),
         model: changed(&patch.model, current.model.as_deref()),
         title_generated: false,
+        agent_id: changed(
+            &patch.agent_id,
+            current.agent_id.map(|a| a.to_string()).as_deref(),
+        ),
     };
     if update == ConversationUpdated::default() {
         return Ok(vec![]);
@@ -182,6 +186,7 @@ pub fn start_turn(state: &ConversationState, actor: Uuid, turn: &NewTurn) -> Dec
                 .collect();
             events.push(ConversationEvent::ConversationCreated(
                 ConversationCreated {
+                    agent_id: None,
                     title: if title.is_empty() {
                         "New conversation".into()
                     } else {
@@ -265,6 +270,7 @@ mod tests {
 
     fn created() -> ConversationEvent {
         ConversationEvent::ConversationCreated(ConversationCreated {
+            agent_id: None,
             title_pending: false,
             title: "t".into(),
             system_prompt: None,
@@ -293,6 +299,7 @@ mod tests {
     fn updates_record_only_changed_fields() {
         let state = given(vec![created()]);
         let same = ConversationUpdated {
+            agent_id: None,
             title_generated: false,
             title: Some("t".into()),
             system_prompt: Some("".into()),
@@ -300,6 +307,7 @@ mod tests {
         };
         assert_eq!(update_conversation(&state, OWNER, same), Ok(vec![]));
         let new = ConversationUpdated {
+            agent_id: None,
             title_generated: false,
             title: Some("n".into()),
             system_prompt: Some("p".into()),

@@ -103,6 +103,7 @@ mod tests {
     fn state(title_pending: bool, then: Vec<ConversationEvent>) -> ConversationState {
         let mut state = ConversationState::default();
         let created = ConversationEvent::ConversationCreated(ConversationCreated {
+            agent_id: None,
             title: "placeholder".into(),
             system_prompt: None,
             model: None,

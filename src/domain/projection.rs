@@ -26,6 +26,8 @@ pub struct ConversationRecord {
     /// The title is a placeholder (the first message's start, or the default) that a
     /// generated title may replace; `false` once the user or the server set one.
     pub title_pending: bool,
+    /// The agent that answers in it, if any.
+    pub agent_id: Option<Uuid>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +119,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
             message_count: 0,
             deleted_at: None,
             title_pending: e.title_pending,
+            agent_id: e.agent_id,
         });
         return Ok(());
     }
@@ -145,6 +148,9 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
             }
             if let Some(model) = &e.model {
                 conversation.model = non_empty(model);
+            }
+            if let Some(agent) = &e.agent_id {
+                conversation.agent_id = agent.parse().ok();
             }
         }
         ConversationEvent::ConversationDeleted(_) => conversation.deleted_at = Some(at),
@@ -265,6 +271,7 @@ mod tests {
             at(
                 1,
                 ConversationEvent::ConversationCreated(ConversationCreated {
+                    agent_id: None,
                     title_pending: false,
                     title: "a".into(),
                     system_prompt: None,
@@ -314,6 +321,7 @@ mod tests {
             at(
                 6,
                 ConversationEvent::ConversationUpdated(ConversationUpdated {
+                    agent_id: None,
                     title_generated: false,
                     title: Some("b".into()),
                     system_prompt: Some("sys".into()),
@@ -364,6 +372,7 @@ mod tests {
             at(
                 1,
                 ConversationEvent::ConversationCreated(ConversationCreated {
+                    agent_id: None,
                     title_pending: false,
                     title: "a".into(),
                     system_prompt: None,

@@ -390,6 +390,7 @@ mod tests {
             };
             log.append(vec![ConversationEvent::ConversationCreated(
                 ConversationCreated {
+                    agent_id: None,
                     title_pending: false,
                     title: "t".into(),
                     system_prompt: Some("be brief".into()),
@@ -560,6 +561,7 @@ mod tests {
                     let prompt = ["", "short", long.as_str()][log.random(3) as usize].to_string();
                     let model = ["", "other"][log.random(2) as usize].to_string();
                     let update = ConversationUpdated {
+                        agent_id: None,
                         title_generated: false,
                         title: Some(format!("title {step}")),
                         system_prompt: (log.random(2) == 0).then_some(prompt),

@@ -34,6 +34,8 @@ pub struct ConversationFields {
     pub title: Option<String>,
     pub system_prompt: Option<String>,
     pub model: Option<String>,
+    /// An agent the user may use; `""` unbinds on update.
+    pub agent_id: Option<String>,
 }
 
 impl ConversationFields {
@@ -57,6 +59,18 @@ impl ConversationFields {
                 })
                 .transpose()?,
             title_generated: false,
+            agent_id: self
+                .agent_id
+                .map(|a| match a.is_empty() {
+                    true => Ok(a),
+                    false => a.parse::<Uuid>().map(|id| id.to_string()).map_err(|_| {
+                        ServiceError::Validation {
+                            field: "agentId",
+                            message: "must be a UUID".into(),
+                        }
+                    }),
+                })
+                .transpose()?,
         })
     }
 }
@@ -97,7 +111,9 @@ impl ConversationService {
         fields: ConversationFields,
     ) -> ServiceResult<ConversationView> {
         let fields = fields.validate(&self.models)?;
+        let agent_id = self.usable_agent(user, fields.agent_id.as_deref()).await?;
         let created = ConversationCreated {
+            agent_id,
             title_pending: fields.title.is_none(),
             title: fields.title.unwrap_or_else(|| DEFAULT_TITLE.to_string()),
             system_prompt: fields.system_prompt.filter(|p| !p.is_empty()),
@@ -180,12 +196,36 @@ impl ConversationService {
         fields: ConversationFields,
     ) -> ServiceResult<ConversationView> {
         let patch = fields.validate(&self.models)?;
+        self.usable_agent(user, patch.agent_id.as_deref()).await?;
         self.store
             .execute(id, Some(user.id), &Load::default(), move |state| {
                 commands::update_conversation(state, user.id, patch.clone())
             })
             .await?;
         self.get(user, id, None).await
+    }
+
+    /// The agent named (`None` for none or `""`), if `user` may use it; 400 naming
+    /// `agentId` otherwise (another user's private agent is as unknown as a made-up id).
+    async fn usable_agent(
+        &self,
+        user: CurrentUser,
+        agent_id: Option<&str>,
+    ) -> ServiceResult<Option<Uuid>> {
+        let Some(id) = agent_id.filter(|a| !a.is_empty()) else {
+            return Ok(None);
+        };
+        let id: Uuid = id.parse().map_err(|_| ServiceError::Validation {
+            field: "agentId",
+            message: "must be a UUID".into(),
+        })?;
+        match self.store.find_agent(id).await? {
+            Some(agent) if agent.usable_by(user.id) => Ok(Some(id)),
+            _ => Err(ServiceError::Validation {
+                field: "agentId",
+                message: format!("no agent {id} that you may use"),
+            }),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(user_id = %user.id, conversation_id = %id))]

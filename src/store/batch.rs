@@ -333,6 +333,7 @@ pub(super) async fn write_projections(
                         conversations::Column::MessageCount,
                         conversations::Column::DeletedAt,
                         conversations::Column::TitlePending,
+                        conversations::Column::AgentId,
                     ])
                     .to_owned(),
             )

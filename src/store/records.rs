@@ -21,6 +21,7 @@ pub fn conversation_from_row(row: conversations::Model) -> ConversationRecord {
         message_count: row.message_count,
         deleted_at: row.deleted_at,
         title_pending: row.title_pending,
+        agent_id: row.agent_id,
     }
 }
 
@@ -37,6 +38,7 @@ pub fn conversation_to_row(c: &ConversationRecord) -> conversations::ActiveModel
         message_count: Set(c.message_count),
         deleted_at: Set(c.deleted_at),
         title_pending: Set(c.title_pending),
+        agent_id: Set(c.agent_id),
     }
 }
 

@@ -334,3 +334,107 @@ backend_test!(
         );
     }
 );
+
+backend_test!(
+    a_conversation_is_bound_to_an_agent_its_user_may_use_and_the_log_says_so,
+    |app: TestApp| async move {
+        let admin = app.register_user(&unique_email()).await;
+        let owner = app.register_user(&unique_email()).await;
+        let stranger = app.register_user(&unique_email()).await;
+        let first = create(&app, &owner.access, json!({"name": "First"})).await;
+        let second = create(&app, &owner.access, json!({"name": "Second"})).await;
+
+        let c = expect_json(
+            app.post(
+                "/api/conversations",
+                Some(&owner.access),
+                &json!({"agentId": id(&first)}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+        assert_eq!(c["agentId"], id(&first).as_str());
+        let cid = c["id"].as_str().unwrap().to_string();
+        let path = format!("/api/conversations/{cid}");
+
+        let moved = app
+            .patch_conversation(&owner.access, &cid, json!({"agentId": id(&second)}))
+            .await;
+        assert_eq!(moved["agentId"], id(&second).as_str());
+        let unbound = app
+            .patch_conversation(&owner.access, &cid, json!({"agentId": ""}))
+            .await;
+        assert_eq!(unbound["agentId"], Value::Null);
+
+        // The log holds each binding; time travel shows it as it stood.
+        let events = app.events(&owner.access, &cid, "").await;
+        assert_eq!(events[0]["data"]["agentId"], id(&first).as_str());
+        assert_eq!(events[1]["data"]["agentId"], id(&second).as_str());
+        assert_eq!(events[2]["data"]["agentId"], "");
+        let then = expect_json(
+            app.get(&format!("{path}?atSeq=2"), Some(&owner.access))
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(then["agentId"], id(&second).as_str());
+
+        // Another user's private agent, or no agent at all, is refused naming `agentId`, and
+        // nothing is stored.
+        for agent in [
+            id(&first),
+            uuid::Uuid::now_v7().to_string(),
+            "not-a-uuid".to_string(),
+        ] {
+            let err = expect_error(
+                app.post(
+                    "/api/conversations",
+                    Some(&stranger.access),
+                    &json!({"agentId": agent}),
+                )
+                .await,
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+            )
+            .await;
+            assert!(err.to_string().contains("agentId"), "{err}");
+        }
+        assert!(app
+            .list_conversations(&stranger.access, "")
+            .await
+            .is_empty());
+        let err = expect_error(
+            app.patch(
+                &path,
+                Some(&owner.access),
+                &json!({"agentId": uuid::Uuid::now_v7()}),
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        assert!(err.to_string().contains("agentId"), "{err}");
+        assert_eq!(app.events(&owner.access, &cid, "").await.len(), 3);
+
+        // A public agent anyone may bind.
+        app.patch(
+            &format!("/api/agents/{}", id(&first)),
+            Some(&admin.access),
+            &json!({"visibility": "public"}),
+        )
+        .await;
+        let theirs = expect_json(
+            app.post(
+                "/api/conversations",
+                Some(&stranger.access),
+                &json!({"agentId": id(&first)}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+        assert_eq!(theirs["agentId"], id(&first).as_str());
+    }
+);

@@ -229,6 +229,7 @@ backend_test!(
                             system_prompt: None,
                             model: Some("retired".into()),
                             title_pending: false,
+                            agent_id: None,
                         },
                     ),
                 ])

@@ -650,6 +650,11 @@ export interface components {
             systemPrompt?: string | null;
             /** @description `null` means the server's default model. */
             model?: string | null;
+            /**
+             * Format: uuid
+             * @description The agent bound to it, if any.
+             */
+            agentId?: string | null;
             /** Format: date-time */
             createdAt: string;
             /** Format: date-time */
@@ -672,6 +677,8 @@ export interface components {
             systemPrompt?: string;
             /** @description The model to use; `null` means the server's default. On update, `""` resets it. */
             model?: string;
+            /** @description The agent that answers in it (yours, or a public one). On update, `""` unbinds it. */
+            agentId?: string;
         };
         /** ConversationSummary */
         ConversationSummary: {
