@@ -268,7 +268,8 @@ pub async fn build_state(
             store.clone(),
             config.limits.max_message_chars,
             models.clone(),
-        ),
+        )
+        .with_bindings(chat.agent_bindings()),
         limits,
         sessions,
         hub: StreamHub::new(

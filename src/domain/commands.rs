@@ -151,6 +151,18 @@ pub struct NewTurn {
     pub usable_models: Option<Arc<HashSet<String>>>,
     /// The server instance that will run the answer (recorded in `stream_started`).
     pub instance_id: Option<Uuid>,
+    /// The agent the conversation was believed bound to, at the version that answers;
+    /// the command refuses if the conversation says otherwise.
+    pub agent: Option<AgentRef>,
+}
+
+/// An agent at the version a turn uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentRef {
+    pub id: Uuid,
+    pub version: i32,
+    /// Its model, if it names one.
+    pub model: Option<String>,
 }
 
 impl NewTurn {
@@ -200,8 +212,11 @@ pub fn start_turn(state: &ConversationState, actor: Uuid, turn: &NewTurn) -> Dec
             None
         }
         None => return Err(DomainError::ConversationNotFound),
-        Some(_) => {
+        Some(conversation) => {
             owned(state, actor)?;
+            if conversation.agent_id != turn.agent.as_ref().map(|a| a.id) {
+                return Err(DomainError::AgentBinding(conversation.agent_id));
+            }
             if let Some(client_id) = &turn.client_message_id {
                 if state
                     .messages
@@ -211,7 +226,11 @@ pub fn start_turn(state: &ConversationState, actor: Uuid, turn: &NewTurn) -> Dec
                     return Ok(vec![]);
                 }
             }
-            state.conversation.as_ref().and_then(|c| c.model.clone())
+            // The agent's model, where it names one, before the conversation's.
+            turn.agent
+                .as_ref()
+                .and_then(|a| a.model.clone())
+                .or_else(|| conversation.model.clone())
         }
     };
     let model = turn.model(conversation_model.as_deref());
@@ -226,6 +245,8 @@ pub fn start_turn(state: &ConversationState, actor: Uuid, turn: &NewTurn) -> Dec
         user_message_id: Some(turn.user_message_id),
         model,
         instance_id: turn.instance_id,
+        agent_id: turn.agent.as_ref().map(|a| a.id),
+        agent_version: turn.agent.as_ref().map(|a| a.version),
     }));
     Ok(events)
 }
@@ -321,6 +342,7 @@ mod tests {
 
     fn turn(client_message_id: Option<&str>, create_if_missing: bool) -> NewTurn {
         NewTurn {
+            agent: None,
             user_message_id: Uuid::now_v7(),
             assistant_message_id: Uuid::now_v7(),
             text: "What is the capital of Portugal, and why is it Lisbon?".into(),
@@ -413,6 +435,8 @@ mod tests {
         let state = given(vec![
             created(),
             ConversationEvent::StreamStarted(StreamStarted {
+                agent_id: None,
+                agent_version: None,
                 message_id: m,
                 user_message_id: None,
                 model: "x".into(),

@@ -100,6 +100,11 @@ pub struct StreamStarted {
     /// before several instances were possible.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<Uuid>,
+    /// The agent that answers, and the version of it: exactly which instructions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<i32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,10 @@ pub enum DomainError {
     /// A stream ends once: another end (a survivor's recovery, say) was committed first.
     #[error("the answer has already finished")]
     AlreadyFinished,
+    /// The turn was prepared for another agent binding than the conversation has now
+    /// (`None`: unbound): prepare it again for this one.
+    #[error("the conversation's agent is not the one the turn was prepared for")]
+    AgentBinding(Option<uuid::Uuid>),
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,

@@ -290,6 +290,8 @@ mod tests {
             at(
                 3,
                 ConversationEvent::StreamStarted(StreamStarted {
+                    agent_id: None,
+                    agent_version: None,
                     message_id: m2,
                     user_message_id: Some(m1),
                     model: "m".into(),

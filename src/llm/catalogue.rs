@@ -329,6 +329,7 @@ impl RoutedProvider {
             ChatRequest {
                 model: upstream.clone(),
                 messages: request.messages,
+                sampling: request.sampling,
             },
         ))
     }
@@ -508,6 +509,7 @@ mod tests {
             "named after the default model's provider"
         );
         let ask = |model: &str| ChatRequest {
+            sampling: Default::default(),
             model: model.into(),
             messages: vec![],
         };

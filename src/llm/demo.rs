@@ -112,6 +112,7 @@ mod tests {
     async fn streams_the_same_reply_it_completes() {
         let provider = DemoProvider::new(Duration::ZERO);
         let request = ChatRequest {
+            sampling: Default::default(),
             model: DEMO_MODEL.into(),
             messages: vec![ChatMessage {
                 role: MessageRole::User,

@@ -30,6 +30,16 @@ pub struct ChatMessage {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
+    /// An agent's sampling; the provider's defaults where `None`.
+    pub sampling: Sampling,
+}
+
+/// Sampling parameters sent with a request.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub max_tokens: Option<u32>,
 }
 
 /// What a call is expected to generate, for the tokens-per-minute budget before the

@@ -68,6 +68,9 @@ fn build_request(request: &ChatRequest, stream: bool) -> CreateChatCompletionReq
     CreateChatCompletionRequest {
         model: request.model.clone(),
         messages: request.messages.iter().map(to_openai).collect(),
+        temperature: request.sampling.temperature.map(|t| t as f32),
+        top_p: request.sampling.top_p.map(|p| p as f32),
+        max_completion_tokens: request.sampling.max_tokens,
         stream: stream.then_some(true),
         // Ask for token usage in the stream's last chunk.
         stream_options: stream.then_some(ChatCompletionStreamOptions {

@@ -401,6 +401,7 @@ mod tests {
 
     fn request() -> ChatRequest {
         ChatRequest {
+            sampling: Default::default(),
             model: "m".into(),
             messages: vec![ChatMessage {
                 role: MessageRole::User,

@@ -468,6 +468,7 @@ impl StreamHub {
                 priority: Default::default(),
                 system_prompt: None,
                 prepared: None,
+                agent: None,
             };
             let outcome = TurnOutcome {
                 content: message.content.clone(),

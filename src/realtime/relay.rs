@@ -250,6 +250,7 @@ impl Relay<'_> {
                     };
                     answered = placed.answered;
                     let request = ChatRequest {
+                        sampling: context.sampling,
                         model: placed.model,
                         messages: context.messages.clone(),
                     };

@@ -3,6 +3,7 @@
 //! finishing it appends one `stream_completed`. `POST /api/chat` and the WebSocket streams
 //! share this, so both leave the same history and both survive a crash the same way.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -15,20 +16,22 @@ use super::models::ModelRegistry;
 use super::peers::Peers;
 use super::{ServiceError, ServiceResult};
 use crate::config::UpstreamConfig;
+use crate::domain::agents::AgentRecord;
 use crate::domain::codes::ErrorCode;
-use crate::domain::commands::{self, NewTurn};
+use crate::domain::commands::{self, AgentRef, NewTurn};
 use crate::domain::events::{ConversationEvent, RecordedEvent};
 use crate::domain::events::{StreamCompleted, StreamError};
 use crate::domain::inputs::{bounded_text, MessageText};
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::{FallbackReason, MessageRole, Priority};
 use crate::domain::types::{MessageStatus, Usage};
+use crate::domain::DomainError;
 use crate::llm::catalogue::DEFAULT_PROVIDER;
 use crate::llm::context::{build_context, ContextWindow};
 use crate::llm::scheduler::{Admission, CallClass, Permit, QueueFull, Scheduler, Waited};
-use crate::llm::{ChatProvider, ChatRequest, ChatStream, Completion, ProviderError};
+use crate::llm::{ChatProvider, ChatRequest, ChatStream, Completion, ProviderError, Sampling};
 use crate::metrics::Metrics;
-use crate::store::{ContextRow, Load, Store, StoredTurn};
+use crate::store::{ContextRow, ExecuteError, Load, Store, StoredTurn};
 
 pub const MAX_CLIENT_MESSAGE_ID_CHARS: usize = 100;
 
@@ -49,6 +52,8 @@ pub struct Turn {
     /// The upstream request, when the turn already held everything it needs: the turn that
     /// created its conversation knows the whole history (its one message) without a read.
     pub prepared: Option<ChatRequest>,
+    /// The agent that answers, at the version recorded in `stream_started`.
+    pub agent: Option<Arc<AgentRecord>>,
 }
 
 /// A context read before the turn's commit: the request it makes, as of the conversation's
@@ -256,7 +261,41 @@ pub struct ChatService {
     metrics: Option<Arc<Metrics>>,
     /// Every model call takes its place here first.
     scheduler: Arc<Scheduler>,
+    /// The conversations this instance last saw bound to an agent, and to which: a turn
+    /// is prepared for that agent (a wrong guess costs one refused command).
+    agent_bindings: AgentBindings,
 }
+
+/// Which agent each recently seen conversation is bound to (absent: none), as this
+/// instance last saw it; shared with the conversation service, which binds them.
+#[derive(Clone, Default)]
+pub struct AgentBindings(Arc<std::sync::Mutex<HashMap<Uuid, Uuid>>>);
+
+impl AgentBindings {
+    fn get(&self, conversation_id: Uuid) -> Option<Uuid> {
+        let bindings = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        bindings.get(&conversation_id).copied()
+    }
+
+    /// Remembers `conversation_id` bound to `agent` (or to none).
+    pub fn remember(&self, conversation_id: Uuid, agent: Option<Uuid>) {
+        let mut bindings = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match agent {
+            Some(agent) => {
+                if bindings.len() >= MAX_REMEMBERED_BINDINGS {
+                    bindings.clear();
+                }
+                bindings.insert(conversation_id, agent);
+            }
+            None => {
+                bindings.remove(&conversation_id);
+            }
+        }
+    }
+}
+
+/// Bindings remembered before the map is cleared (it refills as turns are sent).
+const MAX_REMEMBERED_BINDINGS: usize = 100_000;
 
 impl ChatService {
     pub fn new(
@@ -281,6 +320,7 @@ impl ChatService {
             contexts: Arc::new(ContextCache::new(context_budget_tokens, 0)),
             metrics: None,
             scheduler: Arc::new(Scheduler::unlimited()),
+            agent_bindings: AgentBindings::default(),
         }
     }
 
@@ -593,7 +633,15 @@ impl ChatService {
             .transpose()?;
         let model_override = request.model.map(|m| self.models.check(&m)).transpose()?;
         let conversation_id = request.conversation_id.unwrap_or_else(Uuid::now_v7);
-        let turn = NewTurn {
+        let believed = match request.conversation_id {
+            Some(id) => self.believed_agent(id),
+            None => None,
+        };
+        let mut agent = match believed {
+            Some(id) => self.store.find_agent(id).await?.map(Arc::new),
+            None => None,
+        };
+        let mut turn = NewTurn {
             user_message_id: Uuid::now_v7(),
             assistant_message_id: Uuid::now_v7(),
             text,
@@ -603,6 +651,7 @@ impl ChatService {
             default_model: self.models.default_id(),
             usable_models: Some(self.models.usable()),
             instance_id: self.instance_id,
+            agent: agent.as_deref().map(agent_ref),
         };
         let load = Load {
             messages: vec![],
@@ -614,6 +663,7 @@ impl ChatService {
             let mut window = ContextWindow::new(None, self.context_budget_tokens);
             window.offer(MessageRole::User, &turn.text);
             self.open_early(ChatRequest {
+                sampling: Default::default(),
                 model: turn.model(None),
                 messages: window.into_messages(),
             })
@@ -627,7 +677,12 @@ impl ChatService {
         // A turn in an existing conversation reads its context while its commit is written,
         // instead of after it, and a streamed one asks upstream as soon as it has read; the
         // read is used only if nothing else was appended between.
+        let bound = turn.agent.is_some();
         let read_ahead = async {
+            // An agent's turn builds its request after the commit, with the agent's own.
+            if bound {
+                return None;
+            }
             let ahead = self
                 .context_ahead(request.conversation_id?, user.id, &turn)
                 .await?;
@@ -638,8 +693,30 @@ impl ChatService {
             };
             Some((ahead, early))
         };
-        let (committed, read_ahead) = tokio::join!(commit, read_ahead);
-        let committed = committed?;
+        let (committed, mut read_ahead) = tokio::join!(commit, read_ahead);
+        let committed = match committed {
+            // The conversation is bound otherwise than believed: prepare the turn for its
+            // agent (or none) and send it again; what was read ahead is not for it.
+            Err(ExecuteError::Refused(DomainError::AgentBinding(actual))) => {
+                self.remember_binding(conversation_id, actual);
+                read_ahead = None;
+                agent = match actual {
+                    Some(id) => self.store.find_agent(id).await?.map(Arc::new),
+                    None => None,
+                };
+                turn.agent = agent.as_deref().map(agent_ref);
+                self.store
+                    .execute(conversation_id, Some(user.id), &load, {
+                        let turn = turn.clone();
+                        move |state| commands::start_turn(state, user.id, &turn)
+                    })
+                    .await?
+            }
+            committed => committed?,
+        };
+        if let Some(conversation) = &committed.state.conversation {
+            self.remember_binding(conversation_id, conversation.agent_id);
+        }
 
         let Some(started) = committed.events.iter().find_map(|e| match &e.event {
             ConversationEvent::StreamStarted(s) => Some((e.seq, s.model.clone())),
@@ -718,9 +795,24 @@ impl ChatService {
                     .as_ref()
                     .and_then(|c| c.system_prompt.clone()),
                 prepared,
+                agent,
             },
             early,
         })
+    }
+
+    /// The agent `conversation_id` was last seen bound to, if any.
+    fn believed_agent(&self, conversation_id: Uuid) -> Option<Uuid> {
+        self.agent_bindings.get(conversation_id)
+    }
+
+    fn remember_binding(&self, conversation_id: Uuid, agent: Option<Uuid>) {
+        self.agent_bindings.remember(conversation_id, agent);
+    }
+
+    /// The bindings this service prepares turns by, for the service that binds.
+    pub fn agent_bindings(&self) -> AgentBindings {
+        self.agent_bindings.clone()
     }
 
     /// The request for a turn before it is committed, from the context cache or a read.
@@ -743,6 +835,7 @@ impl ChatService {
                 return Some(ReadAhead {
                     last_seq: cached.last_seq,
                     request: ChatRequest {
+                        sampling: Default::default(),
                         model: model(cached.model),
                         messages: cached.messages,
                     },
@@ -814,6 +907,7 @@ impl ChatService {
             // Seen with the turn's own two events last, the rows are as of two seqs back.
             last_seq: conversation.last_seq - if saw_own { 2 } else { 0 },
             request: ChatRequest {
+                sampling: Default::default(),
                 model: model(conversation.model),
                 messages: window.into_messages(),
             },
@@ -838,8 +932,17 @@ impl ChatService {
             return Ok(prepared.clone());
         }
         self.count_context("after_commit");
-        let mut window =
-            ContextWindow::new(turn.system_prompt.as_deref(), self.context_budget_tokens);
+        // An agent's instructions come first, then the conversation's own system prompt.
+        let system_prompt = match (&turn.agent, &turn.system_prompt) {
+            (Some(agent), Some(own)) if !agent.definition.instructions.is_empty() => {
+                Some(format!("{}\n\n{own}", agent.definition.instructions))
+            }
+            (Some(agent), None) if !agent.definition.instructions.is_empty() => {
+                Some(agent.definition.instructions.clone())
+            }
+            (_, own) => own.clone(),
+        };
+        let mut window = ContextWindow::new(system_prompt.as_deref(), self.context_budget_tokens);
         // Positions are event seqs: the newest message of the turn is at most its
         // `stream_started`.
         self.store
@@ -849,6 +952,14 @@ impl ChatService {
             })
             .await?;
         Ok(ChatRequest {
+            sampling: turn
+                .agent
+                .as_ref()
+                .map_or_else(Sampling::default, |a| Sampling {
+                    temperature: a.definition.temperature,
+                    top_p: a.definition.top_p,
+                    max_tokens: a.definition.max_tokens,
+                }),
             model: turn.model.clone(),
             messages: window.into_messages(),
         })
@@ -864,6 +975,7 @@ impl ChatService {
     ) -> ChatRequest {
         let history: Vec<_> = history.into_iter().filter(|m| m.id != answer_id).collect();
         ChatRequest {
+            sampling: Default::default(),
             model,
             messages: build_context(system_prompt, &history, self.context_budget_tokens),
         }
@@ -981,6 +1093,7 @@ impl ChatService {
                 }
             };
             let request = ChatRequest {
+                sampling: context.sampling,
                 model: placed.model.clone(),
                 messages: context.messages.clone(),
             };
@@ -1041,5 +1154,14 @@ pub fn stream_error(err: &ProviderError) -> StreamError {
     StreamError {
         code,
         message: err.to_string(),
+    }
+}
+
+/// What a turn's command needs of its agent.
+fn agent_ref(agent: &AgentRecord) -> AgentRef {
+    AgentRef {
+        id: agent.id,
+        version: agent.version,
+        model: agent.definition.model.clone(),
     }
 }

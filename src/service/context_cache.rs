@@ -524,6 +524,8 @@ mod tests {
                             client_message_id: None,
                         }),
                         ConversationEvent::StreamStarted(StreamStarted {
+                            agent_id: None,
+                            agent_version: None,
                             message_id: answer,
                             user_message_id: None,
                             model: "m".into(),

@@ -1,6 +1,7 @@
 //! Conversations and their messages: reads straight from the projections (owner-filtered),
 //! writes through the store's one append path with the pure commands of `domain::commands`.
 
+use crate::service::chat::AgentBindings;
 use std::sync::Arc;
 
 use uuid::Uuid;
@@ -80,6 +81,8 @@ pub struct ConversationService {
     store: Store,
     max_message_chars: usize,
     models: Arc<ModelRegistry>,
+    /// Told of every binding made here, so the next turn is prepared for its agent.
+    bindings: AgentBindings,
 }
 
 impl ConversationService {
@@ -88,7 +91,14 @@ impl ConversationService {
             store,
             max_message_chars,
             models,
+            bindings: AgentBindings::default(),
         }
+    }
+
+    /// Tells `bindings` (the chat service's) of every agent bound or unbound here.
+    pub fn with_bindings(mut self, bindings: AgentBindings) -> Self {
+        self.bindings = bindings;
+        self
     }
 
     pub async fn list(
@@ -130,6 +140,8 @@ impl ConversationService {
             .state
             .conversation
             .ok_or_else(|| anyhow::anyhow!("created conversation missing"))?;
+        self.bindings
+            .remember(conversation.id, conversation.agent_id);
         Ok(ConversationView {
             conversation,
             messages: vec![],
@@ -197,11 +209,15 @@ impl ConversationService {
     ) -> ServiceResult<ConversationView> {
         let patch = fields.validate(&self.models)?;
         self.usable_agent(user, patch.agent_id.as_deref()).await?;
-        self.store
+        let committed = self
+            .store
             .execute(id, Some(user.id), &Load::default(), move |state| {
                 commands::update_conversation(state, user.id, patch.clone())
             })
             .await?;
+        if let Some(conversation) = &committed.state.conversation {
+            self.bindings.remember(id, conversation.agent_id);
+        }
         self.get(user, id, None).await
     }
 

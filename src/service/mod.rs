@@ -71,6 +71,9 @@ impl From<DomainError> for ServiceError {
             DomainError::MessageNotFound => Self::MessageNotFound,
             DomainError::Conflict(message) => Self::Conflict(message),
             DomainError::AlreadyFinished => Self::AlreadyFinished,
+            DomainError::AgentBinding(_) => Self::Conflict(
+                "the conversation's agent changed while the message was sent; send it again".into(),
+            ),
             DomainError::Invalid { field, message } => Self::Validation { field, message },
         }
     }

@@ -76,6 +76,7 @@ impl TitleGenerator {
         }
         let excerpt = |text: &str| text.chars().take(EXCERPT_CHARS).collect::<String>();
         let request = ChatRequest {
+            sampling: Default::default(),
             model,
             messages: vec![
                 ChatMessage {

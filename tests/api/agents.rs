@@ -438,3 +438,120 @@ backend_test!(
         assert_eq!(theirs["agentId"], id(&first).as_str());
     }
 );
+
+backend_test!(
+    a_bound_agent_answers_with_its_instructions_model_and_sampling_and_the_log_names_its_version,
+    backend | backend: Backend | async move {
+        let mock = crate::mock_llm::MockLlm::start(std::time::Duration::from_millis(0)).await;
+        let models = models_file(&["mock-model", "special"]);
+        let mut env: Vec<(&str, String)> = mock.env();
+        env.push(("MODELS_FILE", models));
+        env.push(("CHAT_RATE_PER_MINUTE", "1000".into()));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let Some(app) = spawn_app_with(backend, &env).await else { return };
+        let owner = app.register_user(&unique_email()).await;
+        let agent = create(
+            &app,
+            &owner.access,
+            json!({"name": "Pirate", "instructions": "You are a pirate.", "model": "special",
+                   "temperature": 0.25, "topP": 0.5, "maxTokens": 64}),
+        )
+        .await;
+        let c = expect_json(
+            app.post("/api/conversations", Some(&owner.access), &json!({"agentId": id(&agent), "systemPrompt": "Be brief."})).await,
+            StatusCode::CREATED,
+        )
+        .await;
+        let cid = c["id"].as_str().unwrap().to_string();
+        let mut ws = crate::ws_client::WsClient::authed(&app.address, &owner.access).await;
+        let last = || mock.requests().last().cloned().unwrap();
+        let started = |events: &[Value]| -> Value {
+            events.iter().rev().find(|e| e["type"] == "stream_started").unwrap()["data"].clone()
+        };
+
+        // The agent answers: its instructions before the conversation's prompt, its model,
+        // its sampling.
+        assert_eq!(ws.chat(Some(&cid), "hello").await.complete["status"], "complete");
+        let request = last();
+        assert_eq!(mock.requests().len(), 1, "one request: none thrown away");
+        assert_eq!(request["model"], "special");
+        assert_eq!(request["messages"][0], json!({"role": "system", "content": "You are a pirate.\n\nBe brief."}));
+        assert!((request["temperature"].as_f64().unwrap() - 0.25).abs() < 1e-6, "{request}");
+        assert_eq!(request["top_p"], 0.5);
+        assert_eq!(request["max_completion_tokens"], 64);
+        let events = app.events(&owner.access, &cid, "").await;
+        let s = started(&events);
+        assert_eq!((s["agentId"].clone(), s["agentVersion"].clone()), (json!(id(&agent)), json!(1)));
+        assert_eq!(s["model"], "special");
+
+        // A new version answers the next turn, and the log says which.
+        app.patch(&format!("/api/agents/{}", id(&agent)), Some(&owner.access), &json!({"instructions": "You are a polite pirate."})).await;
+        let whole = expect_json(
+            app.post("/api/chat", Some(&owner.access), &json!({"message": "again", "conversationId": cid})).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(whole["message"]["status"], "complete");
+        assert_eq!(last()["messages"][0]["content"], "You are a polite pirate.\n\nBe brief.");
+        assert_eq!(mock.requests().len(), 2);
+        let s = started(&app.events(&owner.access, &cid, "").await);
+        assert_eq!(s["agentVersion"], 2);
+
+        // Unbound, the conversation answers as before: its own prompt, the default model.
+        app.patch_conversation(&owner.access, &cid, json!({"agentId": ""})).await;
+        assert_eq!(ws.chat(Some(&cid), "plain").await.complete["status"], "complete");
+        let request = last();
+        assert_eq!(mock.requests().len(), 3);
+        assert_eq!(request["model"], "mock-model");
+        assert_eq!(request["messages"][0], json!({"role": "system", "content": "Be brief."}));
+        assert_eq!(request["temperature"], Value::Null);
+        let s = started(&app.events(&owner.access, &cid, "").await);
+        assert_eq!(s["agentId"], Value::Null);
+        assert_eq!(s["agentVersion"], Value::Null);
+    }
+);
+
+/// An instance that has not seen a conversation bound (another bound it) prepares its turn
+/// unbound; the command refuses, and the turn is prepared again for the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_on_an_instance_that_missed_the_binding_still_answers_with_the_agent() {
+    let Some(mut a) = scratch(Backend::Postgres).await else {
+        return;
+    };
+    let mock = crate::mock_llm::MockLlm::start(std::time::Duration::ZERO).await;
+    let env = mock.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    a.start_instance(&env).await;
+    let mut b = a.sibling();
+    b.start_instance(&env).await;
+    let owner = a.register_user(&unique_email()).await;
+    let agent = create(
+        &b,
+        &owner.access,
+        json!({"name": "Sailor", "instructions": "Speak like a sailor."}),
+    )
+    .await;
+    // Created unbound on A (A remembers it unbound), then bound on B.
+    let c = a.create_conversation(&owner.access, "voyage").await;
+    let cid = c["id"].as_str().unwrap().to_string();
+    b.patch_conversation(&owner.access, &cid, json!({"agentId": id(&agent)}))
+        .await;
+
+    let mut ws = crate::ws_client::WsClient::authed(&a.address, &owner.access).await;
+    assert_eq!(
+        ws.chat(Some(&cid), "ahoy").await.complete["status"],
+        "complete"
+    );
+    let answered = mock.requests().last().cloned().unwrap();
+    assert_eq!(
+        answered["messages"][0],
+        json!({"role": "system", "content": "Speak like a sailor."})
+    );
+    let events = a.events(&owner.access, &cid, "").await;
+    let started = events
+        .iter()
+        .find(|e| e["type"] == "stream_started")
+        .unwrap();
+    assert_eq!(started["data"]["agentId"], id(&agent).as_str());
+    assert_eq!(started["data"]["agentVersion"], 1);
+}

@@ -51,6 +51,8 @@ async fn seed(app: &TestApp, owner: &str, conversation: &str, history: Vec<Seede
             Seeded::Answer(text, status) => {
                 let id = Uuid::now_v7();
                 events.push(ConversationEvent::StreamStarted(StreamStarted {
+                    agent_id: None,
+                    agent_version: None,
                     message_id: id,
                     user_message_id: None,
                     model: "mock-model".into(),

@@ -378,6 +378,8 @@ impl TestApp {
                 client_message_id: None,
             }),
             ConversationEvent::StreamStarted(StreamStarted {
+                agent_id: None,
+                agent_version: None,
                 message_id: assistant_msg,
                 user_message_id: Some(user_msg),
                 model: "test-model".into(),
