@@ -9,6 +9,14 @@
 //!
 //! A caller that stops waiting (cancelled, or past `QUEUE_MAX_WAIT_MS`) leaves the queue by
 //! dropping its ticket; a queue at `QUEUE_MAX_LENGTH` refuses at once.
+//!
+//! A lane is a provider's (or a catalogue model's with a budget of its own). Besides calls
+//! in flight it may keep a token bucket (`UPSTREAM_TOKENS_PER_MINUTE`: a call takes its
+//! estimate, [`Permit::settle`] corrects it by the reported usage), and it listens to the
+//! provider ([`Feedback`]): a 429 or 503 halves the calls it lets through and successes
+//! raise them back one at a time (AIMD), and `Retry-After` or a spent rate limit pauses it.
+//! A lane without a configured budget lets everything through until the provider pushes
+//! back.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};

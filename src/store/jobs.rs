@@ -94,6 +94,18 @@ pub(super) async fn insert_jobs(
     Ok(())
 }
 
+/// An update that moves jobs to `status` with no claim on them.
+fn unclaimed(status: JobStatus, now: DateTime<Utc>) -> sea_orm::UpdateMany<jobs::Entity> {
+    jobs::Entity::update_many()
+        .col_expr(jobs::Column::Status, status.as_str().into())
+        .col_expr(
+            jobs::Column::LeaseUntil,
+            Value::ChronoDateTimeUtc(None).into(),
+        )
+        .col_expr(jobs::Column::LeaseToken, Value::Uuid(None).into())
+        .col_expr(jobs::Column::UpdatedAt, Value::from(now).into())
+}
+
 fn record(row: jobs::Model) -> JobRecord {
     JobRecord {
         id: row.id,
@@ -205,14 +217,7 @@ impl Store {
             JobChange::Failed { error } => (JobStatus::Failed, None, Some(error)),
             JobChange::Released => (JobStatus::Queued, Some(now), None),
         };
-        let mut update = jobs::Entity::update_many()
-            .col_expr(jobs::Column::Status, status.as_str().into())
-            .col_expr(
-                jobs::Column::LeaseUntil,
-                Value::ChronoDateTimeUtc(None).into(),
-            )
-            .col_expr(jobs::Column::LeaseToken, Value::Uuid(None).into())
-            .col_expr(jobs::Column::UpdatedAt, Value::from(now).into());
+        let mut update = unclaimed(status, now);
         if let Some(at) = run_at {
             update = update.col_expr(jobs::Column::RunAt, Value::from(at).into());
         }
@@ -298,14 +303,7 @@ impl Store {
         to: JobStatus,
     ) -> StoreResult<Option<Result<JobRecord, JobStatus>>> {
         let now = super::now();
-        let mut update = jobs::Entity::update_many()
-            .col_expr(jobs::Column::Status, to.as_str().into())
-            .col_expr(
-                jobs::Column::LeaseUntil,
-                Value::ChronoDateTimeUtc(None).into(),
-            )
-            .col_expr(jobs::Column::LeaseToken, Value::Uuid(None).into())
-            .col_expr(jobs::Column::UpdatedAt, Value::from(now).into());
+        let mut update = unclaimed(to, now);
         if to == JobStatus::Queued {
             update = update
                 .col_expr(jobs::Column::Attempts, 0.into())
