@@ -232,12 +232,8 @@ pub async fn build_state(
         });
     }
     // Titles follow a first answer only where a model can write them.
-    let titles = config.generate_titles
-        && config
-            .catalogue
-            .providers()
-            .iter()
-            .any(|p| p.api_key.is_some() || p.id != llm::catalogue::DEFAULT_PROVIDER);
+    let titles =
+        config.generate_titles && config.catalogue.providers().iter().any(|p| !p.is_demo());
     if titles {
         let _ = store.record_follow_ups(FollowUpRules { titles });
     }

@@ -70,6 +70,14 @@ pub struct ProviderConfig {
     pub tokens_per_minute: Option<u64>,
 }
 
+impl ProviderConfig {
+    /// Whether the built-in demo provider stands in for it: the default provider without
+    /// a key.
+    pub fn is_demo(&self) -> bool {
+        self.api_key.is_none() && self.id == DEFAULT_PROVIDER
+    }
+}
+
 /// One model users may name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelEntry {

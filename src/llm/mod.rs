@@ -135,9 +135,7 @@ pub fn from_config(
     let mut clients: HashMap<String, Arc<dyn ChatProvider>> = HashMap::new();
     for provider in config.catalogue.providers() {
         let client: Arc<dyn ChatProvider> = match &provider.api_key {
-            None if provider.id == catalogue::DEFAULT_PROVIDER => {
-                Arc::new(demo::DemoProvider::new(config.demo_delay))
-            }
+            _ if provider.is_demo() => Arc::new(demo::DemoProvider::new(config.demo_delay)),
             key => {
                 // A local server (Ollama, vLLM) may need no key: an empty one is sent.
                 let key = key.as_ref().map_or("", |k| k.expose());

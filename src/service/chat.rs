@@ -26,7 +26,7 @@ use crate::domain::projection::MessageRecord;
 use crate::domain::types::{FallbackReason, MessageRole, Priority};
 use crate::domain::types::{MessageStatus, Usage};
 use crate::domain::DomainError;
-use crate::llm::catalogue::DEFAULT_PROVIDER;
+use crate::llm::catalogue::ProviderConfig;
 use crate::llm::context::{build_context, ContextWindow};
 use crate::llm::scheduler::{Admission, CallClass, Permit, QueueFull, Scheduler, Waited};
 use crate::llm::{ChatProvider, ChatRequest, ChatStream, Completion, ProviderError, Sampling};
@@ -376,19 +376,20 @@ impl ChatService {
             return None;
         }
         let fallback = self.fallback_for(&turn.model)?;
-        self.count_fallback(FallbackReason::CircuitOpen);
-        Some(Answered {
-            model: Some(fallback),
-            fallback_reason: Some(FallbackReason::CircuitOpen),
-        })
+        Some(self.fallen_back(FallbackReason::CircuitOpen, fallback))
     }
 
-    fn count_fallback(&self, reason: FallbackReason) {
+    /// An answer going to `fallback` for `reason`, counted.
+    fn fallen_back(&self, reason: FallbackReason, fallback: String) -> Answered {
         if let Some(metrics) = &self.metrics {
             metrics
                 .model_fallbacks
                 .with_label_values(&[reason.as_str()])
                 .inc();
+        }
+        Answered {
+            model: Some(fallback),
+            fallback_reason: Some(reason),
         }
     }
 
@@ -411,16 +412,9 @@ impl ChatService {
                 None => self.fallback_for(&model),
                 Some(_) => None,
             };
-            let fall_back = |reason: FallbackReason, fallback: String| {
-                self.count_fallback(reason);
-                Answered {
-                    model: Some(fallback),
-                    fallback_reason: Some(reason),
-                }
-            };
             if let Some(fallback) = &fallback {
                 if !self.provider.accepting(&model) {
-                    answered = fall_back(FallbackReason::CircuitOpen, fallback.clone());
+                    answered = self.fallen_back(FallbackReason::CircuitOpen, fallback.clone());
                     continue;
                 }
             }
@@ -441,7 +435,7 @@ impl ChatService {
                     })
                 }
                 Err(busy) => match (busy.fallback_reason(), fallback) {
-                    (Some(reason), Some(fallback)) => answered = fall_back(reason, fallback),
+                    (Some(reason), Some(fallback)) => answered = self.fallen_back(reason, fallback),
                     _ => return Err((busy, answered)),
                 },
             }
@@ -546,13 +540,9 @@ impl ChatService {
     /// Whether `model` is answered by the built-in demo provider (no key for it).
     pub fn is_demo(&self, model: &str) -> bool {
         let catalogue = self.models.catalogue();
-        let provider = catalogue
-            .get(model)
-            .map_or(DEFAULT_PROVIDER, |m| m.provider.as_str());
-        provider == DEFAULT_PROVIDER
-            && catalogue
-                .provider(DEFAULT_PROVIDER)
-                .is_some_and(|p| p.api_key.is_none())
+        catalogue
+            .provider(catalogue.provider_of(model))
+            .is_some_and(ProviderConfig::is_demo)
     }
 
     /// The model registry: what users may name, and the default.
