@@ -89,6 +89,32 @@ pub struct Config {
     /// Whether a conversation's first answer is followed by a generated title
     /// (`GENERATE_TITLES`; never in demo mode).
     pub generate_titles: bool,
+    pub agents: AgentsConfig,
+}
+
+/// How far an agent's answer may go with its tools.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentsConfig {
+    /// Model calls per answer (`AGENT_MAX_STEPS`): the last is asked without tools, so the
+    /// answer ends in text.
+    pub max_steps: u32,
+    /// How deep `ask_agent` hand-offs may nest (`AGENT_MAX_DEPTH`).
+    pub max_depth: u32,
+    /// One tool call's time (`TOOL_TIMEOUT_MS`); past it the model gets an error result.
+    pub tool_timeout: Duration,
+    /// A tool result's length in frames (`TOOL_RESULT_MAX_CHARS`); the log keeps it whole.
+    pub tool_result_max_chars: usize,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            max_steps: 6,
+            max_depth: 2,
+            tool_timeout: Duration::from_secs(10),
+            tool_result_max_chars: 4000,
+        }
+    }
 }
 
 /// The background job workers.
@@ -461,6 +487,13 @@ impl Config {
                 poll: millis("JOB_POLL_MS", 1_000)?.max(Duration::from_millis(10)),
             },
             generate_titles: parse_bool(get("GENERATE_TITLES"), "GENERATE_TITLES", true)?,
+            agents: AgentsConfig {
+                max_steps: parse_or::<u32>(&get, "AGENT_MAX_STEPS", 6)?.clamp(1, 50),
+                max_depth: parse_or::<u32>(&get, "AGENT_MAX_DEPTH", 2)?.min(10),
+                tool_timeout: millis("TOOL_TIMEOUT_MS", 10_000)?.max(Duration::from_millis(1)),
+                tool_result_max_chars: parse_or::<usize>(&get, "TOOL_RESULT_MAX_CHARS", 4000)?
+                    .max(1),
+            },
             instance_lease: match millis("INSTANCE_LEASE_MS", 15_000)? {
                 lease if lease >= Duration::from_millis(500) => lease,
                 _ => anyhow::bail!("INSTANCE_LEASE_MS must be at least 500"),
@@ -772,6 +805,10 @@ mod tests {
             "JOB_RETRY_BASE_MS" => ms(cfg.jobs.retry_base),
             "JOB_POLL_MS" => ms(cfg.jobs.poll),
             "GENERATE_TITLES" => cfg.generate_titles.to_string(),
+            "AGENT_MAX_STEPS" => cfg.agents.max_steps.to_string(),
+            "AGENT_MAX_DEPTH" => cfg.agents.max_depth.to_string(),
+            "TOOL_TIMEOUT_MS" => ms(cfg.agents.tool_timeout),
+            "TOOL_RESULT_MAX_CHARS" => cfg.agents.tool_result_max_chars.to_string(),
             "LOG_FORMAT" => format!("{:?}", cfg.log_format).to_lowercase(),
             // The filter's first directive is the server's own level.
             "RUST_LOG" => crate::telemetry::DEFAULT_LOG_FILTER

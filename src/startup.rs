@@ -185,7 +185,8 @@ pub async fn build_state(
         config.limits.max_message_chars,
     )
     .with_context_cache(config.context_cache_bytes, metrics.clone())
-    .with_scheduler(scheduler, metrics.clone());
+    .with_scheduler(scheduler, metrics.clone())
+    .with_agents(config.agents.clone());
     let chat = match instance_id {
         Some(id) => chat.run_by(id, peers.clone()),
         None => chat,

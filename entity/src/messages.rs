@@ -22,6 +22,9 @@ pub struct Model {
     /// Why another model than the conversation's answered (`circuit_open`, `queue_full`,
     /// `queue_wait`); `model` names the one that did.
     pub fallback_reason: Option<String>,
+    /// The tools the answer called, with their results: a JSON array of
+    /// `{callId, name, arguments, step, ok, content, ...}`; `None` when it called none.
+    pub tool_calls: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -15,6 +15,7 @@ mod m20261204_000004_jobs;
 mod m20261204_000005_fallback_reason;
 mod m20261204_000006_agents;
 mod m20261204_000007_conversation_agent;
+mod m20261204_000008_tool_calls;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000005_fallback_reason::Migration),
             Box::new(m20261204_000006_agents::Migration),
             Box::new(m20261204_000007_conversation_agent::Migration),
+            Box::new(m20261204_000008_tool_calls::Migration),
         ]
     }
 }

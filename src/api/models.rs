@@ -321,6 +321,56 @@ pub struct Message {
     /// would have passed `QUEUE_MAX_WAIT_MS`).
     #[oai(nullable)]
     pub fallback_reason: Option<FallbackReason>,
+    /// The tools an agent's answer called, in order, with their results (`ok` and
+    /// `content` are `null` while a call runs); `null` when it called none.
+    #[oai(nullable)]
+    pub tool_calls: Option<Vec<ToolCallView>>,
+}
+
+/// One tool call of an answer.
+#[derive(Debug, Clone, Object)]
+#[oai(rename_all = "camelCase")]
+pub struct ToolCallView {
+    pub call_id: String,
+    /// `search_knowledge`, `ask_agent`, `current_time`, or whatever else the model named
+    /// (then `ok` is false: only the agent's own tools run).
+    pub name: String,
+    /// The arguments as the model wrote them (JSON text).
+    pub arguments: String,
+    /// The model call (1 is the first) that asked for it.
+    pub step: u32,
+    #[oai(nullable)]
+    pub ok: Option<bool>,
+    #[oai(nullable)]
+    pub content: Option<String>,
+    /// The agent whose model called it.
+    #[oai(nullable)]
+    pub agent_id: Option<Uuid>,
+    /// For a call made inside an `ask_agent` hand-off: that call's id.
+    #[oai(nullable)]
+    pub parent_call_id: Option<String>,
+    /// For `ask_agent`: the agent that answered, and its version.
+    #[oai(nullable)]
+    pub answered_by: Option<Uuid>,
+    #[oai(nullable)]
+    pub answered_by_version: Option<i32>,
+}
+
+impl From<types::ToolCallRecord> for ToolCallView {
+    fn from(c: types::ToolCallRecord) -> Self {
+        Self {
+            call_id: c.call_id,
+            name: c.name,
+            arguments: c.arguments,
+            step: c.step,
+            ok: c.ok,
+            content: c.content,
+            agent_id: c.agent_id,
+            parent_call_id: c.parent_call_id,
+            answered_by: c.answered_by,
+            answered_by_version: c.answered_by_version,
+        }
+    }
 }
 
 /// Why a fallback answered.
@@ -367,6 +417,8 @@ impl From<MessageRecord> for Message {
                 completion_tokens: u.completion_tokens,
             }),
             fallback_reason: m.fallback_reason.map(Into::into),
+            tool_calls: (!m.tool_calls.is_empty())
+                .then(|| m.tool_calls.into_iter().map(Into::into).collect()),
         }
     }
 }
@@ -378,7 +430,8 @@ pub struct Event {
     /// Position in the conversation's log: from 1, without gaps.
     pub seq: i64,
     /// `conversation_created`, `conversation_updated`, `conversation_deleted`, `message_added`,
-    /// `message_edited`, `message_deleted`, `stream_started` or `stream_completed`.
+    /// `message_edited`, `message_deleted`, `stream_started`, `stream_completed`, `tool_called`
+    /// or `tool_returned`.
     #[oai(rename = "type")]
     pub event_type: String,
     /// The event's fields (camelCase), by type.

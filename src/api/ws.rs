@@ -732,6 +732,8 @@ async fn write_frames(
 struct Dedup {
     replayed_seq: HashMap<Uuid, i64>,
     next_index: HashMap<Uuid, u64>,
+    /// The `seq` of the last tool event each running stream's frames covered.
+    tool_seq: HashMap<Uuid, i64>,
     /// Streams whose `stream_start` this socket has had and that have not finished: a
     /// repeated send answered on one instance while the start crosses from another would
     /// otherwise show the start twice.
@@ -781,10 +783,26 @@ impl Dedup {
             FrameKey::Snapshot {
                 message_id,
                 next_index,
-            } => self.advance(message_id, next_index, next_index),
+                tool_seq,
+            } => {
+                let fresh = self.advance(message_id, next_index, next_index);
+                if fresh {
+                    let seen = self.tool_seq.entry(message_id).or_default();
+                    *seen = (*seen).max(tool_seq);
+                }
+                fresh
+            }
+            FrameKey::Tool { message_id, seq } => {
+                let replayed = self.replayed_seq.get(&conversation).copied().unwrap_or(0);
+                let seen = self.tool_seq.entry(message_id).or_default();
+                let fresh = seq > replayed && seq > *seen && !self.finished.contains(&message_id);
+                *seen = (*seen).max(seq);
+                fresh
+            }
             FrameKey::Chunk { message_id, index } => self.advance(message_id, index, index + 1),
             FrameKey::Complete { message_id, .. } => {
                 self.next_index.remove(&message_id);
+                self.tool_seq.remove(&message_id);
                 self.started.remove(&message_id);
                 self.finished.insert(message_id)
             }
@@ -835,6 +853,8 @@ mod tests {
             message_id: m,
             content: "xx".into(),
             next_index: 2,
+            tool_calls: vec![],
+            tool_seq: 0,
         });
         assert!(dedup.pass(&snapshot));
         assert!(!dedup.pass(&chunk(m, 0)));
@@ -855,6 +875,7 @@ mod tests {
                 usage: None,
                 error: None,
                 seq: 7,
+                tool_calls: vec![],
             })
         };
         let mut dedup = Dedup::default();
@@ -885,6 +906,7 @@ mod tests {
             usage: None,
             error: None,
             seq: 7,
+            tool_calls: vec![],
         });
         assert!(!dedup.pass(&complete));
         let start = OutFrame::new(&ServerFrame::StreamStart {

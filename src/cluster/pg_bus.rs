@@ -38,6 +38,7 @@ use sea_orm::sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::domain::types::ToolCallRecord;
 use crate::metrics::Metrics;
 use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus, RoomReceiver};
 use crate::realtime::frames::{FrameKey, OutFrame, ServerFrame};
@@ -234,7 +235,7 @@ impl PgRoomBus {
                     continue;
                 };
                 let mut mirror = bus.mirror();
-                if mirror.streams.remove(&message_id).is_some() {
+                if let Some(remote) = mirror.streams.remove(&message_id) {
                     let frame = ServerFrame::StreamComplete {
                         conversation_id,
                         message_id,
@@ -243,6 +244,8 @@ impl PgRoomBus {
                         usage: done.usage,
                         error: done.error,
                         seq,
+                        // What the mirror saw of them (the stream's own frame was lost).
+                        tool_calls: remote.tool_calls,
                     };
                     bus.local
                         .publish(conversation_id, Arc::new(OutFrame::new(&frame)));
@@ -328,6 +331,9 @@ struct RemoteStream {
     whole: bool,
     /// When this instance last asked for the stream's state.
     asked: Option<Instant>,
+    /// Its tool calls as their frames told them, and the last tool event's `seq`.
+    tool_calls: Vec<ToolCallRecord>,
+    tool_seq: i64,
 }
 
 /// What to do with a frame from another instance.
@@ -358,6 +364,8 @@ impl RemoteStream {
                 message_id,
                 content: self.content.clone(),
                 next_index: self.next_index,
+                tool_calls: self.tool_calls.clone(),
+                tool_seq: self.tool_seq,
             })
         })
     }
@@ -380,6 +388,8 @@ impl Mirror {
                         next_index: 0,
                         whole: true,
                         asked: None,
+                        tool_calls: Vec::new(),
+                        tool_seq: 0,
                     },
                 );
                 Seen::deliver(true)
@@ -399,6 +409,8 @@ impl Mirror {
                         next_index: *index,
                         whole: *index == 0,
                         asked: None,
+                        tool_calls: Vec::new(),
+                        tool_seq: 0,
                     });
                 if *index == stream.next_index {
                     stream.content.push_str(delta);
@@ -424,6 +436,56 @@ impl Mirror {
                 self.streams.remove(message_id);
                 Seen::deliver(true)
             }
+            ServerFrame::ToolCall {
+                message_id,
+                call_id,
+                name,
+                arguments,
+                seq,
+                agent_id,
+                parent_call_id,
+                ..
+            } => {
+                if let Some(stream) = self.streams.get_mut(message_id) {
+                    if *seq > stream.tool_seq {
+                        stream.tool_seq = *seq;
+                        stream.tool_calls.push(ToolCallRecord {
+                            call_id: call_id.clone(),
+                            name: name.clone(),
+                            arguments: arguments.clone(),
+                            step: 0,
+                            ok: None,
+                            content: None,
+                            agent_id: *agent_id,
+                            parent_call_id: parent_call_id.clone(),
+                            answered_by: None,
+                            answered_by_version: None,
+                        });
+                    }
+                }
+                Seen::deliver(true)
+            }
+            ServerFrame::ToolResult {
+                message_id,
+                call_id,
+                ok,
+                content,
+                seq,
+                ..
+            } => {
+                if let Some(stream) = self.streams.get_mut(message_id) {
+                    if *seq > stream.tool_seq {
+                        stream.tool_seq = *seq;
+                        if let Some(call) =
+                            stream.tool_calls.iter_mut().find(|c| &c.call_id == call_id)
+                        {
+                            call.ok = Some(*ok);
+                            call.content = Some(content.clone());
+                        }
+                    }
+                }
+                Seen::deliver(true)
+            }
             _ => Seen::deliver(true),
         }
     }
@@ -436,12 +498,16 @@ impl Mirror {
             message_id,
             content,
             next_index,
+            tool_calls,
+            tool_seq,
         } = frame
         else {
             return false;
         };
         let current = self.streams.get(message_id);
-        if current.is_some_and(|s| s.whole && s.next_index >= *next_index) {
+        if current
+            .is_some_and(|s| s.whole && s.next_index >= *next_index && s.tool_seq >= *tool_seq)
+        {
             return false;
         }
         self.streams.insert(
@@ -452,6 +518,8 @@ impl Mirror {
                 next_index: *next_index,
                 whole: true,
                 asked: None,
+                tool_calls: tool_calls.clone(),
+                tool_seq: *tool_seq,
             },
         );
         true
@@ -850,6 +918,8 @@ mod tests {
             message_id: m,
             content: "abcd".into(),
             next_index: 4,
+            tool_calls: vec![],
+            tool_seq: 0,
         };
         assert!(mirror.adopt(&state));
         assert!(!mirror.adopt(&state), "the same state again is nothing new");
@@ -877,6 +947,7 @@ mod tests {
                 usage: None,
                 error: None,
                 seq: 9,
+                tool_calls: vec![],
             },
             now,
         );

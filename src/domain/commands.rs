@@ -263,6 +263,58 @@ pub fn finish_stream(state: &ConversationState, completed: StreamCompleted) -> D
     Ok(vec![ConversationEvent::StreamCompleted(completed)])
 }
 
+/// A tool call of a streaming answer. Its id must be new within the answer (a model that
+/// repeats one gets it renamed by the caller before it is recorded).
+pub fn call_tool(state: &ConversationState, called: ToolCalled) -> Decision {
+    let message = streaming(state, called.message_id)?;
+    if message
+        .tool_calls
+        .iter()
+        .any(|c| c.call_id == called.call_id)
+    {
+        return Err(DomainError::Conflict(format!(
+            "tool call `{}` is already recorded",
+            called.call_id
+        )));
+    }
+    Ok(vec![ConversationEvent::ToolCalled(called)])
+}
+
+/// A tool call's result: only for a call of a streaming answer that has none yet.
+pub fn return_tool(state: &ConversationState, returned: ToolReturned) -> Decision {
+    let message = streaming(state, returned.message_id)?;
+    match message
+        .tool_calls
+        .iter()
+        .find(|c| c.call_id == returned.call_id)
+    {
+        None => Err(DomainError::Invalid {
+            field: "callId",
+            message: format!("no tool call `{}` in this answer", returned.call_id),
+        }),
+        Some(call) if call.ok.is_some() => Err(DomainError::Conflict(format!(
+            "tool call `{}` already returned",
+            returned.call_id
+        ))),
+        Some(_) => Ok(vec![ConversationEvent::ToolReturned(returned)]),
+    }
+}
+
+/// The answer `message_id`, while it is still streaming.
+fn streaming(
+    state: &ConversationState,
+    message_id: Uuid,
+) -> Result<&super::projection::MessageRecord, DomainError> {
+    let message = state
+        .messages
+        .get(&message_id)
+        .ok_or(DomainError::MessageNotFound)?;
+    if message.status != MessageStatus::Streaming {
+        return Err(DomainError::AlreadyFinished);
+    }
+    Ok(message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,6 +477,71 @@ mod tests {
         }
         assert_eq!(
             finish_stream(&finished, completed),
+            Err(DomainError::AlreadyFinished)
+        );
+    }
+
+    #[test]
+    fn tool_calls_are_recorded_once_each_and_only_while_streaming() {
+        let t = turn(None, true);
+        let state = given(start_turn(&ConversationState::default(), OWNER, &t).unwrap());
+        let called = ToolCalled {
+            message_id: t.assistant_message_id,
+            call_id: "c1".into(),
+            name: "current_time".into(),
+            arguments: "{}".into(),
+            step: 1,
+            agent_id: None,
+            parent_call_id: None,
+        };
+        let returned = ToolReturned {
+            message_id: t.assistant_message_id,
+            call_id: "c1".into(),
+            ok: true,
+            content: "now".into(),
+            agent_id: None,
+            agent_version: None,
+        };
+        assert!(
+            matches!(
+                return_tool(&state, returned.clone()),
+                Err(DomainError::Invalid { .. })
+            ),
+            "a result needs its call"
+        );
+        let mut events = start_turn(&ConversationState::default(), OWNER, &t).unwrap();
+        events.extend(call_tool(&state, called.clone()).unwrap());
+        let calling = given(events.clone());
+        assert!(matches!(
+            call_tool(&calling, called.clone()),
+            Err(DomainError::Conflict(_))
+        ));
+        events.extend(return_tool(&calling, returned.clone()).unwrap());
+        let returned_state = given(events.clone());
+        let message = &returned_state.messages[&t.assistant_message_id];
+        assert_eq!(message.tool_calls.len(), 1);
+        assert_eq!(message.tool_calls[0].ok, Some(true));
+        assert_eq!(message.tool_calls[0].content.as_deref(), Some("now"));
+        assert!(matches!(
+            return_tool(&returned_state, returned.clone()),
+            Err(DomainError::Conflict(_))
+        ));
+        events.push(ConversationEvent::StreamCompleted(StreamCompleted {
+            message_id: t.assistant_message_id,
+            content: "done".into(),
+            status: MessageStatus::Complete,
+            usage: None,
+            error: None,
+            model: None,
+            fallback_reason: None,
+        }));
+        let finished = given(events);
+        let later = ToolCalled {
+            call_id: "c2".into(),
+            ..called
+        };
+        assert_eq!(
+            call_tool(&finished, later),
             Err(DomainError::AlreadyFinished)
         );
     }

@@ -19,6 +19,8 @@ pub enum ConversationEvent {
     MessageDeleted(MessageDeleted),
     StreamStarted(StreamStarted),
     StreamCompleted(StreamCompleted),
+    ToolCalled(ToolCalled),
+    ToolReturned(ToolReturned),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,6 +134,40 @@ pub struct StreamCompleted {
     pub fallback_reason: Option<FallbackReason>,
 }
 
+/// A streaming answer's model called a tool. The arguments are as the model wrote them
+/// (JSON, unchecked): a refused or unreadable call is still recorded, with its error result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCalled {
+    pub message_id: Uuid,
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+    /// The answer's step (1 is the first model call) in which the model asked for it.
+    pub step: u32,
+    /// The agent whose model called it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<Uuid>,
+    /// Set for a call made inside an `ask_agent` sub-turn: that call's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_call_id: Option<String>,
+}
+
+/// A tool's result, whole (frames carry at most `TOOL_RESULT_MAX_CHARS` of it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolReturned {
+    pub message_id: Uuid,
+    pub call_id: String,
+    pub ok: bool,
+    pub content: String,
+    /// For `ask_agent`: the agent that answered, at the version that did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<i32>,
+}
+
 /// One stored event: the payload plus where it sits in the log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordedEvent {
@@ -162,6 +198,8 @@ impl ConversationEvent {
             Self::MessageDeleted(_) => "message_deleted",
             Self::StreamStarted(_) => "stream_started",
             Self::StreamCompleted(_) => "stream_completed",
+            Self::ToolCalled(_) => "tool_called",
+            Self::ToolReturned(_) => "tool_returned",
         }
     }
 
@@ -197,6 +235,8 @@ impl ConversationEvent {
             Self::MessageDeleted(e) => Some(e.message_id),
             Self::StreamStarted(e) => Some(e.message_id),
             Self::StreamCompleted(e) => Some(e.message_id),
+            Self::ToolCalled(e) => Some(e.message_id),
+            Self::ToolReturned(e) => Some(e.message_id),
             Self::ConversationCreated(_)
             | Self::ConversationUpdated(_)
             | Self::ConversationDeleted(_) => None,
@@ -243,6 +283,23 @@ mod tests {
                     code: crate::domain::codes::ErrorCode::BadGateway,
                     message: "x".into(),
                 }),
+            }),
+            ConversationEvent::ToolCalled(ToolCalled {
+                message_id: Uuid::now_v7(),
+                call_id: "call_1".into(),
+                name: "current_time".into(),
+                arguments: "{}".into(),
+                step: 1,
+                agent_id: Some(Uuid::now_v7()),
+                parent_call_id: None,
+            }),
+            ConversationEvent::ToolReturned(ToolReturned {
+                message_id: Uuid::now_v7(),
+                call_id: "call_1".into(),
+                ok: false,
+                content: "no".into(),
+                agent_id: None,
+                agent_version: None,
             }),
         ];
         for event in events {

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::events::{ConversationEvent, RecordedEvent};
-use super::types::{FallbackReason, MessageRole, MessageStatus, Usage};
+use super::types::{FallbackReason, MessageRole, MessageStatus, ToolCallRecord, Usage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConversationRecord {
@@ -46,6 +46,8 @@ pub struct MessageRecord {
     pub instance_id: Option<Uuid>,
     /// Why another model than the conversation's answered (see `model`).
     pub fallback_reason: Option<FallbackReason>,
+    /// The tools an answer called, in the order they were called.
+    pub tool_calls: Vec<ToolCallRecord>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -160,6 +162,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 e.message_id,
                 MessageRecord {
                     fallback_reason: None,
+                    tool_calls: Vec::new(),
                     id: e.message_id,
                     conversation_id: recorded.conversation_id,
                     position: seq,
@@ -182,6 +185,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 e.message_id,
                 MessageRecord {
                     fallback_reason: None,
+                    tool_calls: Vec::new(),
                     id: e.message_id,
                     conversation_id: recorded.conversation_id,
                     position: seq,
@@ -227,6 +231,46 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 message.model = Some(model.clone());
             }
             message.fallback_reason = e.fallback_reason;
+            message.updated_at = at;
+            state.dirty_messages.insert(e.message_id);
+        }
+        ConversationEvent::ToolCalled(e) => {
+            let message = state
+                .messages
+                .get_mut(&e.message_id)
+                .ok_or_else(|| missing(e.message_id))?;
+            message.tool_calls.push(ToolCallRecord {
+                call_id: e.call_id.clone(),
+                name: e.name.clone(),
+                arguments: e.arguments.clone(),
+                step: e.step,
+                ok: None,
+                content: None,
+                agent_id: e.agent_id,
+                parent_call_id: e.parent_call_id.clone(),
+                answered_by: None,
+                answered_by_version: None,
+            });
+            message.updated_at = at;
+            state.dirty_messages.insert(e.message_id);
+        }
+        ConversationEvent::ToolReturned(e) => {
+            let message = state
+                .messages
+                .get_mut(&e.message_id)
+                .ok_or_else(|| missing(e.message_id))?;
+            // The newest call of that id (ids are unique within an answer; the command checks).
+            if let Some(call) = message
+                .tool_calls
+                .iter_mut()
+                .rev()
+                .find(|c| c.call_id == e.call_id)
+            {
+                call.ok = Some(e.ok);
+                call.content = Some(e.content.clone());
+                call.answered_by = e.agent_id;
+                call.answered_by_version = e.agent_version;
+            }
             message.updated_at = at;
             state.dirty_messages.insert(e.message_id);
         }

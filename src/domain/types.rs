@@ -119,6 +119,30 @@ string_enum!(
     }
 );
 
+/// A tool call as an answer's history holds it: what the model asked for and, once it
+/// returned, the result (`ok` and `content` are `None` while it runs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolCallRecord {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+    pub step: u32,
+    pub ok: Option<bool>,
+    pub content: Option<String>,
+    /// The agent whose model called it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<uuid::Uuid>,
+    /// Set for a call made inside an `ask_agent` sub-turn: that call's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_call_id: Option<String>,
+    /// For `ask_agent`: the agent that answered, and its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<uuid::Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by_version: Option<i32>,
+}
+
 /// Token counts reported by the provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -338,6 +338,7 @@ impl RoutedProvider {
                 model: upstream.clone(),
                 messages: request.messages,
                 sampling: request.sampling,
+                tools: request.tools,
             },
         ))
     }
@@ -473,6 +474,7 @@ mod tests {
                 Ok(Completion {
                     content: String::new(),
                     usage: None,
+                    tool_calls: Vec::new(),
                 })
             })
         }
@@ -518,6 +520,7 @@ mod tests {
         );
         let ask = |model: &str| ChatRequest {
             sampling: Default::default(),
+            tools: Vec::new(),
             model: model.into(),
             messages: vec![],
         };

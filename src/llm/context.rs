@@ -3,9 +3,9 @@
 //! the system prompt and the newest message always stay. [`ContextWindow`] fills it newest
 //! first, so a turn reads only as much history as the budget can hold.
 
-use super::ChatMessage;
+use super::{ChatMessage, ToolCall};
 use crate::domain::projection::MessageRecord;
-use crate::domain::types::{MessageRole, MessageStatus};
+use crate::domain::types::{MessageRole, MessageStatus, ToolCallRecord};
 
 /// A rough token estimate (about four characters per token, plus a per-message overhead):
 /// good enough to keep requests under a model's context window without a tokenizer.
@@ -35,10 +35,7 @@ impl ContextWindow {
     pub fn new(system_prompt: Option<&str>, budget_tokens: usize) -> Self {
         let system = system_prompt
             .filter(|p| !p.trim().is_empty())
-            .map(|p| ChatMessage {
-                role: MessageRole::System,
-                content: p.to_string(),
-            });
+            .map(|p| ChatMessage::text(MessageRole::System, p.to_string()));
         let remaining = budget_tokens
             .saturating_sub(system.as_ref().map_or(0, |s| estimate_tokens(&s.content)));
         Self {
@@ -52,19 +49,55 @@ impl ContextWindow {
     /// Offers the next older usable message; `false` once the window is full (this message
     /// and every older one are left out).
     pub fn offer(&mut self, role: MessageRole, content: &str) -> bool {
+        self.offer_turn(role, content, &[])
+    }
+
+    /// Offers the next older usable message with the tools it called (its own calls, not
+    /// those of agents it asked): in the request, each step's calls and their results come
+    /// before its final text, so the model sees what it looked up. All of it fits, or none.
+    pub fn offer_turn(
+        &mut self,
+        role: MessageRole,
+        content: &str,
+        tool_calls: &[ToolCallRecord],
+    ) -> bool {
         if self.full {
             return false;
         }
-        let cost = estimate_tokens(content);
+        // Newest first, like `kept`: the final text, then each step's results and calls
+        // from the last step back.
+        let mut turn = vec![ChatMessage::text(role, content)];
+        let own: Vec<&ToolCallRecord> = tool_calls
+            .iter()
+            .filter(|c| c.parent_call_id.is_none() && c.ok.is_some())
+            .collect();
+        let mut steps: Vec<u32> = own.iter().map(|c| c.step).collect();
+        steps.dedup();
+        for step in steps.into_iter().rev() {
+            let calls: Vec<&&ToolCallRecord> = own.iter().filter(|c| c.step == step).collect();
+            for call in calls.iter().rev() {
+                let result = call.content.clone().unwrap_or_default();
+                turn.push(ChatMessage::tool_result(call.call_id.clone(), result));
+            }
+            turn.push(ChatMessage::calling(
+                "",
+                calls
+                    .iter()
+                    .map(|c| ToolCall {
+                        id: c.call_id.clone(),
+                        name: c.name.clone(),
+                        arguments: c.arguments.clone(),
+                    })
+                    .collect(),
+            ));
+        }
+        let cost: usize = turn.iter().map(ChatMessage::estimated_tokens).sum();
         if cost > self.remaining && !self.kept.is_empty() {
             self.full = true;
             return false;
         }
         self.remaining = self.remaining.saturating_sub(cost);
-        self.kept.push(ChatMessage {
-            role,
-            content: content.to_string(),
-        });
+        self.kept.extend(turn);
         true
     }
 
@@ -105,6 +138,7 @@ mod tests {
     ) -> MessageRecord {
         MessageRecord {
             fallback_reason: None,
+            tool_calls: Vec::new(),
             id: Uuid::now_v7(),
             conversation_id: Uuid::nil(),
             position,
@@ -166,5 +200,74 @@ mod tests {
         let tiny = build_context(None, &messages, 1);
         assert_eq!(tiny.len(), 1);
         assert!(tiny[0].content.starts_with('5'));
+    }
+
+    fn call(id: &str, step: u32, parent: Option<&str>) -> ToolCallRecord {
+        ToolCallRecord {
+            call_id: id.into(),
+            name: "current_time".into(),
+            arguments: "{}".into(),
+            step,
+            ok: Some(true),
+            content: Some(format!("result of {id}")),
+            agent_id: None,
+            parent_call_id: parent.map(Into::into),
+            answered_by: None,
+            answered_by_version: None,
+        }
+    }
+
+    #[test]
+    fn an_answer_with_tools_is_its_steps_calls_and_results_then_its_text() {
+        let calls = [
+            call("a", 1, None),
+            call("b", 1, None),
+            call("nested", 1, Some("b")),
+            call("c", 2, None),
+        ];
+        let mut window = ContextWindow::new(None, 10_000);
+        assert!(window.offer_turn(MessageRole::Assistant, "final", &calls));
+        assert!(window.offer(MessageRole::User, "question"));
+        let messages = window.into_messages();
+        let shape: Vec<String> = messages
+            .iter()
+            .map(|m| match (&m.tool_call_id, m.tool_calls.is_empty()) {
+                (Some(id), _) => format!("result:{id}"),
+                (None, false) => format!(
+                    "calls:{}",
+                    m.tool_calls
+                        .iter()
+                        .map(|c| c.id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                (None, true) => format!("{}:{}", m.role.as_str(), m.content),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                "user:question",
+                "calls:a,b",
+                "result:a",
+                "result:b",
+                "calls:c",
+                "result:c",
+                "assistant:final"
+            ],
+            "a hand-off's own calls stay out"
+        );
+    }
+
+    #[test]
+    fn an_answer_with_tools_fits_whole_or_not_at_all() {
+        let big = ToolCallRecord {
+            content: Some("x".repeat(4_000)),
+            ..call("a", 1, None)
+        };
+        let mut window = ContextWindow::new(None, 300);
+        assert!(window.offer(MessageRole::User, "newest"));
+        assert!(!window.offer_turn(MessageRole::Assistant, "short", &[big]));
+        assert_eq!(window.into_messages().len(), 1);
     }
 }

@@ -71,7 +71,11 @@ impl ChatProvider for DemoProvider {
         async move {
             let content = Self::reply_to(&request);
             let usage = Some(Self::usage(&request, &content));
-            Ok(Completion { content, usage })
+            Ok(Completion {
+                content,
+                usage,
+                tool_calls: Vec::new(),
+            })
         }
         .boxed()
     }
@@ -113,11 +117,9 @@ mod tests {
         let provider = DemoProvider::new(Duration::ZERO);
         let request = ChatRequest {
             sampling: Default::default(),
+            tools: Vec::new(),
             model: DEMO_MODEL.into(),
-            messages: vec![ChatMessage {
-                role: MessageRole::User,
-                content: "hello there".into(),
-            }],
+            messages: vec![ChatMessage::text(MessageRole::User, "hello there")],
         };
         let whole = provider.complete(request.clone()).await.unwrap();
         let items: Vec<_> = provider.stream(request).await.unwrap().collect().await;
@@ -127,6 +129,7 @@ mod tests {
             match item.unwrap() {
                 StreamItem::Delta(d) => text.push_str(&d),
                 StreamItem::Usage(u) => usage = Some(u),
+                StreamItem::ToolCall(call) => panic!("the demo calls no tools: {call:?}"),
             }
         }
         assert_eq!(text, whole.content);

@@ -24,6 +24,64 @@ use crate::metrics::Metrics;
 pub struct ChatMessage {
     pub role: MessageRole,
     pub content: String,
+    /// The tools an assistant message called (OpenAI function calling).
+    pub tool_calls: Vec<ToolCall>,
+    /// Set on a tool's result: the call it answers (sent with the `tool` role).
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn text(role: MessageRole, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    /// An assistant message that called tools (with the text it said first, if any).
+    pub fn calling(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        Self {
+            tool_calls: calls,
+            ..Self::text(MessageRole::Assistant, content)
+        }
+    }
+
+    /// A tool's result for the call `call_id`.
+    pub fn tool_result(call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            tool_call_id: Some(call_id.into()),
+            ..Self::text(MessageRole::Assistant, content)
+        }
+    }
+
+    /// Its size for the token budget: its text, and its calls' names and arguments.
+    pub fn estimated_tokens(&self) -> usize {
+        context::estimate_tokens(&self.content)
+            + self
+                .tool_calls
+                .iter()
+                .map(|c| context::estimate_tokens(&c.arguments) + c.name.len() / 4)
+                .sum::<usize>()
+    }
+}
+
+/// A tool the model may call: its name, what it does, and its parameters (JSON Schema).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    pub parameters: serde_json::Value,
+}
+
+/// A tool call the model made, assembled: its id, the tool's name and the arguments as the
+/// model wrote them (JSON, unchecked).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    pub arguments: String,
 }
 
 #[derive(Clone, Debug)]
@@ -32,6 +90,8 @@ pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
     /// An agent's sampling; the provider's defaults where `None`.
     pub sampling: Sampling,
+    /// The tools the model may call; none is sent when empty.
+    pub tools: Vec<ToolSpec>,
 }
 
 /// Sampling parameters sent with a request.
@@ -53,16 +113,18 @@ impl ChatRequest {
         let prompt: usize = self
             .messages
             .iter()
-            .map(|m| context::estimate_tokens(&m.content))
+            .map(ChatMessage::estimated_tokens)
             .sum();
         prompt as u64 + EXPECTED_COMPLETION_TOKENS
     }
 }
 
-/// What a streamed completion yields, in order: text deltas, then at most one usage report.
+/// What a streamed completion yields, in order: text deltas, then the tool calls it made
+/// (each once whole, when the answer finishes), then at most one usage report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamItem {
     Delta(String),
+    ToolCall(ToolCall),
     Usage(Usage),
 }
 
@@ -70,6 +132,8 @@ pub enum StreamItem {
 pub struct Completion {
     pub content: String,
     pub usage: Option<Usage>,
+    /// The tools the answer called instead of (or after) its text.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Why the upstream did not give an answer. Messages are safe to show to users: they name

@@ -8,9 +8,12 @@ use async_openai::config::OpenAIConfig;
 use async_openai::error::OpenAIError;
 use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
-    ChatCompletionRequestAssistantMessage, ChatCompletionRequestMessage,
-    ChatCompletionRequestSystemMessage, ChatCompletionRequestUserMessage,
-    ChatCompletionStreamOptions, CreateChatCompletionRequest,
+    ChatCompletionMessageToolCall, ChatCompletionMessageToolCallChunk,
+    ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
+    ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
+    ChatCompletionRequestToolMessage, ChatCompletionRequestUserMessage,
+    ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionTools,
+    CreateChatCompletionRequest, FunctionCall, FunctionObject,
 };
 use async_openai::Client;
 use futures::future::BoxFuture;
@@ -18,6 +21,7 @@ use futures::{FutureExt, StreamExt};
 
 use super::{
     ChatMessage, ChatProvider, ChatRequest, ChatStream, Completion, ProviderError, StreamItem,
+    ToolCall,
 };
 use crate::domain::types::{MessageRole, Usage};
 
@@ -57,11 +61,61 @@ impl OpenAiProvider {
 
 fn to_openai(message: &ChatMessage) -> ChatCompletionRequestMessage {
     let content = message.content.clone();
+    if let Some(call_id) = &message.tool_call_id {
+        return ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
+            content: content.into(),
+            tool_call_id: call_id.clone(),
+        });
+    }
     match message.role {
         MessageRole::System => ChatCompletionRequestSystemMessage::from(content).into(),
         MessageRole::User => ChatCompletionRequestUserMessage::from(content).into(),
+        MessageRole::Assistant if !message.tool_calls.is_empty() => {
+            ChatCompletionRequestAssistantMessage {
+                // Text said before the calls, if any; none is `null`, as OpenAI expects.
+                content: (!content.is_empty()).then(|| content.into()),
+                tool_calls: Some(
+                    message
+                        .tool_calls
+                        .iter()
+                        .map(|call| {
+                            ChatCompletionMessageToolCalls::Function(
+                                ChatCompletionMessageToolCall {
+                                    id: call.id.clone(),
+                                    function: FunctionCall {
+                                        name: call.name.clone(),
+                                        arguments: call.arguments.clone(),
+                                    },
+                                },
+                            )
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }
+            .into()
+        }
         MessageRole::Assistant => ChatCompletionRequestAssistantMessage::from(content).into(),
     }
+}
+
+fn tools(request: &ChatRequest) -> Option<Vec<ChatCompletionTools>> {
+    (!request.tools.is_empty()).then(|| {
+        request
+            .tools
+            .iter()
+            .map(|tool| {
+                ChatCompletionTools::Function(ChatCompletionTool {
+                    function: FunctionObject {
+                        name: tool.name.clone(),
+                        description: Some(tool.description.clone()),
+                        parameters: Some(tool.parameters.clone()),
+                        strict: None,
+                    },
+                })
+            })
+            .collect()
+    })
 }
 
 fn build_request(request: &ChatRequest, stream: bool) -> CreateChatCompletionRequest {
@@ -71,6 +125,7 @@ fn build_request(request: &ChatRequest, stream: bool) -> CreateChatCompletionReq
         temperature: request.sampling.temperature.map(|t| t as f32),
         top_p: request.sampling.top_p.map(|p| p as f32),
         max_completion_tokens: request.sampling.max_tokens,
+        tools: tools(request),
         stream: stream.then_some(true),
         // Ask for token usage in the stream's last chunk.
         stream_options: stream.then_some(ChatCompletionStreamOptions {
@@ -127,6 +182,56 @@ fn usage(u: &async_openai::types::chat::CompletionUsage) -> Usage {
     }
 }
 
+/// Streamed tool calls as their pieces arrive: the first piece of each has its `index`, `id`
+/// and name, later ones add fragments of its arguments; several calls interleave by
+/// `index`. The arguments are JSON only once whole.
+#[derive(Default)]
+struct ToolCallPieces {
+    /// By `index`, in the order the calls began.
+    calls: Vec<(u32, ToolCall)>,
+}
+
+impl ToolCallPieces {
+    fn add(&mut self, piece: ChatCompletionMessageToolCallChunk) {
+        let at = match self.calls.iter().position(|(i, _)| *i == piece.index) {
+            Some(at) => at,
+            None => {
+                let empty = ToolCall {
+                    id: String::new(),
+                    name: String::new(),
+                    arguments: String::new(),
+                };
+                self.calls.push((piece.index, empty));
+                self.calls.len() - 1
+            }
+        };
+        let call = &mut self.calls[at].1;
+        if let Some(id) = piece.id.filter(|id| !id.is_empty()) {
+            call.id = id;
+        }
+        if let Some(function) = piece.function {
+            if let Some(name) = function.name.filter(|n| !n.is_empty()) {
+                call.name = name;
+            }
+            if let Some(fragment) = function.arguments {
+                call.arguments.push_str(&fragment);
+            }
+        }
+    }
+
+    /// The whole calls, in order; a call that never got an id gets one from its index.
+    fn take(&mut self) -> impl Iterator<Item = ToolCall> {
+        std::mem::take(&mut self.calls)
+            .into_iter()
+            .map(|(index, mut call)| {
+                if call.id.is_empty() {
+                    call.id = format!("call_{index}");
+                }
+                call
+            })
+    }
+}
+
 impl ChatProvider for OpenAiProvider {
     fn name(&self) -> &'static str {
         "openai"
@@ -140,15 +245,35 @@ impl ChatProvider for OpenAiProvider {
                 .create(build_request(&request, false))
                 .await
                 .map_err(map_error)?;
-            let content = response
+            let message = response
                 .choices
                 .into_iter()
                 .next()
-                .and_then(|c| c.message.content)
+                .map(|c| c.message)
                 .ok_or_else(|| ProviderError::Upstream("the answer had no content".into()))?;
+            let tool_calls: Vec<ToolCall> = message
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|call| match call {
+                    ChatCompletionMessageToolCalls::Function(call) => Some(ToolCall {
+                        id: call.id,
+                        name: call.function.name,
+                        arguments: call.function.arguments,
+                    }),
+                    ChatCompletionMessageToolCalls::Custom(_) => None,
+                })
+                .collect();
+            // An answer that only calls tools has no text; any other needs some.
+            let content = match message.content {
+                Some(content) => content,
+                None if !tool_calls.is_empty() => String::new(),
+                None => return Err(ProviderError::Upstream("the answer had no content".into())),
+            };
             Ok(Completion {
                 content,
                 usage: response.usage.as_ref().map(usage),
+                tool_calls,
             })
         }
         .boxed()
@@ -164,9 +289,11 @@ impl ChatProvider for OpenAiProvider {
                 .map_err(map_error)?;
             // async-openai ends the stream quietly on `[DONE]` and also when the connection
             // simply closes; only a `finish_reason` tells a finished answer from a cut one.
+            // Tool calls arrive in pieces (see `ToolCallPieces`) and leave whole, once the
+            // answer says it has finished.
             let stream = futures::stream::unfold(
-                (upstream, false, false),
-                |(mut upstream, finished, done)| async move {
+                (upstream, false, false, ToolCallPieces::default()),
+                |(mut upstream, finished, done, mut calls)| async move {
                     if done {
                         return None;
                     }
@@ -177,10 +304,11 @@ impl ChatProvider for OpenAiProvider {
                                 let err = ProviderError::Upstream(
                                     "the stream ended before the answer was finished".into(),
                                 );
-                                return Some((vec![Err(err)], (upstream, finished, true)));
+                                return Some((vec![Err(err)], (upstream, finished, true, calls)));
                             }
                             Some(Err(e)) => {
-                                return Some((vec![Err(map_error(e))], (upstream, finished, true)))
+                                let items = vec![Err(map_error(e))];
+                                return Some((items, (upstream, finished, true, calls)));
                             }
                             Some(Ok(chunk)) => {
                                 let mut items = Vec::new();
@@ -191,13 +319,21 @@ impl ChatProvider for OpenAiProvider {
                                     {
                                         items.push(Ok(StreamItem::Delta(text)));
                                     }
-                                    now_finished |= choice.finish_reason.is_some();
+                                    for piece in choice.delta.tool_calls.unwrap_or_default() {
+                                        calls.add(piece);
+                                    }
+                                    if choice.finish_reason.is_some() {
+                                        now_finished = true;
+                                        items.extend(
+                                            calls.take().map(|c| Ok(StreamItem::ToolCall(c))),
+                                        );
+                                    }
                                 }
                                 if let Some(u) = chunk.usage.as_ref() {
                                     items.push(Ok(StreamItem::Usage(usage(u))));
                                 }
                                 if !items.is_empty() || now_finished != finished {
-                                    return Some((items, (upstream, now_finished, false)));
+                                    return Some((items, (upstream, now_finished, false, calls)));
                                 }
                             }
                         }
@@ -208,5 +344,108 @@ impl ChatProvider for OpenAiProvider {
             Ok(stream.boxed())
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_openai::types::chat::FunctionCallStream;
+
+    fn piece(
+        index: u32,
+        id: Option<&str>,
+        name: Option<&str>,
+        args: &str,
+    ) -> ChatCompletionMessageToolCallChunk {
+        ChatCompletionMessageToolCallChunk {
+            index,
+            id: id.map(Into::into),
+            r#type: None,
+            function: Some(FunctionCallStream {
+                name: name.map(Into::into),
+                arguments: Some(args.into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn interleaved_pieces_assemble_into_whole_calls_in_order() {
+        let mut calls = ToolCallPieces::default();
+        calls.add(piece(0, Some("call_a"), Some("ask_agent"), ""));
+        calls.add(piece(1, Some("call_b"), Some("current_time"), ""));
+        calls.add(piece(0, None, None, "{\"age"));
+        calls.add(piece(1, None, None, "{}"));
+        calls.add(piece(0, None, None, "ntId\":1}"));
+        // A provider that sends no id gets one from the index.
+        calls.add(piece(2, None, Some("current_time"), "{}"));
+        let whole: Vec<ToolCall> = calls.take().collect();
+        assert_eq!(
+            whole,
+            [
+                ToolCall {
+                    id: "call_a".into(),
+                    name: "ask_agent".into(),
+                    arguments: "{\"agentId\":1}".into()
+                },
+                ToolCall {
+                    id: "call_b".into(),
+                    name: "current_time".into(),
+                    arguments: "{}".into()
+                },
+                ToolCall {
+                    id: "call_2".into(),
+                    name: "current_time".into(),
+                    arguments: "{}".into()
+                },
+            ]
+        );
+        assert_eq!(calls.take().count(), 0, "taken once");
+    }
+
+    #[test]
+    fn requests_carry_tools_and_tool_turns_in_openai_form() {
+        let request = ChatRequest {
+            model: "m".into(),
+            messages: vec![
+                ChatMessage::text(MessageRole::User, "what time is it?"),
+                ChatMessage::calling(
+                    "",
+                    vec![ToolCall {
+                        id: "c1".into(),
+                        name: "current_time".into(),
+                        arguments: "{}".into(),
+                    }],
+                ),
+                ChatMessage::tool_result("c1", "noon"),
+            ],
+            sampling: Default::default(),
+            tools: vec![super::super::ToolSpec {
+                name: "current_time".into(),
+                description: "now".into(),
+                parameters: serde_json::json!({"type": "object", "properties": {}}),
+            }],
+        };
+        let json = serde_json::to_value(build_request(&request, true)).unwrap();
+        assert_eq!(json["tools"][0]["type"], "function");
+        assert_eq!(json["tools"][0]["function"]["name"], "current_time");
+        let messages = &json["messages"];
+        assert_eq!(messages[1]["role"], "assistant");
+        assert!(messages[1].get("content").is_none_or(|c| c.is_null()));
+        assert_eq!(messages[1]["tool_calls"][0]["id"], "c1");
+        assert_eq!(messages[1]["tool_calls"][0]["type"], "function");
+        assert_eq!(messages[1]["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(messages[2]["role"], "tool");
+        assert_eq!(messages[2]["tool_call_id"], "c1");
+        assert_eq!(messages[2]["content"], "noon");
+        let plain = ChatRequest {
+            tools: vec![],
+            ..request
+        };
+        let json = serde_json::to_value(build_request(&plain, true)).unwrap();
+        assert!(
+            json.get("tools").is_none_or(|t| t.is_null()),
+            "no tools, no field"
+        );
     }
 }

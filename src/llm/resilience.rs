@@ -345,6 +345,7 @@ mod tests {
                 Ok(Completion {
                     content: "ok".into(),
                     usage: None,
+                    tool_calls: Vec::new(),
                 })
             };
             async move { result }.boxed()
@@ -402,11 +403,9 @@ mod tests {
     fn request() -> ChatRequest {
         ChatRequest {
             sampling: Default::default(),
+            tools: Vec::new(),
             model: "m".into(),
-            messages: vec![ChatMessage {
-                role: MessageRole::User,
-                content: "hi".into(),
-            }],
+            messages: vec![ChatMessage::text(MessageRole::User, "hi")],
         }
     }
 

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::domain::codes::ErrorCode;
 use crate::domain::events::StreamError;
-use crate::domain::types::{MessageStatus, Usage};
+use crate::domain::types::{MessageStatus, ToolCallRecord, Usage};
 
 /// Frames a client may send. Parse them with [`ClientFrame::parse`], which reports the
 /// offending field by name.
@@ -143,6 +143,13 @@ pub enum ServerFrame {
         message_id: Uuid,
         content: String,
         next_index: u64,
+        /// The answer's tool calls so far (results cut to `TOOL_RESULT_MAX_CHARS`).
+        #[serde(default)]
+        tool_calls: Vec<ToolCallRecord>,
+        /// The `seq` of the last tool event it covers (0: none): later `tool_call` and
+        /// `tool_result` frames have greater ones.
+        #[serde(default)]
+        tool_seq: i64,
     },
     /// The answer waits for the model's budget: `position` 1 is next. Sent after
     /// `stream_start` and again whenever the place changes, until the first chunk.
@@ -160,6 +167,35 @@ pub enum ServerFrame {
         usage: Option<Usage>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<StreamError>,
+        seq: i64,
+        /// The tools the answer called (results cut to `TOOL_RESULT_MAX_CHARS`).
+        #[serde(default)]
+        tool_calls: Vec<ToolCallRecord>,
+    },
+    /// A tool the answer's model called, once its arguments are whole (and recorded as the
+    /// `tool_called` event `seq`).
+    ToolCall {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        call_id: String,
+        name: String,
+        arguments: String,
+        seq: i64,
+        /// The agent whose model called it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent_id: Option<Uuid>,
+        /// Set for a call inside an `ask_agent` hand-off: that call's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_call_id: Option<String>,
+    },
+    /// A tool call's result (cut to `TOOL_RESULT_MAX_CHARS`; the log keeps it whole).
+    ToolResult {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        call_id: String,
+        name: String,
+        ok: bool,
+        content: String,
         seq: i64,
     },
     Event {
@@ -182,6 +218,8 @@ impl ServerFrame {
         "stream_snapshot",
         "stream_queued",
         "stream_complete",
+        "tool_call",
+        "tool_result",
         "event",
         "error",
         "pong",
@@ -198,6 +236,8 @@ impl ServerFrame {
             Self::StreamSnapshot { .. } => "stream_snapshot",
             Self::StreamQueued { .. } => "stream_queued",
             Self::StreamComplete { .. } => "stream_complete",
+            Self::ToolCall { .. } => "tool_call",
+            Self::ToolResult { .. } => "tool_result",
             Self::Event { .. } => "event",
             Self::Error { .. } => "error",
             Self::Pong => "pong",
@@ -232,6 +272,12 @@ pub enum FrameKey {
     Snapshot {
         message_id: Uuid,
         next_index: u64,
+        tool_seq: i64,
+    },
+    /// A tool call or result, recorded as event `seq`.
+    Tool {
+        message_id: Uuid,
+        seq: i64,
     },
     Complete {
         message_id: Uuid,
@@ -351,12 +397,32 @@ fn key_of(frame: &ServerFrame) -> (Option<Uuid>, FrameKey) {
             conversation_id,
             message_id,
             next_index,
+            tool_seq,
             ..
         } => (
             Some(*conversation_id),
             FrameKey::Snapshot {
                 message_id: *message_id,
                 next_index: *next_index,
+                tool_seq: *tool_seq,
+            },
+        ),
+        ServerFrame::ToolCall {
+            conversation_id,
+            message_id,
+            seq,
+            ..
+        }
+        | ServerFrame::ToolResult {
+            conversation_id,
+            message_id,
+            seq,
+            ..
+        } => (
+            Some(*conversation_id),
+            FrameKey::Tool {
+                message_id: *message_id,
+                seq: *seq,
             },
         ),
         ServerFrame::StreamComplete {
@@ -476,6 +542,8 @@ mod tests {
                 message_id: id,
                 content: "a".into(),
                 next_index: 1,
+                tool_calls: vec![],
+                tool_seq: 0,
             },
             ServerFrame::StreamQueued {
                 conversation_id: id,
@@ -490,6 +558,26 @@ mod tests {
                 usage: None,
                 error: None,
                 seq: 2,
+                tool_calls: vec![],
+            },
+            ServerFrame::ToolCall {
+                conversation_id: id,
+                message_id: id,
+                call_id: "c".into(),
+                name: "current_time".into(),
+                arguments: "{}".into(),
+                seq: 3,
+                agent_id: None,
+                parent_call_id: None,
+            },
+            ServerFrame::ToolResult {
+                conversation_id: id,
+                message_id: id,
+                call_id: "c".into(),
+                name: "current_time".into(),
+                ok: true,
+                content: "now".into(),
+                seq: 4,
             },
             ServerFrame::Event {
                 event: serde_json::json!({}),

@@ -205,6 +205,8 @@ impl StreamHub {
                     state: Mutex::new(StreamState {
                         content: String::new(),
                         next_index: 0,
+                        tool_calls: Vec::new(),
+                        tool_seq: 0,
                         finished: false,
                     }),
                     cancel: CancellationToken::new(),
@@ -212,6 +214,7 @@ impl StreamHub {
                     requested,
                     started: Instant::now(),
                     _slot: slot,
+                    tool_result_max_chars: self.inner.chat.agents_config().tool_result_max_chars,
                 });
                 self.streams()
                     .insert(turn.assistant_message_id, stream.clone());
@@ -261,6 +264,8 @@ impl StreamHub {
                             usage: done.usage,
                             error: done.error,
                             seq,
+                            // A repeat's answer is its text; the calls are in its events.
+                            tool_calls: Vec::new(),
                         }));
                     } else if let Some(stream) =
                         self.streams().get(&previous.assistant_message_id).cloned()
@@ -344,12 +349,7 @@ impl StreamHub {
                     if state.finished {
                         continue;
                     }
-                    let frame = OutFrame::new(&ServerFrame::StreamSnapshot {
-                        conversation_id: stream.turn.conversation_id,
-                        message_id: stream.turn.assistant_message_id,
-                        content: state.content.clone(),
-                        next_index: state.next_index,
-                    });
+                    let frame = stream.snapshot_of(&state);
                     self.inner
                         .bus
                         .share_state(stream.turn.conversation_id, Arc::new(frame));
@@ -415,6 +415,7 @@ impl StreamHub {
                     usage: outcome.usage,
                     error,
                     seq: seq.unwrap_or(turn.started_seq),
+                    tool_calls: stream.cut(&state.tool_calls),
                 },
             );
         }
@@ -498,6 +499,7 @@ impl StreamHub {
                     usage: None,
                     error: None,
                     seq,
+                    tool_calls: message.tool_calls.clone(),
                 },
             );
             tracing::warn!(conversation_id = %message.conversation_id, message_id = %message.id, "answer interrupted by the stop of its instance; kept its checkpointed text");

@@ -7,24 +7,30 @@
 //! the stream's short synchronous lock (never across an `.await`). The database is touched
 //! at the start, on the checkpoint timer, and at the end.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use super::bus::RoomBus;
 use super::frames::{OutFrame, ServerFrame};
 use super::stream::RunningStream;
 use crate::domain::codes::ErrorCode;
-use crate::domain::events::StreamError;
-use crate::domain::types::{MessageStatus, Usage};
+use crate::domain::events::{StreamError, ToolCalled, ToolReturned};
+use crate::domain::types::{MessageStatus, ToolCallRecord, Usage};
 use crate::llm::scheduler::CallClass;
 use crate::llm::scheduler::Permit;
-use crate::llm::{ChatRequest, ChatStream, ProviderError, StreamItem};
+use crate::llm::ToolSpec;
+use crate::llm::{ChatMessage, ChatRequest, ChatStream, ProviderError, StreamItem, ToolCall};
 use crate::metrics::Metrics;
-use crate::service::chat::{Answered, ChatService, EarlyStream, NoPlace, Turn, TurnOutcome};
-use crate::service::ServiceError;
+use crate::service::chat::{
+    add_usage, Answered, ChatService, EarlyStream, NoPlace, Turn, TurnOutcome,
+};
+use crate::service::tools::{unique_call_id, Scope, ToolSink, Toolbox};
+use crate::service::{ServiceError, ServiceResult};
 
 /// The most text one chunk carries when deltas are joined.
 const MAX_CHUNK_BYTES: usize = 16 * 1024;
@@ -66,77 +72,151 @@ impl Relay<'_> {
         }
     }
 
-    /// Relays the upstream's deltas until it ends, fails, times out or is cancelled.
-    /// `early`: the stream, if the turn's start already asked for it.
+    /// Runs the answer: one step (a model call, relayed) for a turn without tools; for an
+    /// agent with tools, up to `AGENT_MAX_STEPS` of them, each step's tool calls run and
+    /// their results sent back to the model in the next, the last asked without tools so
+    /// that the answer ends in text. Chunk indexes run on across steps.
+    /// `early`: the first step's stream, if the turn's start already asked for it.
     pub async fn drive(&self, stream: &RunningStream, early: Option<EarlyStream>) -> TurnOutcome {
         let chat = self.chat;
-        let limits = chat.upstream().clone();
-        let (asked, mut upstream, mut permit, answered) = match self.open(stream, early).await {
-            Ok(opened) => opened,
-            Err(outcome) => return outcome,
+        let turn = &stream.turn;
+        let settings = chat.agents_config();
+        let sink = StreamTools {
+            relay: self,
+            stream,
+            ids: Mutex::new(HashSet::new()),
         };
+        let toolbox = Toolbox {
+            chat,
+            turn,
+            sink: &sink,
+            settings,
+        };
+        let scope = turn.agent.clone().map(Scope::top);
+        let tools = match &scope {
+            Some(scope) => toolbox.specs(scope).await,
+            None => Vec::new(),
+        };
+        let steps = if tools.is_empty() {
+            1
+        } else {
+            settings.max_steps
+        };
+        let mut early = early;
+        let mut request = None;
+        let mut answered = Answered::default();
         let mut usage = None;
-        let end = |status, error: Option<&ProviderError>, usage| TurnOutcome {
+        let mut checkpoints = Checkpoints::new(self.checkpoint_every);
+        let end = |status, error: Option<StreamError>, usage, answered: &Answered| TurnOutcome {
             content: stream.lock().content.clone(),
             status,
             usage,
-            error: error.map(|e| chat.failure(&stream.turn, &answered, e)),
+            error,
             answered: answered.clone(),
         };
-        let turn = &stream.turn;
-        let mut deadline = Instant::now() + limits.first_token_timeout;
+        for step in 1..=steps {
+            let last = step == steps;
+            let offered = if last { Vec::new() } else { tools.clone() };
+            let opened = self
+                .open(
+                    stream,
+                    early.take(),
+                    &mut request,
+                    answered.clone(),
+                    offered,
+                )
+                .await;
+            let (asked, upstream, permit, now_answered) = match opened {
+                Ok(opened) => opened,
+                Err(outcome) => {
+                    return TurnOutcome {
+                        usage: add_usage(usage, outcome.usage),
+                        ..outcome
+                    }
+                }
+            };
+            answered = now_answered;
+            let said_from = stream.lock().content.len();
+            let calls = match self
+                .relay_step(
+                    stream,
+                    upstream,
+                    permit,
+                    asked,
+                    &mut usage,
+                    &mut checkpoints,
+                )
+                .await
+            {
+                Err((status, error)) => {
+                    let error = error.map(|e| chat.failure(turn, &answered, &e));
+                    return end(status, error, usage, &answered);
+                }
+                // Calls asked for without tools offered (the last step) are not run.
+                Ok(calls) if calls.is_empty() || last => {
+                    return end(MessageStatus::Complete, None, usage, &answered)
+                }
+                Ok(calls) => calls,
+            };
+            let (Some(scope), Some(request)) = (&scope, request.as_mut()) else {
+                return end(MessageStatus::Complete, None, usage, &answered);
+            };
+            let said = stream.lock().content[said_from..].to_string();
+            request
+                .messages
+                .push(ChatMessage::calling(said, calls.clone()));
+            let results = tokio::select! {
+                biased;
+                _ = stream.cancel.cancelled() => {
+                    sink.close_open("the answer was cancelled").await;
+                    return end(MessageStatus::Cancelled, None, usage, &answered);
+                }
+                _ = stream.interrupt.cancelled() => {
+                    sink.close_open("the server stopped").await;
+                    return end(MessageStatus::Interrupted, None, usage, &answered);
+                }
+                results = toolbox.run_calls(scope, step, calls) => results,
+            };
+            // Calls of a hand-off that timed out never returned: they end here.
+            sink.close_open("the tool that made this call did not finish")
+                .await;
+            request.messages.extend(results);
+        }
+        end(MessageStatus::Complete, None, usage, &answered)
+    }
 
-        let mut checkpoint = tokio::time::interval_at(
-            Instant::now() + self.checkpoint_every,
-            self.checkpoint_every,
-        );
-        checkpoint.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut saved_len = 0;
-        let mut saving: Option<tokio::task::JoinHandle<Option<usize>>> = None;
+    /// Relays one model call's deltas until it ends (`Ok`: the tool calls it made, if
+    /// any), fails, times out or is cancelled (`Err`: how the answer ends).
+    async fn relay_step(
+        &self,
+        stream: &RunningStream,
+        mut upstream: ChatStream,
+        mut permit: Option<Permit>,
+        asked: Instant,
+        usage: &mut Option<Usage>,
+        checkpoints: &mut Checkpoints,
+    ) -> Result<Vec<ToolCall>, (MessageStatus, Option<ProviderError>)> {
+        let limits = self.chat.upstream().clone();
+        let mut deadline = Instant::now() + limits.first_token_timeout;
+        let mut calls = Vec::new();
+        let mut take_usage = |permit: &mut Option<Permit>, u: Usage| {
+            *usage = add_usage(*usage, Some(u));
+            settle(permit, u);
+        };
         loop {
             tokio::select! {
                 biased;
-                _ = stream.cancel.cancelled() => return end(MessageStatus::Cancelled, None, usage),
-                _ = stream.interrupt.cancelled() => return end(MessageStatus::Interrupted, None, usage),
+                _ = stream.cancel.cancelled() => return Err((MessageStatus::Cancelled, None)),
+                _ = stream.interrupt.cancelled() => return Err((MessageStatus::Interrupted, None)),
                 _ = tokio::time::sleep_until(deadline) => {
-                    return end(MessageStatus::Failed, Some(&ProviderError::Timeout), usage);
+                    return Err((MessageStatus::Failed, Some(ProviderError::Timeout)));
                 }
-                _ = checkpoint.tick() => {
-                    // The relay never waits for the database mid-stream: the write runs on
-                    // its own, and a tick while the last one is still running is skipped.
-                    // A checkpoint that lands after the end changes nothing (it only
-                    // touches a message still `streaming`).
-                    if saving.as_ref().is_some_and(|s| !s.is_finished()) {
-                        continue;
-                    }
-                    if let Some(Ok(Some(len))) = saving.take().and_then(FutureExt::now_or_never) {
-                        saved_len = len;
-                    }
-                    let pending = {
-                        let state = stream.lock();
-                        (state.content.len() != saved_len).then(|| state.content.clone())
-                    };
-                    if let Some(content) = pending {
-                        let store = chat.store().clone();
-                        let message_id = turn.assistant_message_id;
-                        saving = Some(tokio::spawn(async move {
-                            match store.checkpoint_message(message_id, &content).await {
-                                Ok(()) => Some(content.len()),
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "checkpoint failed");
-                                    None
-                                }
-                            }
-                        }));
-                    }
-                }
+                _ = checkpoints.tick() => checkpoints.save(self.chat, stream),
                 item = upstream.next() => match item {
-                    None => return end(MessageStatus::Complete, None, usage),
-                    Some(Err(err)) => return end(MessageStatus::Failed, Some(&err), usage),
-                    Some(Ok(StreamItem::Usage(u))) => {
-                        usage = Some(u);
-                        settle(&mut permit, u);
-                    }
+                    None => return Ok(calls),
+                    Some(Err(err)) => return Err((MessageStatus::Failed, Some(err))),
+                    Some(Ok(StreamItem::Usage(u))) => take_usage(&mut permit, u),
+                    Some(Ok(StreamItem::ToolCall(call))) => calls.push(call),
                     Some(Ok(StreamItem::Delta(delta))) => {
                         let arrived = std::time::Instant::now();
                         deadline = Instant::now() + limits.idle_timeout;
@@ -151,10 +231,8 @@ impl Relay<'_> {
                                     text.push_str(&more);
                                     deltas += 1;
                                 }
-                                Some(Some(Ok(StreamItem::Usage(u)))) => {
-                                    usage = Some(u);
-                                    settle(&mut permit, u);
-                                }
+                                Some(Some(Ok(StreamItem::Usage(u)))) => take_usage(&mut permit, u),
+                                Some(Some(Ok(StreamItem::ToolCall(call)))) => calls.push(call),
                                 Some(None) => {
                                     ended = Some(None);
                                     break;
@@ -168,8 +246,8 @@ impl Relay<'_> {
                         }
                         self.relay(stream, text, deltas, asked, arrived);
                         match ended {
-                            Some(None) => return end(MessageStatus::Complete, None, usage),
-                            Some(Some(err)) => return end(MessageStatus::Failed, Some(&err), usage),
+                            Some(None) => return Ok(calls),
+                            Some(Some(err)) => return Err((MessageStatus::Failed, Some(err))),
                             None => {}
                         }
                     }
@@ -183,10 +261,15 @@ impl Relay<'_> {
     /// instead when its model's breaker is open (before asking, or when asking fails fast),
     /// its queue is full, or its wait would pass the limit. `Err`: how the answer ended
     /// before any text (cancelled while it waited, no place, the upstream refused).
+    /// `request`: the step's request, built here from the history on the first step;
+    /// `answered`: the model the answer has gone to so far; `tools`: those offered.
     async fn open(
         &self,
         stream: &RunningStream,
         early: Option<EarlyStream>,
+        request: &mut Option<ChatRequest>,
+        mut answered: Answered,
+        tools: Vec<ToolSpec>,
     ) -> Result<(Instant, ChatStream, Option<Permit>, Answered), TurnOutcome> {
         let chat = self.chat;
         let turn = &stream.turn;
@@ -198,9 +281,7 @@ impl Relay<'_> {
             error,
             answered: answered.clone(),
         };
-        let mut answered = Answered::default();
         let mut early = early;
-        let mut request = None;
         loop {
             let (asked, opening, permit) = match early.take() {
                 Some(mut early) => {
@@ -209,10 +290,10 @@ impl Relay<'_> {
                     (early.asked, early.opened().boxed(), permit)
                 }
                 None => {
-                    let context = match &request {
-                        Some(context) => context,
+                    let context = match request {
+                        Some(context) => &*context,
                         None => match chat.context_for(turn).await {
-                            Ok(context) => request.insert(context),
+                            Ok(context) => &*request.insert(context),
                             Err(err) => {
                                 tracing::error!(error = %err, "building the context failed");
                                 let error = StreamError {
@@ -251,6 +332,7 @@ impl Relay<'_> {
                     answered = placed.answered;
                     let request = ChatRequest {
                         sampling: context.sampling,
+                        tools: tools.clone(),
                         model: placed.model,
                         messages: context.messages.clone(),
                     };
@@ -333,6 +415,181 @@ impl Relay<'_> {
         })
         .arrived_at(arrived);
         self.bus.publish(turn.conversation_id, Arc::new(frame));
+    }
+}
+
+/// The answer's text saved on a timer while it streams. The relay never waits for the
+/// database mid-stream: the write runs on its own, and a tick while the last one is still
+/// running is skipped. A checkpoint that lands after the end changes nothing (it only
+/// touches a message still `streaming`).
+struct Checkpoints {
+    timer: Interval,
+    saved_len: usize,
+    saving: Option<tokio::task::JoinHandle<Option<usize>>>,
+}
+
+impl Checkpoints {
+    fn new(every: Duration) -> Self {
+        let mut timer = tokio::time::interval_at(Instant::now() + every, every);
+        timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            timer,
+            saved_len: 0,
+            saving: None,
+        }
+    }
+
+    async fn tick(&mut self) {
+        self.timer.tick().await;
+    }
+
+    fn save(&mut self, chat: &ChatService, stream: &RunningStream) {
+        if self.saving.as_ref().is_some_and(|s| !s.is_finished()) {
+            return;
+        }
+        if let Some(Ok(Some(len))) = self.saving.take().and_then(FutureExt::now_or_never) {
+            self.saved_len = len;
+        }
+        let pending = {
+            let state = stream.lock();
+            (state.content.len() != self.saved_len).then(|| state.content.clone())
+        };
+        if let Some(content) = pending {
+            let store = chat.store().clone();
+            let message_id = stream.turn.assistant_message_id;
+            self.saving = Some(tokio::spawn(async move {
+                match store.checkpoint_message(message_id, &content).await {
+                    Ok(()) => Some(content.len()),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "checkpoint failed");
+                        None
+                    }
+                }
+            }));
+        }
+    }
+}
+
+/// A running answer's tool calls: each recorded as an event, then kept in the stream's
+/// state (for snapshots) and published to its room, under the stream's lock so frames and
+/// snapshots stay in order.
+struct StreamTools<'a> {
+    relay: &'a Relay<'a>,
+    stream: &'a RunningStream,
+    /// Every call id taken in this answer (a model may repeat one across steps or agents).
+    ids: Mutex<HashSet<String>>,
+}
+
+impl StreamTools<'_> {
+    /// Gives every call still without a result an error result saying why.
+    async fn close_open(&self, why: &str) {
+        let open: Vec<(String, String)> = self
+            .stream
+            .lock()
+            .tool_calls
+            .iter()
+            .filter(|c| c.ok.is_none())
+            .map(|c| (c.call_id.clone(), c.name.clone()))
+            .collect();
+        for (call_id, name) in open {
+            let returned = ToolReturned {
+                message_id: self.stream.turn.assistant_message_id,
+                call_id,
+                ok: false,
+                content: why.to_string(),
+                agent_id: None,
+                agent_version: None,
+            };
+            if let Err(err) = self.returned(returned, &name).await {
+                tracing::warn!(error = %err, "closing an open tool call failed");
+            }
+        }
+    }
+
+    fn publish(&self, frame: &ServerFrame) {
+        let conversation_id = self.stream.turn.conversation_id;
+        self.relay
+            .bus
+            .publish(conversation_id, Arc::new(OutFrame::new(frame)));
+    }
+}
+
+impl ToolSink for StreamTools<'_> {
+    fn called(&self, mut called: ToolCalled) -> BoxFuture<'_, ServiceResult<String>> {
+        async move {
+            called.call_id = unique_call_id(&self.ids, &called.call_id);
+            let turn = &self.stream.turn;
+            let seq = self
+                .relay
+                .chat
+                .record_tool_call(turn, called.clone())
+                .await?;
+            let mut state = self.stream.lock();
+            state.tool_seq = state.tool_seq.max(seq);
+            state.tool_calls.push(ToolCallRecord {
+                call_id: called.call_id.clone(),
+                name: called.name.clone(),
+                arguments: called.arguments.clone(),
+                step: called.step,
+                ok: None,
+                content: None,
+                agent_id: called.agent_id,
+                parent_call_id: called.parent_call_id.clone(),
+                answered_by: None,
+                answered_by_version: None,
+            });
+            self.publish(&ServerFrame::ToolCall {
+                conversation_id: turn.conversation_id,
+                message_id: turn.assistant_message_id,
+                call_id: called.call_id.clone(),
+                name: called.name,
+                arguments: called.arguments,
+                seq,
+                agent_id: called.agent_id,
+                parent_call_id: called.parent_call_id,
+            });
+            Ok(called.call_id)
+        }
+        .boxed()
+    }
+
+    fn returned<'a>(
+        &'a self,
+        returned: ToolReturned,
+        name: &'a str,
+    ) -> BoxFuture<'a, ServiceResult<()>> {
+        async move {
+            let turn = &self.stream.turn;
+            let seq = self
+                .relay
+                .chat
+                .record_tool_result(turn, returned.clone())
+                .await?;
+            let mut state = self.stream.lock();
+            state.tool_seq = state.tool_seq.max(seq);
+            if let Some(call) = state
+                .tool_calls
+                .iter_mut()
+                .find(|c| c.call_id == returned.call_id)
+            {
+                call.ok = Some(returned.ok);
+                call.content = Some(returned.content.clone());
+                call.answered_by = returned.agent_id;
+                call.answered_by_version = returned.agent_version;
+            }
+            let max = self.stream.tool_result_max_chars;
+            self.publish(&ServerFrame::ToolResult {
+                conversation_id: turn.conversation_id,
+                message_id: turn.assistant_message_id,
+                call_id: returned.call_id,
+                name: name.to_string(),
+                ok: returned.ok,
+                content: super::stream::cut_chars(&returned.content, max),
+                seq,
+            });
+            Ok(())
+        }
+        .boxed()
     }
 }
 

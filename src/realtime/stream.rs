@@ -9,11 +9,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::frames::{OutFrame, ServerFrame};
+use crate::domain::types::ToolCallRecord;
 use crate::service::chat::Turn;
 
 pub(super) struct StreamState {
     pub content: String,
     pub next_index: u64,
+    /// Its tool calls so far, results whole, and the `seq` of the last tool event.
+    pub tool_calls: Vec<ToolCallRecord>,
+    pub tool_seq: i64,
     /// Set, under the lock, just before `stream_complete` is published: snapshots taken
     /// afterwards skip the stream, so no socket sees a snapshot without its completion.
     pub finished: bool,
@@ -31,6 +35,8 @@ pub(super) struct RunningStream {
     pub started: Instant,
     /// The owner's place among their concurrent streams, given back when the stream ends.
     pub _slot: StreamSlot,
+    /// How much of a tool result frames carry.
+    pub tool_result_max_chars: usize,
 }
 
 /// Counts each user's running streams; a slot is held from before the turn is stored until
@@ -83,13 +89,41 @@ impl RunningStream {
     /// Its `stream_snapshot`, unless it has finished.
     pub fn snapshot(&self) -> Option<OutFrame> {
         let state = self.lock();
-        (!state.finished).then(|| {
-            OutFrame::new(&ServerFrame::StreamSnapshot {
-                conversation_id: self.turn.conversation_id,
-                message_id: self.turn.assistant_message_id,
-                content: state.content.clone(),
-                next_index: state.next_index,
-            })
+        (!state.finished).then(|| self.snapshot_of(&state))
+    }
+
+    /// The `stream_snapshot` of `state` (taken under the stream's lock, so it goes out in
+    /// order with the chunks and tool frames that follow it).
+    pub fn snapshot_of(&self, state: &StreamState) -> OutFrame {
+        OutFrame::new(&ServerFrame::StreamSnapshot {
+            conversation_id: self.turn.conversation_id,
+            message_id: self.turn.assistant_message_id,
+            content: state.content.clone(),
+            next_index: state.next_index,
+            tool_calls: self.cut(&state.tool_calls),
+            tool_seq: state.tool_seq,
         })
+    }
+
+    /// Tool calls as frames carry them: results cut to `TOOL_RESULT_MAX_CHARS`.
+    pub fn cut(&self, calls: &[ToolCallRecord]) -> Vec<ToolCallRecord> {
+        calls
+            .iter()
+            .map(|call| ToolCallRecord {
+                content: call
+                    .content
+                    .as_deref()
+                    .map(|c| cut_chars(c, self.tool_result_max_chars)),
+                ..call.clone()
+            })
+            .collect()
+    }
+}
+
+/// `text`, at most `max` characters of it.
+pub(super) fn cut_chars(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => text[..end].to_string(),
+        None => text.to_string(),
     }
 }

@@ -15,12 +15,12 @@ use super::limits::RateLimits;
 use super::models::ModelRegistry;
 use super::peers::Peers;
 use super::{ServiceError, ServiceResult};
-use crate::config::UpstreamConfig;
+use crate::config::{AgentsConfig, UpstreamConfig};
 use crate::domain::agents::AgentRecord;
 use crate::domain::codes::ErrorCode;
 use crate::domain::commands::{self, AgentRef, NewTurn};
 use crate::domain::events::{ConversationEvent, RecordedEvent};
-use crate::domain::events::{StreamCompleted, StreamError};
+use crate::domain::events::{StreamCompleted, StreamError, ToolCalled, ToolReturned};
 use crate::domain::inputs::{bounded_text, MessageText};
 use crate::domain::projection::MessageRecord;
 use crate::domain::types::{FallbackReason, MessageRole, Priority};
@@ -264,6 +264,8 @@ pub struct ChatService {
     /// The conversations this instance last saw bound to an agent, and to which: a turn
     /// is prepared for that agent (a wrong guess costs one refused command).
     agent_bindings: AgentBindings,
+    /// Steps, hand-off depth and tool limits of agents' answers.
+    agents: Arc<AgentsConfig>,
 }
 
 /// Which agent each recently seen conversation is bound to (absent: none), as this
@@ -321,7 +323,61 @@ impl ChatService {
             metrics: None,
             scheduler: Arc::new(Scheduler::unlimited()),
             agent_bindings: AgentBindings::default(),
+            agents: Arc::new(AgentsConfig::default()),
         }
+    }
+
+    /// Bounds agents' answers by `agents` (steps, hand-off depth, tool time and size).
+    pub fn with_agents(mut self, agents: AgentsConfig) -> Self {
+        self.agents = Arc::new(agents);
+        self
+    }
+
+    pub fn agents_config(&self) -> &AgentsConfig {
+        &self.agents
+    }
+
+    /// Records a tool call of the turn's answer; returns its event's `seq`.
+    pub async fn record_tool_call(&self, turn: &Turn, called: ToolCalled) -> ServiceResult<i64> {
+        self.append_to_answer(turn, move |state| {
+            commands::call_tool(state, called.clone())
+        })
+        .await
+    }
+
+    /// Records a tool call's result; returns its event's `seq`.
+    pub async fn record_tool_result(
+        &self,
+        turn: &Turn,
+        returned: ToolReturned,
+    ) -> ServiceResult<i64> {
+        self.append_to_answer(turn, move |state| {
+            commands::return_tool(state, returned.clone())
+        })
+        .await
+    }
+
+    /// Appends what `decide` makes of the answer's state; returns the last event's `seq`.
+    async fn append_to_answer(
+        &self,
+        turn: &Turn,
+        decide: impl Fn(&crate::domain::projection::ConversationState) -> commands::Decision
+            + Send
+            + Sync
+            + 'static,
+    ) -> ServiceResult<i64> {
+        let committed = self
+            .store
+            .execute(
+                turn.conversation_id,
+                None,
+                &Load::messages(&[turn.assistant_message_id]),
+                decide,
+            )
+            .await?;
+        committed.events.last().map(|e| e.seq).ok_or_else(|| {
+            ServiceError::Internal(anyhow::anyhow!("recording a tool call appended nothing"))
+        })
     }
 
     /// Puts every model call of this service through `scheduler`, counted in `metrics`.
@@ -515,11 +571,34 @@ impl ChatService {
         priority: Priority,
         request: ChatRequest,
     ) -> Result<Completion, ProviderError> {
+        self.complete_as(user, priority, CallClass::Background, request)
+            .await
+    }
+
+    /// A whole answer for a step of an agent's work inside a turn (an `ask_agent`
+    /// hand-off): it waits behind interactive answers and before background work.
+    pub async fn complete_agent_step(
+        &self,
+        user: Uuid,
+        priority: Priority,
+        request: ChatRequest,
+    ) -> Result<Completion, ProviderError> {
+        self.complete_as(user, priority, CallClass::Agent, request)
+            .await
+    }
+
+    async fn complete_as(
+        &self,
+        user: Uuid,
+        priority: Priority,
+        class: CallClass,
+        request: ChatRequest,
+    ) -> Result<Completion, ProviderError> {
         let call = Call {
             model: &request.model,
             user,
             priority,
-            class: CallClass::Background,
+            class,
             impatient: false,
             tokens: request.estimated_tokens(),
         };
@@ -654,6 +733,7 @@ impl ChatService {
             window.offer(MessageRole::User, &turn.text);
             self.open_early(ChatRequest {
                 sampling: Default::default(),
+                tools: Vec::new(),
                 model: turn.model(None),
                 messages: window.into_messages(),
             })
@@ -826,6 +906,7 @@ impl ChatService {
                     last_seq: cached.last_seq,
                     request: ChatRequest {
                         sampling: Default::default(),
+                        tools: Vec::new(),
                         model: model(cached.model),
                         messages: cached.messages,
                     },
@@ -898,6 +979,7 @@ impl ChatService {
             last_seq: conversation.last_seq - if saw_own { 2 } else { 0 },
             request: ChatRequest {
                 sampling: Default::default(),
+                tools: Vec::new(),
                 model: model(conversation.model),
                 messages: window.into_messages(),
             },
@@ -935,21 +1017,25 @@ impl ChatService {
         let mut window = ContextWindow::new(system_prompt.as_deref(), self.context_budget_tokens);
         // Positions are event seqs: the newest message of the turn is at most its
         // `stream_started`.
+        // An agent sees the tools earlier answers called; without one, the text alone.
+        let with_tools = turn.agent.is_some();
         self.store
             .context_messages(turn.conversation_id, turn.started_seq + 1, |message| {
+                let tool_calls: &[_] = match with_tools {
+                    true => &message.tool_calls,
+                    false => &[],
+                };
                 message.id == turn.assistant_message_id
-                    || window.offer(message.role, &message.content)
+                    || window.offer_turn(message.role, &message.content, tool_calls)
             })
             .await?;
         Ok(ChatRequest {
             sampling: turn
                 .agent
-                .as_ref()
-                .map_or_else(Sampling::default, |a| Sampling {
-                    temperature: a.definition.temperature,
-                    top_p: a.definition.top_p,
-                    max_tokens: a.definition.max_tokens,
-                }),
+                .as_deref()
+                .map_or_else(Sampling::default, super::tools::sampling_of),
+            // The agent's tools are added by the answer's loop, which knows its step.
+            tools: Vec::new(),
             model: turn.model.clone(),
             messages: window.into_messages(),
         })
@@ -966,6 +1052,7 @@ impl ChatService {
         let history: Vec<_> = history.into_iter().filter(|m| m.id != answer_id).collect();
         ChatRequest {
             sampling: Default::default(),
+            tools: Vec::new(),
             model,
             messages: build_context(system_prompt, &history, self.context_budget_tokens),
         }
@@ -1052,70 +1139,129 @@ impl ChatService {
 impl ChatService {
     /// Asks the provider for a whole answer and commits it, `failed` if the provider fails.
     /// Like a streamed answer it waits for its place, and falls back when its model cannot
-    /// take it.
+    /// take it; an agent with tools runs the same bounded tool loop, its calls recorded in
+    /// the log as they run.
     async fn answer(&self, turn: &Turn) -> ServiceResult<Result<(), ProviderError>> {
-        let context = self.context_for(turn).await?;
+        let mut context = self.context_for(turn).await?;
+        let sink = super::tools::LogSink::new(self, turn);
+        let toolbox = super::tools::Toolbox {
+            chat: self,
+            turn,
+            sink: &sink,
+            settings: &self.agents,
+        };
+        let scope = turn.agent.clone().map(super::tools::Scope::top);
+        let tools = match &scope {
+            Some(scope) => toolbox.specs(scope).await,
+            None => Vec::new(),
+        };
+        let steps = if tools.is_empty() {
+            1
+        } else {
+            self.agents.max_steps
+        };
         let mut answered = Answered::default();
-        let failed = |answered: &Answered, err: &ProviderError| TurnOutcome {
-            content: String::new(),
+        let mut usage = None;
+        let mut said = String::new();
+        let failed = |answered: &Answered, err: &ProviderError, said: &str, usage| TurnOutcome {
+            content: said.to_string(),
             status: MessageStatus::Failed,
-            usage: None,
+            usage,
             error: Some(self.failure(turn, answered, err)),
             answered: answered.clone(),
         };
-        let (answer, answered) = loop {
-            let place = self
-                .place_answer(
-                    turn,
-                    context.estimated_tokens(),
-                    answered,
-                    |_| {},
-                    std::future::pending::<()>(),
+        let mut step = 0;
+        let answer = loop {
+            step += 1;
+            let last = step >= steps;
+            let (answer, now_answered) = loop {
+                let place = self
+                    .place_answer(
+                        turn,
+                        context.estimated_tokens(),
+                        answered.clone(),
+                        |_| {},
+                        std::future::pending::<()>(),
+                    )
+                    .await;
+                let placed = match place {
+                    Ok(placed) => placed,
+                    Err((_, answered)) => {
+                        let busy = ProviderError::Busy;
+                        let outcome = failed(&answered, &busy, &said, usage);
+                        self.finish_turn(turn, Some(turn.owner_id), outcome).await?;
+                        return Ok(Err(busy));
+                    }
+                };
+                let request = ChatRequest {
+                    sampling: context.sampling,
+                    tools: if last { Vec::new() } else { tools.clone() },
+                    model: placed.model.clone(),
+                    messages: context.messages.clone(),
+                };
+                let answer = tokio::time::timeout(
+                    self.upstream.with_retries(self.upstream.request_timeout),
+                    self.provider.complete(request),
                 )
-                .await;
-            let placed = match place {
-                Ok(placed) => placed,
-                Err((_, answered)) => {
-                    let busy = ProviderError::Busy;
-                    self.finish_turn(turn, Some(turn.owner_id), failed(&answered, &busy))
-                        .await?;
-                    return Ok(Err(busy));
+                .await
+                .unwrap_or(Err(ProviderError::Timeout));
+                let mut permit = placed.permit;
+                settle(&mut permit, &answer);
+                drop(permit);
+                match answer {
+                    Err(ProviderError::CircuitOpen) => {
+                        match self.fall_back(turn, &placed.answered) {
+                            Some(fallback) => answered = fallback,
+                            None => break (Err(ProviderError::CircuitOpen), placed.answered),
+                        }
+                    }
+                    answer => break (answer, placed.answered),
                 }
             };
-            let request = ChatRequest {
-                sampling: context.sampling,
-                model: placed.model.clone(),
-                messages: context.messages.clone(),
+            answered = now_answered;
+            let completion = match answer {
+                Ok(completion) => completion,
+                Err(err) => break Err(err),
             };
-            let answer = tokio::time::timeout(
-                self.upstream.with_retries(self.upstream.request_timeout),
-                self.provider.complete(request),
-            )
-            .await
-            .unwrap_or(Err(ProviderError::Timeout));
-            let mut permit = placed.permit;
-            settle(&mut permit, &answer);
-            drop(permit);
-            match answer {
-                Err(ProviderError::CircuitOpen) => match self.fall_back(turn, &placed.answered) {
-                    Some(fallback) => answered = fallback,
-                    None => break (Err(ProviderError::CircuitOpen), placed.answered),
-                },
-                answer => break (answer, placed.answered),
+            usage = add_usage(usage, completion.usage);
+            said.push_str(&completion.content);
+            let Some(scope) = scope.as_ref().filter(|_| !last) else {
+                break Ok(());
+            };
+            if completion.tool_calls.is_empty() {
+                break Ok(());
             }
+            let calls = completion.tool_calls;
+            context.messages.push(crate::llm::ChatMessage::calling(
+                completion.content,
+                calls.clone(),
+            ));
+            let results = toolbox.run_calls(scope, step, calls).await;
+            context.messages.extend(results);
         };
         let outcome = match &answer {
-            Ok(completion) => TurnOutcome {
-                content: completion.content.clone(),
+            Ok(()) => TurnOutcome {
+                content: said,
                 status: MessageStatus::Complete,
-                usage: completion.usage,
+                usage,
                 error: None,
                 answered,
             },
-            Err(err) => failed(&answered, err),
+            Err(err) => failed(&answered, err, &said, usage),
         };
         self.finish_turn(turn, Some(turn.owner_id), outcome).await?;
-        Ok(answer.map(|_| ()))
+        Ok(answer)
+    }
+}
+
+/// Usage over several model calls: their sum.
+pub fn add_usage(total: Option<Usage>, more: Option<Usage>) -> Option<Usage> {
+    match (total, more) {
+        (Some(a), Some(b)) => Some(Usage {
+            prompt_tokens: a.prompt_tokens + b.prompt_tokens,
+            completion_tokens: a.completion_tokens + b.completion_tokens,
+        }),
+        (a, b) => a.or(b),
     }
 }
 

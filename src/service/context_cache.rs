@@ -72,6 +72,7 @@ impl Entry {
                             position: event.seq,
                             role: added.role,
                             content: added.content.clone(),
+                            tool_calls: Vec::new(),
                         },
                     );
                 }
@@ -79,6 +80,8 @@ impl Entry {
             ConversationEvent::StreamStarted(started) => {
                 self.streaming.push((started.message_id, event.seq));
             }
+            // The cache serves turns without an agent, whose context is text alone.
+            ConversationEvent::ToolCalled(_) | ConversationEvent::ToolReturned(_) => {}
             ConversationEvent::StreamCompleted(done) => {
                 let usable = done.status == MessageStatus::Complete && !done.content.is_empty();
                 let started = self
@@ -103,6 +106,7 @@ impl Entry {
                                     position,
                                     role: MessageRole::Assistant,
                                     content: done.content.clone(),
+                                    tool_calls: Vec::new(),
                                 },
                             );
                         }
@@ -446,6 +450,7 @@ mod tests {
                     position: m.position,
                     role: m.role,
                     content: m.content.clone(),
+                    tool_calls: Vec::new(),
                 })
                 .collect();
             self.cache.offer(
@@ -467,6 +472,7 @@ mod tests {
             history.sort_by_key(|m| m.position);
             let mut turn = history.last().cloned().unwrap_or_else(|| MessageRecord {
                 fallback_reason: None,
+                tool_calls: Vec::new(),
                 id: Uuid::nil(),
                 conversation_id: CONVERSATION,
                 position: 0,
@@ -657,12 +663,14 @@ mod tests {
                 position: 3,
                 role: MessageRole::User,
                 content: "a".into(),
+                tool_calls: Vec::new(),
             },
             ContextRow {
                 id: Uuid::now_v7(),
                 position: 2,
                 role: MessageRole::User,
                 content: long.clone(),
+                tool_calls: Vec::new(),
             },
         ];
         log.cache
@@ -735,6 +743,7 @@ mod tests {
             position: 1,
             role: MessageRole::User,
             content: "z".repeat(n),
+            tool_calls: Vec::new(),
         };
         // Room for three entries of this size, not four.
         let probe = ContextCache::new(BUDGET, 1 << 20);

@@ -14,6 +14,7 @@ pub mod peers;
 pub mod sessions;
 pub mod titles;
 pub mod tokens;
+pub mod tools;
 
 use crate::domain::DomainError;
 use crate::store::{ExecuteError, StoreError};

@@ -77,20 +77,18 @@ impl TitleGenerator {
         let excerpt = |text: &str| text.chars().take(EXCERPT_CHARS).collect::<String>();
         let request = ChatRequest {
             sampling: Default::default(),
+            tools: Vec::new(),
             model,
             messages: vec![
-                ChatMessage {
-                    role: MessageRole::System,
-                    content: TITLE_PROMPT.into(),
-                },
-                ChatMessage {
-                    role: MessageRole::User,
-                    content: format!(
+                ChatMessage::text(MessageRole::System, TITLE_PROMPT),
+                ChatMessage::text(
+                    MessageRole::User,
+                    format!(
                         "User: {}\n\nAssistant: {}",
                         excerpt(&question.content),
                         excerpt(&answer.content)
                     ),
-                },
+                ),
             ],
         };
         let completion = self

@@ -370,6 +370,7 @@ pub(super) async fn write_projections(
                         messages::Column::PromptTokens,
                         messages::Column::CompletionTokens,
                         messages::Column::FallbackReason,
+                        messages::Column::ToolCalls,
                         messages::Column::UpdatedAt,
                     ])
                     .to_owned(),

@@ -13,7 +13,7 @@ use super::records::{conversation_from_row, message_from_row};
 use super::{Store, StoreError, StoreResult};
 use crate::domain::events::RecordedEvent;
 use crate::domain::projection::{ConversationRecord, MessageRecord};
-use crate::domain::types::{MessageRole, MessageStatus};
+use crate::domain::types::{MessageRole, MessageStatus, ToolCallRecord};
 
 /// A message as a model's context needs it.
 #[derive(Clone, Debug)]
@@ -23,6 +23,8 @@ pub struct ContextRow {
     pub position: i64,
     pub role: MessageRole,
     pub content: String,
+    /// The tools an answer called (for an agent's context; see `ContextWindow::offer_turn`).
+    pub tool_calls: Vec<ToolCallRecord>,
 }
 
 pub struct ConversationPage {
@@ -209,7 +211,7 @@ async fn context_rows_in(
     let mut width = CONTEXT_FIRST_RANGE;
     while to > 0 {
         let from = (to - width).max(0);
-        let rows: Vec<(Uuid, i64, String, String)> = messages::Entity::find()
+        let rows: Vec<(Uuid, i64, String, String, Option<String>)> = messages::Entity::find()
             .filter(messages::Column::ConversationId.eq(conversation_id))
             .filter(messages::Column::Position.gte(from))
             .filter(messages::Column::Position.lt(to))
@@ -221,16 +223,20 @@ async fn context_rows_in(
             .column(messages::Column::Position)
             .column(messages::Column::Role)
             .column(messages::Column::Content)
+            .column(messages::Column::ToolCalls)
             .into_tuple()
             .all(db)
             .await
             .map_err(StoreError::from_db)?;
-        for (id, position, role, content) in rows {
+        for (id, position, role, content, tool_calls) in rows {
             let row = ContextRow {
                 id,
                 position,
                 role: role.parse().unwrap_or(MessageRole::User),
                 content,
+                tool_calls: tool_calls
+                    .and_then(|json| serde_json::from_str(&json).ok())
+                    .unwrap_or_default(),
             };
             if !take(&row) {
                 return Ok(());

@@ -63,6 +63,10 @@ pub fn message_from_row(row: messages::Model) -> MessageRecord {
         client_message_id: row.client_message_id,
         instance_id: row.instance_id,
         fallback_reason: row.fallback_reason.and_then(|r| r.parse().ok()),
+        tool_calls: row
+            .tool_calls
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default(),
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -82,6 +86,8 @@ pub fn message_to_row(m: &MessageRecord) -> messages::ActiveModel {
         client_message_id: Set(m.client_message_id.clone()),
         instance_id: Set(m.instance_id),
         fallback_reason: Set(m.fallback_reason.map(|r| r.as_str().to_string())),
+        tool_calls: Set((!m.tool_calls.is_empty())
+            .then(|| serde_json::to_string(&m.tool_calls).unwrap_or_default())),
         created_at: Set(m.created_at),
         updated_at: Set(m.updated_at),
     }

@@ -194,7 +194,9 @@ backend_test!(
 );
 
 /// Every row of both projections, in a stable order.
-async fn projections(db: &DatabaseConnection) -> (Vec<conversations::Model>, Vec<messages::Model>) {
+pub(crate) async fn projections(
+    db: &DatabaseConnection,
+) -> (Vec<conversations::Model>, Vec<messages::Model>) {
     let convs = conversations::Entity::find()
         .order_by_asc(conversations::Column::Id)
         .all(db)
@@ -209,7 +211,7 @@ async fn projections(db: &DatabaseConnection) -> (Vec<conversations::Model>, Vec
 }
 
 /// Empties both projections, leaving only the log.
-async fn wipe_projections(db: &DatabaseConnection) {
+pub(crate) async fn wipe_projections(db: &DatabaseConnection) {
     messages::Entity::delete_many()
         .exec(db)
         .await

@@ -49,4 +49,5 @@ mod streaming_failures;
 mod streaming_protocol;
 mod titles;
 mod tokens;
+mod tools;
 mod ws_client;

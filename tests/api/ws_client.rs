@@ -23,6 +23,8 @@ pub struct StreamFrames {
     pub snapshot: Option<Value>,
     /// `stream_queued` frames: the places it waited at.
     pub queued: Vec<Value>,
+    /// `tool_call` and `tool_result` frames, in order.
+    pub tools: Vec<Value>,
     pub complete: Value,
 }
 
@@ -194,7 +196,8 @@ impl WsClient {
             if kind == "error" {
                 panic!("error frame while streaming: {frame}");
             }
-            if !kind.starts_with("stream_") {
+            let tool = kind == "tool_call" || kind == "tool_result";
+            if !kind.starts_with("stream_") && !tool {
                 continue;
             }
             let frame_id = frame["messageId"].as_str().unwrap().to_string();
@@ -208,6 +211,7 @@ impl WsClient {
                 "stream_chunk" => frames.chunks.push(frame),
                 "stream_snapshot" => frames.snapshot = Some(frame),
                 "stream_queued" => frames.queued.push(frame),
+                "tool_call" | "tool_result" => frames.tools.push(frame),
                 "stream_complete" => {
                     frames.complete = frame;
                     return frames;

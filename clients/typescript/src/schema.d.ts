@@ -740,7 +740,8 @@ export interface components {
             seq: number;
             /**
              * @description `conversation_created`, `conversation_updated`, `conversation_deleted`, `message_added`,
-             *     `message_edited`, `message_deleted`, `stream_started` or `stream_completed`.
+             *     `message_edited`, `message_deleted`, `stream_started`, `stream_completed`, `tool_called`
+             *     or `tool_returned`.
              */
             type: string;
             /** @description The event's fields (camelCase), by type. */
@@ -847,6 +848,11 @@ export interface components {
              *     would have passed `QUEUE_MAX_WAIT_MS`).
              */
             fallbackReason?: (components["schemas"]["FallbackReason"] & unknown) | null;
+            /**
+             * @description The tools an agent's answer called, in order, with their results (`ok` and
+             *     `content` are `null` while a call runs); `null` when it called none.
+             */
+            toolCalls?: components["schemas"]["ToolCallView"][] | null;
         };
         /** MessageResponse */
         MessageResponse: {
@@ -912,6 +918,41 @@ export interface components {
         };
         /** @enum {string} */
         Role: "user" | "admin";
+        /**
+         * ToolCallView
+         * @description One tool call of an answer.
+         */
+        ToolCallView: {
+            callId: string;
+            /**
+             * @description `search_knowledge`, `ask_agent`, `current_time`, or whatever else the model named
+             *     (then `ok` is false: only the agent's own tools run).
+             */
+            name: string;
+            /** @description The arguments as the model wrote them (JSON text). */
+            arguments: string;
+            /**
+             * Format: uint32
+             * @description The model call (1 is the first) that asked for it.
+             */
+            step: number;
+            ok?: boolean | null;
+            content?: string | null;
+            /**
+             * Format: uuid
+             * @description The agent whose model called it.
+             */
+            agentId?: string | null;
+            /** @description For a call made inside an `ask_agent` hand-off: that call's id. */
+            parentCallId?: string | null;
+            /**
+             * Format: uuid
+             * @description For `ask_agent`: the agent that answered, and its version.
+             */
+            answeredBy?: string | null;
+            /** Format: int32 */
+            answeredByVersion?: number | null;
+        };
         /**
          * UpdateAgentRequest
          * @description The fields to change; each change makes a new version. `model: ""` returns to the
