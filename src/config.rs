@@ -90,6 +90,14 @@ pub struct Config {
     /// (`GENERATE_TITLES`; never in demo mode).
     pub generate_titles: bool,
     pub agents: AgentsConfig,
+    pub knowledge: KnowledgeConfig,
+}
+
+/// Knowledge bases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KnowledgeConfig {
+    /// The largest upload (`MAX_DOCUMENT_BYTES`).
+    pub max_document_bytes: usize,
 }
 
 /// How far an agent's answer may go with its tools.
@@ -341,7 +349,8 @@ impl Config {
             None if openai.api_key.is_none() => Catalogue::single(DEMO_MODEL, default_provider),
             None => Catalogue::single(&openai.model, default_provider),
         }
-        .with_fallback_model(get("FALLBACK_MODEL"));
+        .with_fallback_model(get("FALLBACK_MODEL"))
+        .with_embedding_model(get("EMBEDDING_MODEL"));
 
         Ok(Self {
             app_env,
@@ -492,6 +501,10 @@ impl Config {
                 max_depth: parse_or::<u32>(&get, "AGENT_MAX_DEPTH", 2)?.min(10),
                 tool_timeout: millis("TOOL_TIMEOUT_MS", 10_000)?.max(Duration::from_millis(1)),
                 tool_result_max_chars: parse_or::<usize>(&get, "TOOL_RESULT_MAX_CHARS", 4000)?
+                    .max(1),
+            },
+            knowledge: KnowledgeConfig {
+                max_document_bytes: parse_or::<usize>(&get, "MAX_DOCUMENT_BYTES", 20 * 1024 * 1024)?
                     .max(1),
             },
             instance_lease: match millis("INSTANCE_LEASE_MS", 15_000)? {
@@ -805,6 +818,11 @@ mod tests {
             "JOB_RETRY_BASE_MS" => ms(cfg.jobs.retry_base),
             "JOB_POLL_MS" => ms(cfg.jobs.poll),
             "GENERATE_TITLES" => cfg.generate_titles.to_string(),
+            "EMBEDDING_MODEL" => cfg
+                .catalogue
+                .embedding_model()
+                .map_or_else(|| "none".into(), str::to_string),
+            "MAX_DOCUMENT_BYTES" => cfg.knowledge.max_document_bytes.to_string(),
             "AGENT_MAX_STEPS" => cfg.agents.max_steps.to_string(),
             "AGENT_MAX_DEPTH" => cfg.agents.max_depth.to_string(),
             "TOOL_TIMEOUT_MS" => ms(cfg.agents.tool_timeout),

@@ -20,11 +20,13 @@ use crate::llm::scheduler::{LaneLimits, Scheduler};
 use crate::metrics::Metrics;
 use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus};
 use crate::realtime::hub::StreamHub;
+use crate::realtime::notices::BusKnowledgeEvents;
 use crate::service::agents::AgentService;
 use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
 use crate::service::conversations::ConversationService;
 use crate::service::jobs::JobRunner;
+use crate::service::knowledge::{KnowledgeService, INGEST_JOB};
 use crate::service::limits::RateLimits;
 use crate::service::models::ModelRegistry;
 use crate::service::sessions::LiveSessions;
@@ -238,9 +240,18 @@ pub async fn build_state(
     if titles {
         let _ = store.record_follow_ups(FollowUpRules { titles });
     }
+    let knowledge = Arc::new(KnowledgeService::new(
+        store.clone(),
+        chat.clone(),
+        config.knowledge.clone(),
+        config.jobs.max_attempts,
+        Arc::new(BusKnowledgeEvents(bus.clone())),
+    ));
+    chat.search_with(&knowledge);
     let jobs = Arc::new(
         JobRunner::new(store.clone(), config.jobs.clone(), metrics.clone())
-            .handle(TITLE_JOB, TitleGenerator::new(chat.clone())),
+            .handle(TITLE_JOB, TitleGenerator::new(chat.clone()))
+            .handle(INGEST_JOB, knowledge.clone()),
     );
     let state = AppState {
         config: Arc::new(config.clone()),
@@ -261,6 +272,7 @@ pub async fn build_state(
         ),
         models: models.clone(),
         agents: AgentService::new(store.clone(), models.clone()),
+        knowledge,
         conversations: ConversationService::new(
             store.clone(),
             config.limits.max_message_chars,
@@ -285,6 +297,7 @@ pub async fn build_state(
         let hub = state.hub.clone();
         let sessions = state.sessions.clone();
         let models = state.models.clone();
+        let knowledge = state.knowledge.clone();
         tokio::spawn(async move {
             while let Some(command) = commands.recv().await {
                 match command {
@@ -298,6 +311,9 @@ pub async fn build_state(
                                 tracing::warn!(error = %err, "reading the model settings failed");
                             }
                         });
+                    }
+                    ClusterCommand::KnowledgeChanged { knowledge_base_id } => {
+                        knowledge.forget(knowledge_base_id);
                     }
                     command => hub.apply(command),
                 }

@@ -6,10 +6,13 @@
 
 pub mod agent_versions;
 pub mod agents;
+pub mod chunks;
 pub mod conversation_events;
 pub mod conversations;
+pub mod documents;
 pub mod instances;
 pub mod jobs;
+pub mod knowledge_bases;
 pub mod messages;
 pub mod model_settings;
 pub mod refresh_tokens;

@@ -25,6 +25,9 @@ pub struct Model {
     /// The tools the answer called, with their results: a JSON array of
     /// `{callId, name, arguments, step, ok, content, ...}`; `None` when it called none.
     pub tool_calls: Option<String>,
+    /// The passages the answer's knowledge searches gave the model: a JSON array of
+    /// `{documentId, documentName, chunkId, snippet, score}`; `None` when it cites none.
+    pub citations: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

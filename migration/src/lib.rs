@@ -16,6 +16,7 @@ mod m20261204_000005_fallback_reason;
 mod m20261204_000006_agents;
 mod m20261204_000007_conversation_agent;
 mod m20261204_000008_tool_calls;
+mod m20261204_000009_knowledge;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000006_agents::Migration),
             Box::new(m20261204_000007_conversation_agent::Migration),
             Box::new(m20261204_000008_tool_calls::Migration),
+            Box::new(m20261204_000009_knowledge::Migration),
         ]
     }
 }

@@ -117,6 +117,16 @@ impl From<ServiceError> for ApiError {
                 ErrorCode::NotFound,
                 "agent not found",
             ),
+            E::KnowledgeBaseNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "knowledge base not found",
+            ),
+            E::DocumentNotFound => Self::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "document not found",
+            ),
             E::JobNotFound => {
                 Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "job not found")
             }
@@ -138,6 +148,11 @@ impl From<ServiceError> for ApiError {
                 err.retry_after_secs = retry_after_secs;
                 err
             }
+            E::TooLarge(message) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                message,
+            ),
             E::Unavailable(message) => {
                 let mut err = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

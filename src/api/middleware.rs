@@ -73,7 +73,7 @@ impl<E: Endpoint> Endpoint for HttpLayerEndpoint<E> {
         let client_ip = client_ip(&req, http);
         req.extensions_mut().insert(ClientIp(client_ip));
         req.extensions_mut().insert(RequestId(request_id.clone()));
-        let max_body = self.state.config.limits.max_body_bytes;
+        let max_body = body_limit(&req, &self.state.config);
         let body_tap = BodyTap::install(&mut req, max_body);
 
         let method = req.method().clone();
@@ -327,6 +327,24 @@ fn method_label(method: &Method) -> &'static str {
         Method::HEAD => "HEAD",
         Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
+    }
+}
+
+/// The largest body a request may send: `MAX_BODY_BYTES`, except a knowledge-base upload,
+/// which may carry a document of `MAX_DOCUMENT_BYTES` and its multipart framing (the
+/// handler refuses a larger file with the same 413).
+fn body_limit(req: &Request, config: &crate::config::Config) -> usize {
+    let path = req.uri().path();
+    let upload = req.method() == Method::POST
+        && path.starts_with("/api/knowledge-bases/")
+        && path.ends_with("/documents");
+    match upload {
+        true => config
+            .knowledge
+            .max_document_bytes
+            .saturating_add(64 * 1024)
+            .max(config.limits.max_body_bytes),
+        false => config.limits.max_body_bytes,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod error;
 pub mod health;
 pub mod jobs;
 pub mod json;
+pub mod knowledge;
 pub mod middleware;
 pub mod models;
 pub mod playground;
@@ -39,6 +40,8 @@ pub enum Tags {
     Chat,
     /// Agents: instructions, a model, tools, knowledge and hand-offs, versioned
     Agents,
+    /// Knowledge bases: documents, ingestion and search
+    Knowledge,
 }
 
 type Apis = (
@@ -50,6 +53,7 @@ type Apis = (
     catalogue::CatalogueApi,
     jobs::JobsApi,
     agents::AgentsApi,
+    knowledge::KnowledgeApi,
 );
 
 fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
@@ -75,7 +79,10 @@ fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
         jobs::JobsApi {
             state: state.clone(),
         },
-        agents::AgentsApi { state },
+        agents::AgentsApi {
+            state: state.clone(),
+        },
+        knowledge::KnowledgeApi { state },
     );
     OpenApiService::new(apis, "Chat Server API", env!("CARGO_PKG_VERSION"))
         .description(

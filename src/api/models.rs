@@ -325,6 +325,10 @@ pub struct Message {
     /// `content` are `null` while a call runs); `null` when it called none.
     #[oai(nullable)]
     pub tool_calls: Option<Vec<ToolCallView>>,
+    /// The passages an agent's knowledge searches gave the model for this answer (what it
+    /// cites), each once; `null` when there are none.
+    #[oai(nullable)]
+    pub citations: Option<Vec<super::knowledge::PassageView>>,
 }
 
 /// One tool call of an answer.
@@ -419,6 +423,8 @@ impl From<MessageRecord> for Message {
             fallback_reason: m.fallback_reason.map(Into::into),
             tool_calls: (!m.tool_calls.is_empty())
                 .then(|| m.tool_calls.into_iter().map(Into::into).collect()),
+            citations: (!m.citations.is_empty())
+                .then(|| m.citations.into_iter().map(Into::into).collect()),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::service::agents::AgentService;
 use crate::service::jobs::JobRunner;
+use crate::service::knowledge::KnowledgeService;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +27,7 @@ pub struct AppState {
     pub auth: AuthService,
     pub conversations: ConversationService,
     pub agents: AgentService,
+    pub knowledge: Arc<KnowledgeService>,
     pub models: Arc<ModelRegistry>,
     pub limits: Arc<RateLimits>,
     /// Every open WebSocket, so ended sessions close theirs (and for

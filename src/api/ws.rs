@@ -256,6 +256,9 @@ async fn run_session(socket: WebSocketStream, state: AppState, token: Option<Str
         return;
     };
     outbox.reply(&ready(&auth));
+    // The user's own room: what is about them rather than a conversation (their documents'
+    // progress) reaches every socket of theirs, on any instance.
+    outbox.push(Outgoing::Join(user.id, state.hub.bus().subscribe(user.id)));
     let limits = state.config.limits.clone();
     let shutdown = state.shutdown.clone();
     let mut session = Session {
@@ -876,6 +879,7 @@ mod tests {
                 error: None,
                 seq: 7,
                 tool_calls: vec![],
+                citations: vec![],
             })
         };
         let mut dedup = Dedup::default();
@@ -907,6 +911,7 @@ mod tests {
             error: None,
             seq: 7,
             tool_calls: vec![],
+            citations: vec![],
         });
         assert!(!dedup.pass(&complete));
         let start = OutFrame::new(&ServerFrame::StreamStart {

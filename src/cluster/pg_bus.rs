@@ -246,6 +246,8 @@ impl PgRoomBus {
                         seq,
                         // What the mirror saw of them (the stream's own frame was lost).
                         tool_calls: remote.tool_calls,
+                        // Frames do not carry them; the committed message does.
+                        citations: Vec::new(),
                     };
                     bus.local
                         .publish(conversation_id, Arc::new(OutFrame::new(&frame)));
@@ -948,6 +950,7 @@ mod tests {
                 error: None,
                 seq: 9,
                 tool_calls: vec![],
+                citations: vec![],
             },
             now,
         );

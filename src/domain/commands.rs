@@ -501,6 +501,7 @@ mod tests {
             content: "now".into(),
             agent_id: None,
             agent_version: None,
+            citations: vec![],
         };
         assert!(
             matches!(

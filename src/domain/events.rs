@@ -166,6 +166,9 @@ pub struct ToolReturned {
     pub agent_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<i32>,
+    /// For `search_knowledge`: the passages it gave the model, which the answer cites.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub citations: Vec<super::knowledge::Passage>,
 }
 
 /// One stored event: the payload plus where it sits in the log.
@@ -300,6 +303,7 @@ mod tests {
                 content: "no".into(),
                 agent_id: None,
                 agent_version: None,
+                citations: vec![],
             }),
         ];
         for event in events {

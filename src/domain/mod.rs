@@ -7,6 +7,7 @@ pub mod commands;
 pub mod events;
 pub mod follow_ups;
 pub mod inputs;
+pub mod knowledge;
 pub mod projection;
 pub mod types;
 pub mod users;

@@ -30,7 +30,7 @@ pub struct ConversationRecord {
     pub agent_id: Option<Uuid>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MessageRecord {
     pub id: Uuid,
     pub conversation_id: Uuid,
@@ -48,6 +48,8 @@ pub struct MessageRecord {
     pub fallback_reason: Option<FallbackReason>,
     /// The tools an answer called, in the order they were called.
     pub tool_calls: Vec<ToolCallRecord>,
+    /// The passages its knowledge searches gave the model, each once.
+    pub citations: Vec<super::knowledge::Passage>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -163,6 +165,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 MessageRecord {
                     fallback_reason: None,
                     tool_calls: Vec::new(),
+                    citations: Vec::new(),
                     id: e.message_id,
                     conversation_id: recorded.conversation_id,
                     position: seq,
@@ -186,6 +189,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 MessageRecord {
                     fallback_reason: None,
                     tool_calls: Vec::new(),
+                    citations: Vec::new(),
                     id: e.message_id,
                     conversation_id: recorded.conversation_id,
                     position: seq,
@@ -270,6 +274,15 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 call.content = Some(e.content.clone());
                 call.answered_by = e.agent_id;
                 call.answered_by_version = e.agent_version;
+            }
+            for passage in &e.citations {
+                if !message
+                    .citations
+                    .iter()
+                    .any(|c| c.chunk_id == passage.chunk_id)
+                {
+                    message.citations.push(passage.clone());
+                }
             }
             message.updated_at = at;
             state.dirty_messages.insert(e.message_id);

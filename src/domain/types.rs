@@ -98,6 +98,22 @@ string_enum!(
 );
 
 string_enum!(
+    /// Where a knowledge-base document's ingestion is.
+    DocumentStatus {
+        Pending => "pending",
+        Processing => "processing",
+        Ready => "ready",
+        Failed => "failed",
+    }
+);
+
+string_enum!(
+    /// How a knowledge search ranked: by words and meaning fused, or by words alone (no
+    /// embedding model).
+    SearchMode { Hybrid => "hybrid", Fulltext => "fulltext" }
+);
+
+string_enum!(
     /// Who may chat with an agent: its owner, or everyone (set by an admin).
     Visibility { Private => "private", Public => "public" }
 );

@@ -112,6 +112,8 @@ pub struct Catalogue {
     /// `FALLBACK_MODEL`: for models without a `fallback` of their own. A catalogue id, or
     /// a model name of the default provider (which users cannot pick).
     fallback_model: Option<String>,
+    /// `EMBEDDING_MODEL`: a catalogue id, or a model name of the default provider.
+    embedding_model: Option<String>,
 }
 
 impl Catalogue {
@@ -134,7 +136,19 @@ impl Catalogue {
             default: 0,
             providers: vec![default_provider],
             fallback_model: None,
+            embedding_model: None,
         }
+    }
+
+    /// Sets `EMBEDDING_MODEL`.
+    pub fn with_embedding_model(mut self, model: Option<String>) -> Self {
+        self.embedding_model = model.filter(|m| !m.trim().is_empty());
+        self
+    }
+
+    /// `EMBEDDING_MODEL`: a catalogue model or a model name of the default provider.
+    pub fn embedding_model(&self) -> Option<&str> {
+        self.embedding_model.as_deref()
     }
 
     /// Sets `FALLBACK_MODEL`.
@@ -263,6 +277,7 @@ impl Catalogue {
             default,
             providers,
             fallback_model: None,
+            embedding_model: None,
         })
     }
 
@@ -306,13 +321,17 @@ impl RoutedProvider {
                 .with_context(|| format!("no client for provider `{}`", model.provider))?;
             routes.insert(model.id.clone(), (provider.clone(), model.upstream.clone()));
         }
-        // `FALLBACK_MODEL` outside the catalogue: a model name of the default provider.
-        if let Some(fallback) = &catalogue.fallback_model {
-            if catalogue.get(fallback).is_none() {
+        // `FALLBACK_MODEL` and `EMBEDDING_MODEL` outside the catalogue: model names of the
+        // default provider.
+        for extra in [&catalogue.fallback_model, &catalogue.embedding_model]
+            .into_iter()
+            .flatten()
+        {
+            if catalogue.get(extra).is_none() {
                 let provider = providers
                     .get(DEFAULT_PROVIDER)
                     .context("no client for the default provider")?;
-                routes.insert(fallback.clone(), (provider.clone(), fallback.clone()));
+                routes.insert(extra.clone(), (provider.clone(), extra.clone()));
             }
         }
         let name = providers
@@ -353,6 +372,21 @@ impl ChatProvider for RoutedProvider {
         match self.route(request) {
             Ok((provider, request)) => provider.complete(request),
             Err(err) => Box::pin(async move { Err(err) }),
+        }
+    }
+
+    fn embed(
+        &self,
+        model: String,
+        inputs: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ProviderError>> {
+        match self.routes.get(&model) {
+            Some((provider, upstream)) => provider.embed(upstream.clone(), inputs),
+            None => Box::pin(async move {
+                Err(ProviderError::Rejected(format!(
+                    "the model `{model}` is not in the catalogue"
+                )))
+            }),
         }
     }
 

@@ -139,6 +139,7 @@ mod tests {
         MessageRecord {
             fallback_reason: None,
             tool_calls: Vec::new(),
+            citations: Vec::new(),
             id: Uuid::now_v7(),
             conversation_id: Uuid::nil(),
             position,

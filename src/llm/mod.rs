@@ -181,6 +181,21 @@ pub trait ChatProvider: Send + Sync + 'static {
     /// (so an HTTP error status fails here, before any text).
     fn stream(&self, request: ChatRequest) -> BoxFuture<'_, Result<ChatStream, ProviderError>>;
 
+    /// Embeds `inputs` with `model` (OpenAI's `/v1/embeddings`): one vector per input, in
+    /// order. Providers without embeddings refuse.
+    fn embed(
+        &self,
+        model: String,
+        inputs: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ProviderError>> {
+        let _ = (model, inputs);
+        Box::pin(async {
+            Err(ProviderError::Rejected(
+                "this provider has no embeddings".into(),
+            ))
+        })
+    }
+
     /// Whether a call to `model` would go upstream now: `false` while its circuit breaker
     /// is open (the call would fail fast), so a caller with a fallback can use it instead.
     fn accepting(&self, _model: &str) -> bool {

@@ -15,6 +15,7 @@ use async_openai::types::chat::{
     ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionTools,
     CreateChatCompletionRequest, FunctionCall, FunctionObject,
 };
+use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
 use async_openai::Client;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -275,6 +276,39 @@ impl ChatProvider for OpenAiProvider {
                 usage: response.usage.as_ref().map(usage),
                 tool_calls,
             })
+        }
+        .boxed()
+    }
+
+    fn embed(
+        &self,
+        model: String,
+        inputs: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ProviderError>> {
+        async move {
+            let count = inputs.len();
+            let response = self
+                .client
+                .embeddings()
+                .create(CreateEmbeddingRequest {
+                    model,
+                    input: EmbeddingInput::StringArray(inputs),
+                    ..Default::default()
+                })
+                .await
+                .map_err(map_error)?;
+            let mut vectors = vec![Vec::new(); count];
+            for item in response.data {
+                if let Some(slot) = vectors.get_mut(item.index as usize) {
+                    *slot = item.embedding;
+                }
+            }
+            if vectors.iter().any(Vec::is_empty) {
+                return Err(ProviderError::Upstream(
+                    "the embeddings answer missed an input".into(),
+                ));
+            }
+            Ok(vectors)
         }
         .boxed()
     }

@@ -289,6 +289,23 @@ impl ChatProvider for ResilientProvider {
         .boxed()
     }
 
+    fn embed(
+        &self,
+        model: String,
+        inputs: Vec<String>,
+    ) -> BoxFuture<'_, Result<Vec<Vec<f32>>, ProviderError>> {
+        async move {
+            let inner = self.inner.clone();
+            self.with_retries(self.request_timeout, || {
+                let inner = inner.clone();
+                let (model, inputs) = (model.clone(), inputs.clone());
+                async move { inner.embed(model, inputs).await }.boxed()
+            })
+            .await
+        }
+        .boxed()
+    }
+
     fn accepting(&self, _model: &str) -> bool {
         !self.breaker.refusing()
     }

@@ -33,6 +33,8 @@ pub enum ClusterCommand {
     EndSessions(SessionsEnded),
     /// An admin changed the model catalogue's settings: read them again.
     ModelsChanged,
+    /// A knowledge base's passages changed: drop its cached vectors.
+    KnowledgeChanged { knowledge_base_id: Uuid },
 }
 
 pub trait RoomBus: Send + Sync + 'static {

@@ -171,6 +171,9 @@ pub enum ServerFrame {
         /// The tools the answer called (results cut to `TOOL_RESULT_MAX_CHARS`).
         #[serde(default)]
         tool_calls: Vec<ToolCallRecord>,
+        /// The passages its knowledge searches gave the model.
+        #[serde(default)]
+        citations: Vec<crate::domain::knowledge::Passage>,
     },
     /// A tool the answer's model called, once its arguments are whole (and recorded as the
     /// `tool_called` event `seq`).
@@ -198,6 +201,15 @@ pub enum ServerFrame {
         content: String,
         seq: i64,
     },
+    /// A knowledge-base document's ingestion moved on: to its owner's sockets.
+    DocumentStatus {
+        knowledge_base_id: Uuid,
+        document_id: Uuid,
+        status: crate::domain::types::DocumentStatus,
+        progress: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     Event {
         event: serde_json::Value,
     },
@@ -220,6 +232,7 @@ impl ServerFrame {
         "stream_complete",
         "tool_call",
         "tool_result",
+        "document_status",
         "event",
         "error",
         "pong",
@@ -238,6 +251,7 @@ impl ServerFrame {
             Self::StreamComplete { .. } => "stream_complete",
             Self::ToolCall { .. } => "tool_call",
             Self::ToolResult { .. } => "tool_result",
+            Self::DocumentStatus { .. } => "document_status",
             Self::Event { .. } => "event",
             Self::Error { .. } => "error",
             Self::Pong => "pong",
@@ -559,6 +573,7 @@ mod tests {
                 error: None,
                 seq: 2,
                 tool_calls: vec![],
+                citations: vec![],
             },
             ServerFrame::ToolCall {
                 conversation_id: id,
@@ -578,6 +593,13 @@ mod tests {
                 ok: true,
                 content: "now".into(),
                 seq: 4,
+            },
+            ServerFrame::DocumentStatus {
+                knowledge_base_id: id,
+                document_id: id,
+                status: crate::domain::types::DocumentStatus::Processing,
+                progress: 0.5,
+                error: None,
             },
             ServerFrame::Event {
                 event: serde_json::json!({}),

@@ -207,6 +207,7 @@ impl StreamHub {
                         next_index: 0,
                         tool_calls: Vec::new(),
                         tool_seq: 0,
+                        citations: Vec::new(),
                         finished: false,
                     }),
                     cancel: CancellationToken::new(),
@@ -266,6 +267,7 @@ impl StreamHub {
                             seq,
                             // A repeat's answer is its text; the calls are in its events.
                             tool_calls: Vec::new(),
+                            citations: Vec::new(),
                         }));
                     } else if let Some(stream) =
                         self.streams().get(&previous.assistant_message_id).cloned()
@@ -356,7 +358,9 @@ impl StreamHub {
                 }
             }
             // Sockets, not streams: the command loop hands these to `LiveSessions`.
-            ClusterCommand::EndSessions(_) | ClusterCommand::ModelsChanged => {}
+            ClusterCommand::EndSessions(_)
+            | ClusterCommand::ModelsChanged
+            | ClusterCommand::KnowledgeChanged { .. } => {}
         }
     }
 
@@ -416,6 +420,7 @@ impl StreamHub {
                     error,
                     seq: seq.unwrap_or(turn.started_seq),
                     tool_calls: stream.cut(&state.tool_calls),
+                    citations: state.citations.clone(),
                 },
             );
         }
@@ -500,6 +505,7 @@ impl StreamHub {
                     error: None,
                     seq,
                     tool_calls: message.tool_calls.clone(),
+                    citations: message.citations.clone(),
                 },
             );
             tracing::warn!(conversation_id = %message.conversation_id, message_id = %message.id, "answer interrupted by the stop of its instance; kept its checkpointed text");

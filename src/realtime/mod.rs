@@ -5,5 +5,6 @@
 pub mod bus;
 pub mod frames;
 pub mod hub;
+pub mod notices;
 mod relay;
 mod stream;

@@ -499,6 +499,7 @@ impl StreamTools<'_> {
                 content: why.to_string(),
                 agent_id: None,
                 agent_version: None,
+                citations: Vec::new(),
             };
             if let Err(err) = self.returned(returned, &name).await {
                 tracing::warn!(error = %err, "closing an open tool call failed");
@@ -576,6 +577,15 @@ impl ToolSink for StreamTools<'_> {
                 call.content = Some(returned.content.clone());
                 call.answered_by = returned.agent_id;
                 call.answered_by_version = returned.agent_version;
+            }
+            for passage in &returned.citations {
+                if !state
+                    .citations
+                    .iter()
+                    .any(|c| c.chunk_id == passage.chunk_id)
+                {
+                    state.citations.push(passage.clone());
+                }
             }
             let max = self.stream.tool_result_max_chars;
             self.publish(&ServerFrame::ToolResult {

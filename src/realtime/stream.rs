@@ -18,6 +18,8 @@ pub(super) struct StreamState {
     /// Its tool calls so far, results whole, and the `seq` of the last tool event.
     pub tool_calls: Vec<ToolCallRecord>,
     pub tool_seq: i64,
+    /// The passages its knowledge searches gave the model, each once.
+    pub citations: Vec<crate::domain::knowledge::Passage>,
     /// Set, under the lock, just before `stream_complete` is published: snapshots taken
     /// afterwards skip the stream, so no socket sees a snapshot without its completion.
     pub finished: bool,

@@ -37,7 +37,7 @@ impl AgentService {
                 "only an admin can make an agent public",
             ));
         }
-        let definition = self.checked(user, definition, id).await?;
+        let definition = self.checked(user, user.id, definition, id).await?;
         let now = crate::store::now();
         let agent = AgentRecord {
             id,
@@ -95,7 +95,12 @@ impl AgentService {
             ));
         }
         let definition = self
-            .checked(user, patch.apply(&agent.definition), agent.id)
+            .checked(
+                user,
+                agent.owner_id,
+                patch.apply(&agent.definition),
+                agent.id,
+            )
             .await?;
         let visibility = patch.visibility.unwrap_or(agent.visibility);
         if definition == agent.definition && visibility == agent.visibility {
@@ -136,10 +141,11 @@ impl AgentService {
     }
 
     /// The definition checked: its fields, its model in the catalogue, the agents it hands
-    /// off to usable by `user`, its knowledge bases theirs.
+    /// off to usable by `user`, its knowledge bases its owner's.
     async fn checked(
         &self,
         user: CurrentUser,
+        owner: Uuid,
         definition: AgentDefinition,
         id: Uuid,
     ) -> ServiceResult<AgentDefinition> {
@@ -161,12 +167,18 @@ impl AgentService {
                 });
             }
         }
-        // Knowledge bases arrive with retrieval (#25): until then none exists to name.
-        if let Some(kb) = definition.knowledge_base_ids.first() {
-            return Err(ServiceError::Validation {
-                field: "knowledgeBaseIds",
-                message: format!("no knowledge base {kb}"),
-            });
+        for kb in &definition.knowledge_base_ids {
+            let owned = self
+                .store
+                .find_knowledge_base(*kb)
+                .await?
+                .is_some_and(|k| k.owner_id == owner);
+            if !owned {
+                return Err(ServiceError::Validation {
+                    field: "knowledgeBaseIds",
+                    message: format!("no knowledge base {kb} of the agent's owner"),
+                });
+            }
         }
         Ok(definition)
     }

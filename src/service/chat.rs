@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::auth::CurrentUser;
 use super::context_cache::ContextCache;
 use super::conversations::ConversationView;
+use super::knowledge::KnowledgeService;
 use super::limits::RateLimits;
 use super::models::ModelRegistry;
 use super::peers::Peers;
@@ -266,6 +267,9 @@ pub struct ChatService {
     agent_bindings: AgentBindings,
     /// Steps, hand-off depth and tool limits of agents' answers.
     agents: Arc<AgentsConfig>,
+    /// What `search_knowledge` searches (set once at start-up; weak, since the knowledge
+    /// service embeds through this one).
+    knowledge: Arc<std::sync::OnceLock<std::sync::Weak<KnowledgeService>>>,
 }
 
 /// Which agent each recently seen conversation is bound to (absent: none), as this
@@ -324,7 +328,18 @@ impl ChatService {
             scheduler: Arc::new(Scheduler::unlimited()),
             agent_bindings: AgentBindings::default(),
             agents: Arc::new(AgentsConfig::default()),
+            knowledge: Default::default(),
         }
+    }
+
+    /// Lets agents' `search_knowledge` search through `knowledge` (once, at start-up).
+    pub fn search_with(&self, knowledge: &Arc<KnowledgeService>) {
+        let _ = self.knowledge.set(Arc::downgrade(knowledge));
+    }
+
+    /// The knowledge service, while the server runs.
+    pub fn knowledge(&self) -> Option<Arc<KnowledgeService>> {
+        self.knowledge.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Bounds agents' answers by `agents` (steps, hand-off depth, tool time and size).
@@ -614,6 +629,41 @@ impl ChatService {
         .unwrap_or(Err(ProviderError::Timeout));
         settle(&mut permit, &completion);
         completion
+    }
+
+    /// Embeds `inputs` with `model`, after waiting for the call's place like every call.
+    pub async fn embed(
+        &self,
+        user: Uuid,
+        priority: Priority,
+        class: CallClass,
+        model: &str,
+        inputs: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, ProviderError> {
+        let tokens: usize = inputs
+            .iter()
+            .map(|t| crate::llm::context::estimate_tokens(t))
+            .sum();
+        let call = Call {
+            model,
+            user,
+            priority,
+            class,
+            impatient: false,
+            tokens: tokens as u64,
+        };
+        let permit = self
+            .place_for(call, |_| {}, std::future::pending::<()>())
+            .await
+            .map_err(|_| ProviderError::Busy)?;
+        let vectors = tokio::time::timeout(
+            self.upstream.with_retries(self.upstream.request_timeout),
+            self.provider.embed(model.to_string(), inputs),
+        )
+        .await
+        .unwrap_or(Err(ProviderError::Timeout));
+        drop(permit);
+        vectors
     }
 
     /// Whether `model` is answered by the built-in demo provider (no key for it).

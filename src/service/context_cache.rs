@@ -473,6 +473,7 @@ mod tests {
             let mut turn = history.last().cloned().unwrap_or_else(|| MessageRecord {
                 fallback_reason: None,
                 tool_calls: Vec::new(),
+                citations: Vec::new(),
                 id: Uuid::nil(),
                 conversation_id: CONVERSATION,
                 position: 0,

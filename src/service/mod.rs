@@ -7,6 +7,7 @@ pub mod chat;
 pub mod context_cache;
 pub mod conversations;
 pub mod jobs;
+pub mod knowledge;
 pub mod limits;
 pub mod models;
 pub mod passwords;
@@ -43,6 +44,10 @@ pub enum ServiceError {
     JobNotFound,
     #[error("agent not found")]
     AgentNotFound,
+    #[error("knowledge base not found")]
+    KnowledgeBaseNotFound,
+    #[error("document not found")]
+    DocumentNotFound,
     #[error("{0}")]
     Conflict(String),
     /// The answer already has its end (see [`DomainError::AlreadyFinished`]).
@@ -59,6 +64,9 @@ pub enum ServiceError {
     /// The server cannot take this now (shutting down).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// An upload over its limit.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
 }

@@ -21,6 +21,7 @@ use super::ServiceResult;
 use crate::config::AgentsConfig;
 use crate::domain::agents::AgentRecord;
 use crate::domain::events::{ToolCalled, ToolReturned};
+use crate::domain::knowledge::Passage;
 use crate::domain::types::{AgentTool, MessageRole};
 use crate::llm::{ChatMessage, ChatRequest, Sampling, ToolCall, ToolSpec};
 
@@ -125,12 +126,14 @@ impl Scope {
 }
 
 /// What a tool gave back.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ToolOutcome {
     pub ok: bool,
     pub content: String,
     /// For `ask_agent`: the agent that answered, and its version.
     pub answered_by: Option<(Uuid, i32)>,
+    /// For `search_knowledge`: the passages given to the model.
+    pub citations: Vec<Passage>,
 }
 
 impl ToolOutcome {
@@ -139,6 +142,7 @@ impl ToolOutcome {
             ok: true,
             content: content.into(),
             answered_by: None,
+            citations: Vec::new(),
         }
     }
 
@@ -147,6 +151,7 @@ impl ToolOutcome {
             ok: false,
             content: content.into(),
             answered_by: None,
+            citations: Vec::new(),
         }
     }
 }
@@ -157,6 +162,11 @@ pub struct Toolbox<'a> {
     pub turn: &'a Turn,
     pub sink: &'a dyn ToolSink,
     pub settings: &'a AgentsConfig,
+}
+
+#[derive(Deserialize)]
+struct SearchArgs {
+    query: String,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +285,7 @@ impl Toolbox<'_> {
                     content: outcome.content.clone(),
                     agent_id: outcome.answered_by.map(|(id, _)| id),
                     agent_version: outcome.answered_by.map(|(_, v)| v),
+                    citations: outcome.citations.clone(),
                 };
                 if let Err(err) = self.sink.returned(returned, &call.name).await {
                     tracing::warn!(error = %err, tool = %call.name, "recording a tool result failed");
@@ -307,15 +318,73 @@ impl Toolbox<'_> {
             AgentTool::CurrentTime => ToolOutcome::ok(
                 chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             ),
-            AgentTool::SearchKnowledge => {
-                ToolOutcome::error("no knowledge base can be searched yet")
-            }
+            AgentTool::SearchKnowledge => match serde_json::from_str::<SearchArgs>(&call.arguments)
+            {
+                Ok(args) => self.search_knowledge(scope, args).await,
+                Err(err) => ToolOutcome::error(format!(
+                    "the arguments must be a JSON object with `query`: {err}"
+                )),
+            },
             AgentTool::AskAgent => match serde_json::from_str::<AskAgentArgs>(&call.arguments) {
                 Ok(args) => self.ask_agent(scope, call_id, args).await,
                 Err(err) => ToolOutcome::error(format!(
                     "the arguments must be a JSON object with `agentId` and `message`: {err}"
                 )),
             },
+        }
+    }
+
+    /// Searches the agent's knowledge bases (those its owner still owns) and gives the
+    /// model the passages, numbered, with their documents; the answer cites them.
+    async fn search_knowledge(&self, scope: &Scope, args: SearchArgs) -> ToolOutcome {
+        let ids = &scope.agent.definition.knowledge_base_ids;
+        if ids.is_empty() {
+            return ToolOutcome::error("no knowledge base is attached to you");
+        }
+        let Some(knowledge) = self.chat.knowledge() else {
+            return ToolOutcome::error("knowledge search is not available");
+        };
+        let found = knowledge
+            .search_for_agent(
+                scope.agent.owner_id,
+                ids,
+                &args.query,
+                self.turn.owner_id,
+                self.turn.priority,
+            )
+            .await;
+        match found {
+            Ok(found) if found.passages.is_empty() => {
+                ToolOutcome::ok(format!("No passage matches `{}`.", args.query))
+            }
+            Ok(found) => {
+                let listed: Vec<String> = found
+                    .passages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        format!(
+                            "[{}] {} ({}):\n{}",
+                            i + 1,
+                            p.document_name,
+                            p.chunk_id,
+                            p.snippet
+                        )
+                    })
+                    .collect();
+                ToolOutcome {
+                    citations: found.passages,
+                    ..ToolOutcome::ok(format!(
+                        "Passages ({} search), best first:\n\n{}",
+                        found.mode.as_str(),
+                        listed.join("\n\n")
+                    ))
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "a knowledge search failed");
+                ToolOutcome::error("the knowledge search failed")
+            }
         }
     }
 

@@ -371,6 +371,7 @@ pub(super) async fn write_projections(
                         messages::Column::CompletionTokens,
                         messages::Column::FallbackReason,
                         messages::Column::ToolCalls,
+                        messages::Column::Citations,
                         messages::Column::UpdatedAt,
                     ])
                     .to_owned(),

@@ -67,6 +67,10 @@ pub fn message_from_row(row: messages::Model) -> MessageRecord {
             .tool_calls
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default(),
+        citations: row
+            .citations
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default(),
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -88,6 +92,8 @@ pub fn message_to_row(m: &MessageRecord) -> messages::ActiveModel {
         fallback_reason: Set(m.fallback_reason.map(|r| r.as_str().to_string())),
         tool_calls: Set((!m.tool_calls.is_empty())
             .then(|| serde_json::to_string(&m.tool_calls).unwrap_or_default())),
+        citations: Set((!m.citations.is_empty())
+            .then(|| serde_json::to_string(&m.citations).unwrap_or_default())),
         created_at: Set(m.created_at),
         updated_at: Set(m.updated_at),
     }

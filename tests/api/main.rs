@@ -30,6 +30,7 @@ mod health;
 mod instances;
 mod isolation;
 mod jobs;
+mod knowledge;
 mod logging;
 mod messages;
 mod mock_llm;

@@ -62,6 +62,7 @@ pub struct MockLlm {
     scripts: Scripts,
     embedding_requests: Arc<Mutex<Vec<Value>>>,
     embeddings_fail: Arc<Mutex<bool>>,
+    embeddings_hang: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The provider's say about its capacity: the next `refuse` requests get 429 with
@@ -129,6 +130,7 @@ struct MockState {
     scripts: Scripts,
     embedding_requests: Arc<Mutex<Vec<Value>>>,
     embeddings_fail: Arc<Mutex<bool>>,
+    embeddings_hang: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl MockLlm {
@@ -141,6 +143,7 @@ impl MockLlm {
         let scripts: Scripts = Arc::new(Mutex::new(Vec::new()));
         let embedding_requests = Arc::new(Mutex::new(Vec::new()));
         let embeddings_fail = Arc::new(Mutex::new(false));
+        let embeddings_hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = MockState {
             requests: requests.clone(),
             keys: keys.clone(),
@@ -150,6 +153,7 @@ impl MockLlm {
             scripts: scripts.clone(),
             embedding_requests: embedding_requests.clone(),
             embeddings_fail: embeddings_fail.clone(),
+            embeddings_hang: embeddings_hang.clone(),
         };
         let acceptor = TcpListener::bind("127.0.0.1:0")
             .into_acceptor()
@@ -173,6 +177,7 @@ impl MockLlm {
             scripts,
             embedding_requests,
             embeddings_fail,
+            embeddings_hang,
         }
     }
 
@@ -193,6 +198,12 @@ impl MockLlm {
     }
 
     /// While set, `POST /v1/embeddings` answers HTTP 500.
+    /// While set, embedding requests get no answer (they wait; answered once it clears).
+    pub fn set_embeddings_hang(&self, hang: bool) {
+        self.embeddings_hang
+            .store(hang, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn set_embeddings_fail(&self, fail: bool) {
         *self.embeddings_fail.lock().unwrap() = fail;
     }
@@ -575,6 +586,12 @@ async fn embeddings(body: Json<Value>, state: poem::web::Data<&MockState>) -> Re
         .lock()
         .unwrap()
         .push(request.clone());
+    while state
+        .embeddings_hang
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     if *state.embeddings_fail.lock().unwrap() {
         return server_error();
     }
