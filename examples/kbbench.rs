@@ -8,7 +8,7 @@
 //!   (type check, text extraction, chunking, and the chunks' transaction in SQLite; no
 //!   embeddings). Ceiling: parsing the PDF's objects alone (`lopdf`).
 //! - `cargo run --release --example kbbench -- recall DIR QUESTIONS.json`: recall@5 of
-//!   full-text search over a directory of Markdown/HTML/text documents, for questions whose
+//!   full-text search over a directory's Markdown documents, for questions whose
 //!   answering passage is marked by a verbatim excerpt.
 
 use std::time::{Duration, Instant};
@@ -270,10 +270,12 @@ async fn recall(dir: &str, questions: &str) {
         serde_json::from_str(&std::fs::read_to_string(questions).unwrap()).unwrap();
     let (store, _tmp) = scratch_store().await;
     let (kb, _) = knowledge_base(&store).await;
+    // The Markdown files of the directory (a documentation set often ships HTML beside them).
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "md"))
         .collect();
     files.sort();
     let mut total_chunks = 0;
