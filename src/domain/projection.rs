@@ -263,32 +263,32 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 .messages
                 .get_mut(&e.message_id)
                 .ok_or_else(|| missing(e.message_id))?;
-            // The newest call of that id (ids are unique within an answer; the command checks).
-            if let Some(call) = message
-                .tool_calls
-                .iter_mut()
-                .rev()
-                .find(|c| c.call_id == e.call_id)
-            {
-                call.ok = Some(e.ok);
-                call.content = Some(e.content.clone());
-                call.answered_by = e.agent_id;
-                call.answered_by_version = e.agent_version;
-            }
-            for passage in &e.citations {
-                if !message
-                    .citations
-                    .iter()
-                    .any(|c| c.chunk_id == passage.chunk_id)
-                {
-                    message.citations.push(passage.clone());
-                }
-            }
+            record_result(&mut message.tool_calls, &mut message.citations, e);
             message.updated_at = at;
             state.dirty_messages.insert(e.message_id);
         }
     }
     Ok(())
+}
+
+/// A tool's result into an answer's calls (the call of its id) and citations (each
+/// passage once): for the projection and for a running answer's state alike.
+pub fn record_result(
+    calls: &mut [ToolCallRecord],
+    citations: &mut Vec<super::knowledge::Passage>,
+    returned: &super::events::ToolReturned,
+) {
+    if let Some(call) = calls.iter_mut().find(|c| c.call_id == returned.call_id) {
+        call.ok = Some(returned.ok);
+        call.content = Some(returned.content.clone());
+        call.answered_by = returned.agent_id;
+        call.answered_by_version = returned.agent_version;
+    }
+    for passage in &returned.citations {
+        if !citations.iter().any(|c| c.chunk_id == passage.chunk_id) {
+            citations.push(passage.clone());
+        }
+    }
 }
 
 fn non_empty(value: &str) -> Option<String> {

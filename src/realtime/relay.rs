@@ -20,6 +20,7 @@ use super::frames::{OutFrame, ServerFrame};
 use super::stream::RunningStream;
 use crate::domain::codes::ErrorCode;
 use crate::domain::events::{StreamError, ToolCalled, ToolReturned};
+use crate::domain::projection::record_result;
 use crate::domain::types::{MessageStatus, ToolCallRecord, Usage};
 use crate::llm::scheduler::CallClass;
 use crate::llm::scheduler::Permit;
@@ -568,25 +569,8 @@ impl ToolSink for StreamTools<'_> {
                 .await?;
             let mut state = self.stream.lock();
             state.tool_seq = state.tool_seq.max(seq);
-            if let Some(call) = state
-                .tool_calls
-                .iter_mut()
-                .find(|c| c.call_id == returned.call_id)
-            {
-                call.ok = Some(returned.ok);
-                call.content = Some(returned.content.clone());
-                call.answered_by = returned.agent_id;
-                call.answered_by_version = returned.agent_version;
-            }
-            for passage in &returned.citations {
-                if !state
-                    .citations
-                    .iter()
-                    .any(|c| c.chunk_id == passage.chunk_id)
-                {
-                    state.citations.push(passage.clone());
-                }
-            }
+            let state = &mut *state;
+            record_result(&mut state.tool_calls, &mut state.citations, &returned);
             let max = self.stream.tool_result_max_chars;
             self.publish(&ServerFrame::ToolResult {
                 conversation_id: turn.conversation_id,
