@@ -367,6 +367,20 @@ backend_test!(
         let whole = app.get_conversation(&owner.access, &cid).await;
         let message = whole["messages"].as_array().unwrap().iter().find(|m| m["role"] == "assistant").unwrap().clone();
         assert_eq!(message["citations"][0]["chunkId"], citations[0]["chunkId"]);
+
+        // The same question over REST, whole (`POST /api/chat`): the same loop, cited.
+        mock.script("SUPPORT-AGENT", vec![
+            Reply::Calls { text: String::new(), calls: vec![call("s2", "search_knowledge", json!({"query": "reset pump red button"}))] },
+            Reply::Text("Hold the red button [1].".into()),
+        ]);
+        let whole = expect_json(
+            app.post("/api/chat", Some(&owner.access), &json!({"message": "And again?", "conversationId": cid})).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(whole["message"]["content"], "Hold the red button [1].");
+        assert_eq!(whole["message"]["citations"][0]["documentId"], id(&doc).as_str());
+        assert_eq!(whole["message"]["citations"][0]["documentName"], "manual.pdf");
     }
 );
 
