@@ -153,6 +153,24 @@ pub struct ToolCalled {
     pub parent_call_id: Option<String>,
 }
 
+impl From<&ToolCalled> for super::types::ToolCallRecord {
+    /// The call as history holds it until its result comes.
+    fn from(e: &ToolCalled) -> Self {
+        Self {
+            call_id: e.call_id.clone(),
+            name: e.name.clone(),
+            arguments: e.arguments.clone(),
+            step: e.step,
+            ok: None,
+            content: None,
+            agent_id: e.agent_id,
+            parent_call_id: e.parent_call_id.clone(),
+            answered_by: None,
+            answered_by_version: None,
+        }
+    }
+}
+
 /// A tool's result, whole (frames carry at most `TOOL_RESULT_MAX_CHARS` of it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -243,18 +243,7 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 .messages
                 .get_mut(&e.message_id)
                 .ok_or_else(|| missing(e.message_id))?;
-            message.tool_calls.push(ToolCallRecord {
-                call_id: e.call_id.clone(),
-                name: e.name.clone(),
-                arguments: e.arguments.clone(),
-                step: e.step,
-                ok: None,
-                content: None,
-                agent_id: e.agent_id,
-                parent_call_id: e.parent_call_id.clone(),
-                answered_by: None,
-                answered_by_version: None,
-            });
+            message.tool_calls.push(ToolCallRecord::from(e));
             message.updated_at = at;
             state.dirty_messages.insert(e.message_id);
         }

@@ -64,13 +64,22 @@ impl ContextWindow {
         if self.full {
             return false;
         }
-        // Newest first, like `kept`: the final text, then each step's results and calls
-        // from the last step back.
-        let mut turn = vec![ChatMessage::text(role, content)];
         let own: Vec<&ToolCallRecord> = tool_calls
             .iter()
             .filter(|c| c.parent_call_id.is_none() && c.ok.is_some())
             .collect();
+        if own.is_empty() {
+            // The common case (every message without tools): one message, no list built.
+            let message = ChatMessage::text(role, content);
+            if !self.fits(message.estimated_tokens()) {
+                return false;
+            }
+            self.kept.push(message);
+            return true;
+        }
+        // Newest first, like `kept`: the final text, then each step's results and calls
+        // from the last step back.
+        let mut turn = vec![ChatMessage::text(role, content)];
         let mut steps: Vec<u32> = own.iter().map(|c| c.step).collect();
         steps.dedup();
         for step in steps.into_iter().rev() {
@@ -91,13 +100,27 @@ impl ContextWindow {
                     .collect(),
             ));
         }
-        let cost: usize = turn.iter().map(ChatMessage::estimated_tokens).sum();
+        self.keep(turn)
+    }
+
+    /// Keeps `turn` (newest first) if it fits; else the window is full.
+    fn keep(&mut self, turn: Vec<ChatMessage>) -> bool {
+        let cost = turn.iter().map(ChatMessage::estimated_tokens).sum();
+        if !self.fits(cost) {
+            return false;
+        }
+        self.kept.extend(turn);
+        true
+    }
+
+    /// Takes `cost` from the budget if it fits (the newest message always does); else the
+    /// window is full from now on.
+    fn fits(&mut self, cost: usize) -> bool {
         if cost > self.remaining && !self.kept.is_empty() {
             self.full = true;
             return false;
         }
         self.remaining = self.remaining.saturating_sub(cost);
-        self.kept.extend(turn);
         true
     }
 

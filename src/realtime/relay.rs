@@ -528,18 +528,7 @@ impl ToolSink for StreamTools<'_> {
                 .await?;
             let mut state = self.stream.lock();
             state.tool_seq = state.tool_seq.max(seq);
-            state.tool_calls.push(ToolCallRecord {
-                call_id: called.call_id.clone(),
-                name: called.name.clone(),
-                arguments: called.arguments.clone(),
-                step: called.step,
-                ok: None,
-                content: None,
-                agent_id: called.agent_id,
-                parent_call_id: called.parent_call_id.clone(),
-                answered_by: None,
-                answered_by_version: None,
-            });
+            state.tool_calls.push(ToolCallRecord::from(&called));
             self.publish(&ServerFrame::ToolCall {
                 conversation_id: turn.conversation_id,
                 message_id: turn.assistant_message_id,

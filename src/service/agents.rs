@@ -167,13 +167,12 @@ impl AgentService {
                 });
             }
         }
+        let owned = self
+            .store
+            .knowledge_bases_owned(owner, &definition.knowledge_base_ids)
+            .await?;
         for kb in &definition.knowledge_base_ids {
-            let owned = self
-                .store
-                .find_knowledge_base(*kb)
-                .await?
-                .is_some_and(|k| k.owner_id == owner);
-            if !owned {
+            if !owned.contains(kb) {
                 return Err(ServiceError::Validation {
                     field: "knowledgeBaseIds",
                     message: format!("no knowledge base {kb} of the agent's owner"),

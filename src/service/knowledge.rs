@@ -411,14 +411,10 @@ impl KnowledgeService {
         caller: Uuid,
         priority: Priority,
     ) -> ServiceResult<SearchResult> {
-        let mut owned = Vec::new();
-        for id in knowledge_base_ids {
-            if let Some(kb) = self.store.find_knowledge_base(*id).await? {
-                if kb.owner_id == agent_owner {
-                    owned.push(kb.id);
-                }
-            }
-        }
+        let owned = self
+            .store
+            .knowledge_bases_owned(agent_owner, knowledge_base_ids)
+            .await?;
         self.ranked(&owned, query, 5, caller, priority, CallClass::Agent)
             .await
     }

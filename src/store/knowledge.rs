@@ -122,6 +122,22 @@ impl Store {
         }
     }
 
+    /// Those of `ids` that are knowledge bases of `owner` (no counts read).
+    pub async fn knowledge_bases_owned(&self, owner: Uuid, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        knowledge_bases::Entity::find()
+            .filter(knowledge_bases::Column::OwnerId.eq(owner))
+            .filter(knowledge_bases::Column::Id.is_in(ids.iter().copied()))
+            .select_only()
+            .column(knowledge_bases::Column::Id)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(StoreError::from_db)
+    }
+
     async fn with_count(&self, row: knowledge_bases::Model) -> StoreResult<KnowledgeBaseRecord> {
         let count = documents::Entity::find()
             .filter(documents::Column::KnowledgeBaseId.eq(row.id))
