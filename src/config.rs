@@ -89,6 +89,9 @@ pub struct Config {
     /// Whether a conversation's first answer is followed by a generated title
     /// (`GENERATE_TITLES`; never in demo mode).
     pub generate_titles: bool,
+    /// Whether every answer is checked in a background job (`VALIDATION_ENABLED`); the
+    /// judge model, if any, is the catalogue's `judge_model()`.
+    pub validation_enabled: bool,
     pub agents: AgentsConfig,
     pub knowledge: KnowledgeConfig,
 }
@@ -350,7 +353,8 @@ impl Config {
             None => Catalogue::single(&openai.model, default_provider),
         }
         .with_fallback_model(get("FALLBACK_MODEL"))
-        .with_embedding_model(get("EMBEDDING_MODEL"));
+        .with_embedding_model(get("EMBEDDING_MODEL"))
+        .with_judge_model(get("VALIDATION_JUDGE_MODEL"));
 
         Ok(Self {
             app_env,
@@ -496,6 +500,11 @@ impl Config {
                 poll: millis("JOB_POLL_MS", 1_000)?.max(Duration::from_millis(10)),
             },
             generate_titles: parse_bool(get("GENERATE_TITLES"), "GENERATE_TITLES", true)?,
+            validation_enabled: parse_bool(
+                get("VALIDATION_ENABLED"),
+                "VALIDATION_ENABLED",
+                true,
+            )?,
             agents: AgentsConfig {
                 max_steps: parse_or::<u32>(&get, "AGENT_MAX_STEPS", 6)?.clamp(1, 50),
                 max_depth: parse_or::<u32>(&get, "AGENT_MAX_DEPTH", 2)?.min(10),
@@ -818,6 +827,11 @@ mod tests {
             "JOB_RETRY_BASE_MS" => ms(cfg.jobs.retry_base),
             "JOB_POLL_MS" => ms(cfg.jobs.poll),
             "GENERATE_TITLES" => cfg.generate_titles.to_string(),
+            "VALIDATION_ENABLED" => cfg.validation_enabled.to_string(),
+            "VALIDATION_JUDGE_MODEL" => cfg
+                .catalogue
+                .judge_model()
+                .map_or_else(|| "none".into(), str::to_string),
             "EMBEDDING_MODEL" => cfg
                 .catalogue
                 .embedding_model()

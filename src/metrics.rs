@@ -10,6 +10,9 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
+    /// Every registered family's name, kept at registration because `Registry::gather` skips
+    /// vectors that have no children yet, and the deploy files' test must see them all.
+    names: Vec<String>,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub ws_connections: IntGauge,
@@ -47,6 +50,9 @@ pub struct Metrics {
     pub bus_received: IntCounter,
     pub bus_reconnects: IntCounter,
     pub bus_dropped: IntCounter,
+    pub validation_checks: IntCounterVec,
+    pub judge_scores: HistogramVec,
+    pub message_ratings: IntCounterVec,
 }
 
 /// Circuit breaker states as the `chat_upstream_circuit_state` gauge reports them.
@@ -57,9 +63,15 @@ pub const CIRCUIT_OPEN: i64 = 2;
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let mut names = Vec::new();
         macro_rules! register {
             ($metric:expr) => {{
                 let metric = $metric.expect("static metric definition is valid");
+                names.extend(
+                    prometheus::core::Collector::desc(&metric)
+                        .iter()
+                        .map(|desc| desc.fq_name.clone()),
+                );
                 registry
                     .register(Box::new(metric.clone()))
                     .expect("metric names are unique");
@@ -295,7 +307,31 @@ impl Metrics {
                 "chat_limiter_keys",
                 "Keys (users, addresses, e-mails) the rate limiters hold state for"
             )),
+            validation_checks: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_validation_checks_total",
+                    "Answer checks run, by check, verdict (pass/fail), model and agent"
+                ),
+                &["check", "verdict", "model", "agent"]
+            )),
+            judge_scores: register!(HistogramVec::new(
+                HistogramOpts::new(
+                    "chat_validation_judge_score",
+                    "The judge model's scores (1 to 5) of answers, by model, agent and \
+                     dimension (relevance/groundedness)"
+                )
+                .buckets(vec![1.0, 2.0, 3.0, 4.0, 5.0]),
+                &["model", "agent", "dimension"]
+            )),
+            message_ratings: register!(IntCounterVec::new(
+                Opts::new(
+                    "chat_message_ratings_total",
+                    "Users' ratings of answers, by rating (up/down), model and agent"
+                ),
+                &["rating", "model", "agent"]
+            )),
             registry,
+            names,
         }
     }
 
@@ -306,6 +342,12 @@ impl Metrics {
         self.http_duration
             .with_label_values(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The fully-qualified name of every registered family, observed yet or not (the deploy
+    /// files' test checks that alerts and dashboards name only metrics that exist).
+    pub fn names(&self) -> Vec<String> {
+        self.names.clone()
     }
 
     /// The text exposition format.
@@ -346,5 +388,16 @@ mod tests {
             text.contains("chat_http_request_duration_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn names_include_families_without_observations() {
+        let names = Metrics::new().names();
+        for name in ["chat_validation_checks_total", "chat_upstream_errors_total"] {
+            assert!(
+                names.iter().any(|n| n == name),
+                "{name} missing from {names:?}"
+            );
+        }
     }
 }

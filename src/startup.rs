@@ -14,13 +14,13 @@ use crate::api::{self, AppState};
 use crate::cluster::pg_bus::PgRoomBus;
 use crate::cluster::Instance;
 use crate::config::Config;
-use crate::domain::follow_ups::{FollowUpRules, TITLE_JOB};
+use crate::domain::follow_ups::{FollowUpRules, JUDGE_JOB, TITLE_JOB, VALIDATE_JOB};
 use crate::llm;
 use crate::llm::scheduler::{LaneLimits, Scheduler};
 use crate::metrics::Metrics;
 use crate::realtime::bus::{ClusterCommand, LocalRoomBus, RoomBus};
 use crate::realtime::hub::StreamHub;
-use crate::realtime::notices::BusKnowledgeEvents;
+use crate::realtime::notices::{BusKnowledgeEvents, BusValidationEvents};
 use crate::service::agents::AgentService;
 use crate::service::auth::AuthService;
 use crate::service::chat::ChatService;
@@ -32,6 +32,7 @@ use crate::service::models::ModelRegistry;
 use crate::service::sessions::LiveSessions;
 use crate::service::titles::TitleGenerator;
 use crate::service::tokens::TokenKeys;
+use crate::service::validation::ValidationService;
 use crate::store::Store;
 
 pub struct Application {
@@ -237,8 +238,18 @@ pub async fn build_state(
     // Titles follow a first answer only where a model can write them.
     let titles =
         config.generate_titles && config.catalogue.providers().iter().any(|p| !p.is_demo());
-    if titles {
-        let _ = store.record_follow_ups(FollowUpRules { titles });
+    let validation = ValidationService::new(
+        chat.clone(),
+        metrics.clone(),
+        Arc::new(BusValidationEvents(bus.clone())),
+    );
+    let rules = FollowUpRules {
+        titles,
+        validation: config.validation_enabled,
+        judge: config.validation_enabled && validation.judge_model().is_some(),
+    };
+    if rules != FollowUpRules::default() {
+        let _ = store.record_follow_ups(rules);
     }
     let knowledge = Arc::new(KnowledgeService::new(
         store.clone(),
@@ -251,7 +262,9 @@ pub async fn build_state(
     let jobs = Arc::new(
         JobRunner::new(store.clone(), config.jobs.clone(), metrics.clone())
             .handle(TITLE_JOB, TitleGenerator::new(chat.clone()))
-            .handle(INGEST_JOB, knowledge.clone()),
+            .handle(INGEST_JOB, knowledge.clone())
+            .handle(VALIDATE_JOB, validation.clone())
+            .handle(JUDGE_JOB, validation.clone()),
     );
     let state = AppState {
         config: Arc::new(config.clone()),
@@ -273,6 +286,7 @@ pub async fn build_state(
         models: models.clone(),
         agents: AgentService::new(store.clone(), models.clone()),
         knowledge,
+        validation,
         conversations: ConversationService::new(
             store.clone(),
             config.limits.max_message_chars,

@@ -28,6 +28,23 @@ pub struct Model {
     /// The passages the answer's knowledge searches gave the model: a JSON array of
     /// `{documentId, documentName, chunkId, snippet, score}`; `None` when it cites none.
     pub citations: Option<String>,
+    /// The agent that answered.
+    pub agent_id: Option<Uuid>,
+    /// Milliseconds from the answer's start to its first token, and to its end.
+    pub first_chunk_ms: Option<i64>,
+    pub total_ms: Option<i64>,
+    /// The latest checks and judge scores: JSON `{checks: [{name, passed, detail?}], judge?}`.
+    pub validation: Option<String>,
+    /// Bit masks of the checks that ran and of those that failed (`CheckName::bit`), and
+    /// the judge's scores: what the quality report aggregates.
+    pub checks_run: Option<i32>,
+    pub checks_failed: Option<i32>,
+    pub judge_relevance: Option<i32>,
+    pub judge_groundedness: Option<i32>,
+    /// The owner's rating (`up`/`down`), its comment and when it was given.
+    pub rating: Option<String>,
+    pub rating_comment: Option<String>,
+    pub rated_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -17,6 +17,7 @@ mod m20261204_000006_agents;
 mod m20261204_000007_conversation_agent;
 mod m20261204_000008_tool_calls;
 mod m20261204_000009_knowledge;
+mod m20261204_000010_validation;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000007_conversation_agent::Migration),
             Box::new(m20261204_000008_tool_calls::Migration),
             Box::new(m20261204_000009_knowledge::Migration),
+            Box::new(m20261204_000010_validation::Migration),
         ]
     }
 }

@@ -82,6 +82,36 @@ impl From<types::Visibility> for Visibility {
     }
 }
 
+/// What an agent's answers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseFormat {
+    /// Prose (the default).
+    Text,
+    /// One JSON object: asked of the model (`response_format: json_object`) and checked
+    /// after every answer (the `json` check).
+    Json,
+}
+
+impl From<ResponseFormat> for types::ResponseFormat {
+    fn from(f: ResponseFormat) -> Self {
+        match f {
+            ResponseFormat::Text => Self::Text,
+            ResponseFormat::Json => Self::Json,
+        }
+    }
+}
+
+impl From<types::ResponseFormat> for ResponseFormat {
+    fn from(f: types::ResponseFormat) -> Self {
+        match f {
+            types::ResponseFormat::Text => Self::Text,
+            types::ResponseFormat::Json => Self::Json,
+        }
+    }
+}
+
 /// An agent at one version.
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
@@ -105,6 +135,7 @@ pub struct Agent {
     pub knowledge_base_ids: Vec<Uuid>,
     /// The agents it may ask (`ask_agent`).
     pub handoff_agent_ids: Vec<Uuid>,
+    pub response_format: ResponseFormat,
     pub visibility: Visibility,
     /// 1 at creation, one more at every change.
     pub version: i32,
@@ -129,6 +160,7 @@ impl From<AgentRecord> for Agent {
             tools: d.tools.into_iter().map(Into::into).collect(),
             knowledge_base_ids: d.knowledge_base_ids,
             handoff_agent_ids: d.handoff_agent_ids,
+            response_format: d.response_format.into(),
             visibility: a.visibility.into(),
             version: a.version,
             created_at: a.created_at,
@@ -160,6 +192,9 @@ pub struct CreateAgentRequest {
     pub knowledge_base_ids: Option<Vec<Uuid>>,
     #[serde(default)]
     pub handoff_agent_ids: Option<Vec<Uuid>>,
+    /// `text` when absent.
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
     /// `public` takes an admin.
     #[serde(default)]
     pub visibility: Option<Visibility>,
@@ -191,6 +226,8 @@ pub struct UpdateAgentRequest {
     pub knowledge_base_ids: Option<Vec<Uuid>>,
     #[serde(default)]
     pub handoff_agent_ids: Option<Vec<Uuid>>,
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
     #[serde(default)]
     pub visibility: Option<Visibility>,
 }
@@ -236,6 +273,7 @@ impl AgentsApi {
             tools: tools(b.tools).unwrap_or_default(),
             knowledge_base_ids: b.knowledge_base_ids.unwrap_or_default(),
             handoff_agent_ids: b.handoff_agent_ids.unwrap_or_default(),
+            response_format: b.response_format.map(Into::into).unwrap_or_default(),
         };
         let visibility = b.visibility.map_or(types::Visibility::Private, Into::into);
         let agent = self
@@ -283,6 +321,7 @@ impl AgentsApi {
             knowledge_base_ids: b.knowledge_base_ids,
             handoff_agent_ids: b.handoff_agent_ids,
             visibility: b.visibility.map(Into::into),
+            response_format: b.response_format.map(Into::into),
         };
         Ok(Json(
             self.state

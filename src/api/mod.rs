@@ -19,6 +19,7 @@ pub mod playground;
 pub mod route_labels;
 pub mod security;
 pub mod state;
+pub mod validation;
 pub mod ws;
 
 use poem::{handler, web::Data, Endpoint, EndpointExt, IntoResponse, Response, Route};
@@ -42,6 +43,8 @@ pub enum Tags {
     Agents,
     /// Knowledge bases: documents, ingestion and search
     Knowledge,
+    /// Answer checks, ratings and the quality report
+    Validation,
 }
 
 type Apis = (
@@ -54,6 +57,7 @@ type Apis = (
     jobs::JobsApi,
     agents::AgentsApi,
     knowledge::KnowledgeApi,
+    validation::ValidationApi,
 );
 
 fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
@@ -82,7 +86,10 @@ fn openapi_service(state: AppState) -> OpenApiService<Apis, ()> {
         agents::AgentsApi {
             state: state.clone(),
         },
-        knowledge::KnowledgeApi { state },
+        knowledge::KnowledgeApi {
+            state: state.clone(),
+        },
+        validation::ValidationApi { state },
     );
     OpenApiService::new(apis, "Chat Server API", env!("CARGO_PKG_VERSION"))
         .description(

@@ -329,6 +329,13 @@ pub struct Message {
     /// cites), each once; `null` when there are none.
     #[oai(nullable)]
     pub citations: Option<Vec<super::knowledge::PassageView>>,
+    /// An answer's checks (and judge's scores), once its background check has run; `null`
+    /// before, and for other messages.
+    #[oai(nullable)]
+    pub validation: Option<super::validation::ValidationView>,
+    /// The owner's rating of an answer; `null` when none.
+    #[oai(nullable)]
+    pub rating: Option<super::validation::RatingView>,
 }
 
 /// One tool call of an answer.
@@ -425,6 +432,8 @@ impl From<MessageRecord> for Message {
                 .then(|| m.tool_calls.into_iter().map(Into::into).collect()),
             citations: (!m.citations.is_empty())
                 .then(|| m.citations.into_iter().map(Into::into).collect()),
+            validation: m.validation.map(Into::into),
+            rating: m.rating.map(Into::into),
         }
     }
 }
@@ -436,8 +445,8 @@ pub struct Event {
     /// Position in the conversation's log: from 1, without gaps.
     pub seq: i64,
     /// `conversation_created`, `conversation_updated`, `conversation_deleted`, `message_added`,
-    /// `message_edited`, `message_deleted`, `stream_started`, `stream_completed`, `tool_called`
-    /// or `tool_returned`.
+    /// `message_edited`, `message_deleted`, `stream_started`, `stream_completed`, `tool_called`,
+    /// `tool_returned`, `answer_validated` or `message_rated`.
     #[oai(rename = "type")]
     pub event_type: String,
     /// The event's fields (camelCase), by type.

@@ -28,6 +28,8 @@ pub struct AppState {
     pub conversations: ConversationService,
     pub agents: AgentService,
     pub knowledge: Arc<KnowledgeService>,
+    /// Answer checks, the judge, and users' ratings.
+    pub validation: Arc<crate::service::validation::ValidationService>,
     pub models: Arc<ModelRegistry>,
     pub limits: Arc<RateLimits>,
     /// Every open WebSocket, so ended sessions close theirs (and for

@@ -511,6 +511,27 @@ impl Session {
                     self.outbox.error(err);
                 }
             }
+            ClientFrame::RateMessage {
+                conversation_id,
+                message_id,
+                rating,
+                comment,
+            } => {
+                let rated = self
+                    .state
+                    .validation
+                    .rate(self.user, conversation_id, message_id, rating, comment)
+                    .await;
+                match rated {
+                    // A socket in the room hears it with the room; any other gets it here.
+                    Ok((_, Some(event))) if !self.rooms.contains(&conversation_id) => {
+                        let event = super::models::event_json(&event);
+                        self.outbox.reply(&ServerFrame::Event { event });
+                    }
+                    Ok(_) => {}
+                    Err(err) => self.outbox.error(err),
+                }
+            }
             ClientFrame::StreamChat {
                 message,
                 conversation_id,

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::types::{AgentTool, Visibility};
+use super::types::{AgentTool, ResponseFormat, Visibility};
 
 pub const MAX_AGENT_NAME_CHARS: usize = 100;
 pub const MAX_AGENT_DESCRIPTION_CHARS: usize = 2_000;
@@ -32,6 +32,9 @@ pub struct AgentDefinition {
     pub tools: Vec<AgentTool>,
     pub knowledge_base_ids: Vec<Uuid>,
     pub handoff_agent_ids: Vec<Uuid>,
+    /// Absent in definitions stored before answers could be asked to be JSON: text.
+    #[serde(default)]
+    pub response_format: ResponseFormat,
 }
 
 /// An agent at one version.
@@ -69,6 +72,7 @@ pub struct AgentPatch {
     pub knowledge_base_ids: Option<Vec<Uuid>>,
     pub handoff_agent_ids: Option<Vec<Uuid>>,
     pub visibility: Option<Visibility>,
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl AgentPatch {
@@ -113,6 +117,9 @@ impl AgentPatch {
         }
         if let Some(ids) = &self.handoff_agent_ids {
             next.handoff_agent_ids = ids.clone();
+        }
+        if let Some(format) = self.response_format {
+            next.response_format = format;
         }
         next
     }
@@ -210,6 +217,7 @@ mod tests {
             tools: vec![AgentTool::CurrentTime, AgentTool::CurrentTime],
             knowledge_base_ids: vec![],
             handoff_agent_ids: vec![],
+            response_format: ResponseFormat::Text,
         }
     }
 

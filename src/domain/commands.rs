@@ -300,6 +300,97 @@ pub fn return_tool(state: &ConversationState, returned: ToolReturned) -> Decisio
     }
 }
 
+/// An answer's checks: recorded for a finished assistant message that is still there (a
+/// message deleted meanwhile records nothing), by the server, whoever owns it.
+pub fn record_validation(state: &ConversationState, validated: AnswerValidated) -> Decision {
+    let Some(message) = state.messages.get(&validated.message_id) else {
+        return Ok(vec![]);
+    };
+    if message.role != MessageRole::Assistant || message.status == MessageStatus::Streaming {
+        return Err(DomainError::Conflict(
+            "only a finished answer can be validated".into(),
+        ));
+    }
+    if state
+        .conversation
+        .as_ref()
+        .is_some_and(|c| c.deleted_at.is_some())
+    {
+        return Ok(vec![]);
+    }
+    // A job retried after its commit: the same result again records nothing.
+    let same = message
+        .validation
+        .as_ref()
+        .is_some_and(|v| v.checks == validated.checks && v.judge == validated.judge);
+    if same {
+        return Ok(vec![]);
+    }
+    Ok(vec![ConversationEvent::AnswerValidated(validated)])
+}
+
+/// The judge's scores: recorded with the answer's latest checks, so the newest
+/// `answer_validated` event holds the whole validation. Nothing when the checks are not
+/// there (the answer was deleted) or the answer was judged already.
+pub fn record_judgement(
+    state: &ConversationState,
+    message_id: Uuid,
+    judge: super::validation::JudgeVerdict,
+) -> Decision {
+    let Some(validation) = state
+        .messages
+        .get(&message_id)
+        .and_then(|m| m.validation.as_ref())
+    else {
+        return Ok(vec![]);
+    };
+    if validation.judge.is_some() {
+        return Ok(vec![]);
+    }
+    record_validation(
+        state,
+        AnswerValidated {
+            message_id,
+            checks: validation.checks.clone(),
+            judge: Some(judge),
+        },
+    )
+}
+
+/// The owner rates an answer (`rating: None` removes the rating). The same rating and
+/// comment again, or removing none, records nothing.
+pub fn rate_message(state: &ConversationState, actor: Uuid, rated: MessageRated) -> Decision {
+    owned(state, actor)?;
+    let message = state
+        .messages
+        .get(&rated.message_id)
+        .ok_or(DomainError::MessageNotFound)?;
+    if message.role != MessageRole::Assistant {
+        return Err(DomainError::Invalid {
+            field: "messageId",
+            message: "only assistant messages can be rated".into(),
+        });
+    }
+    if message.status == MessageStatus::Streaming {
+        return Err(DomainError::Conflict(
+            "the answer is still streaming; rate it when it ends".into(),
+        ));
+    }
+    let current = message
+        .rating
+        .as_ref()
+        .map(|r| (r.rating, r.comment.as_deref()));
+    let wanted = rated.rating.map(|r| (r, rated.comment.as_deref()));
+    if current == wanted {
+        return Ok(vec![]);
+    }
+    let comment = rated.rating.and(rated.comment);
+    Ok(vec![ConversationEvent::MessageRated(MessageRated {
+        comment,
+        ..rated
+    })])
+}
+
 /// The answer `message_id`, while it is still streaming.
 fn streaming(
     state: &ConversationState,
@@ -320,6 +411,7 @@ mod tests {
     use super::*;
     use crate::domain::events::RecordedEvent;
     use crate::domain::projection::{apply, ConversationState};
+    use crate::domain::types::RatingValue;
     use chrono::Utc;
 
     const OWNER: Uuid = Uuid::from_u128(1);
@@ -457,6 +549,9 @@ mod tests {
         let completed = StreamCompleted {
             model: None,
             fallback_reason: None,
+            finish_reason: None,
+            refusal: None,
+            first_chunk_ms: None,
             message_id: t.assistant_message_id,
             content: "Lisbon".into(),
             status: MessageStatus::Complete,
@@ -535,6 +630,9 @@ mod tests {
             error: None,
             model: None,
             fallback_reason: None,
+            finish_reason: None,
+            refusal: None,
+            first_chunk_ms: None,
         }));
         let finished = given(events);
         let later = ToolCalled {
@@ -573,5 +671,115 @@ mod tests {
             delete_message(&state, OWNER, Uuid::from_u128(6)),
             Err(DomainError::MessageNotFound)
         );
+    }
+
+    #[test]
+    fn ratings_change_and_remove_only_what_differs_and_only_the_owners_answers() {
+        let t = turn(None, true);
+        let mut events = start_turn(&ConversationState::default(), OWNER, &t).unwrap();
+        let answer = t.assistant_message_id;
+        let rate = |rating: Option<RatingValue>, comment: Option<&str>| MessageRated {
+            message_id: answer,
+            rating,
+            comment: comment.map(Into::into),
+        };
+        assert!(
+            matches!(
+                rate_message(
+                    &given(events.clone()),
+                    OWNER,
+                    rate(Some(RatingValue::Up), None)
+                ),
+                Err(DomainError::Conflict(_))
+            ),
+            "not while it streams"
+        );
+        events.extend(finish_stream(&given(events.clone()), done(answer)).unwrap());
+        let state = given(events.clone());
+        assert_eq!(
+            rate_message(&state, STRANGER, rate(Some(RatingValue::Up), None)),
+            Err(DomainError::ConversationNotFound)
+        );
+        assert!(matches!(
+            rate_message(
+                &state,
+                OWNER,
+                MessageRated {
+                    message_id: t.user_message_id,
+                    ..rate(Some(RatingValue::Up), None)
+                }
+            ),
+            Err(DomainError::Invalid { .. })
+        ));
+        assert_eq!(rate_message(&state, OWNER, rate(None, None)), Ok(vec![]));
+        let up = rate_message(&state, OWNER, rate(Some(RatingValue::Up), Some("good"))).unwrap();
+        assert_eq!(up.len(), 1);
+        events.extend(up);
+        let rated = given(events.clone());
+        assert_eq!(
+            rated.messages[&answer].rating.as_ref().map(|r| r.rating),
+            Some(RatingValue::Up)
+        );
+        assert_eq!(
+            rate_message(&rated, OWNER, rate(Some(RatingValue::Up), Some("good"))),
+            Ok(vec![])
+        );
+        assert_eq!(
+            rate_message(&rated, OWNER, rate(Some(RatingValue::Down), None))
+                .unwrap()
+                .len(),
+            1
+        );
+        // A removal carries no comment, whatever was sent.
+        let removal = rate_message(&rated, OWNER, rate(None, Some("x"))).unwrap();
+        assert_eq!(
+            removal,
+            vec![ConversationEvent::MessageRated(rate(None, None))]
+        );
+        events.extend(removal);
+        assert_eq!(given(events).messages[&answer].rating, None);
+    }
+
+    #[test]
+    fn validation_is_recorded_for_finished_answers_only() {
+        let t = turn(None, true);
+        let mut events = start_turn(&ConversationState::default(), OWNER, &t).unwrap();
+        let answer = t.assistant_message_id;
+        let validated = |message_id| AnswerValidated {
+            message_id,
+            checks: vec![],
+            judge: None,
+        };
+        assert!(matches!(
+            record_validation(&given(events.clone()), validated(answer)),
+            Err(DomainError::Conflict(_))
+        ));
+        events.extend(finish_stream(&given(events.clone()), done(answer)).unwrap());
+        let state = given(events);
+        assert_eq!(
+            record_validation(&state, validated(answer)).unwrap().len(),
+            1
+        );
+        assert!(record_validation(&state, validated(t.user_message_id)).is_err());
+        assert_eq!(
+            record_validation(&state, validated(Uuid::from_u128(77))),
+            Ok(vec![]),
+            "a message deleted meanwhile records nothing"
+        );
+    }
+
+    fn done(message_id: Uuid) -> StreamCompleted {
+        StreamCompleted {
+            message_id,
+            content: "Lisbon".into(),
+            status: MessageStatus::Complete,
+            usage: None,
+            error: None,
+            model: None,
+            fallback_reason: None,
+            finish_reason: None,
+            refusal: None,
+            first_chunk_ms: None,
+        }
     }
 }

@@ -21,6 +21,8 @@ pub enum ConversationEvent {
     StreamCompleted(StreamCompleted),
     ToolCalled(ToolCalled),
     ToolReturned(ToolReturned),
+    AnswerValidated(AnswerValidated),
+    MessageRated(MessageRated),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -132,6 +134,36 @@ pub struct StreamCompleted {
     pub model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback_reason: Option<FallbackReason>,
+    /// The provider's `finish_reason` for the answer's last model call, and its `refusal`
+    /// text: what the checks read. Absent in events written before answers were checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    /// Milliseconds from the answer's start to its first token, when one came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_chunk_ms: Option<i64>,
+}
+
+/// An answer's checks (and, when a judge is configured, the judge's scores) finished. The
+/// latest one is the message's `validation`: the judge's event repeats the checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerValidated {
+    pub message_id: Uuid,
+    pub checks: Vec<super::validation::CheckResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<super::validation::JudgeVerdict>,
+}
+
+/// A user rated an answer; `rating: null` removes their rating.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageRated {
+    pub message_id: Uuid,
+    pub rating: Option<super::types::RatingValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 /// A streaming answer's model called a tool. The arguments are as the model wrote them
@@ -221,6 +253,8 @@ impl ConversationEvent {
             Self::StreamCompleted(_) => "stream_completed",
             Self::ToolCalled(_) => "tool_called",
             Self::ToolReturned(_) => "tool_returned",
+            Self::AnswerValidated(_) => "answer_validated",
+            Self::MessageRated(_) => "message_rated",
         }
     }
 
@@ -258,6 +292,8 @@ impl ConversationEvent {
             Self::StreamCompleted(e) => Some(e.message_id),
             Self::ToolCalled(e) => Some(e.message_id),
             Self::ToolReturned(e) => Some(e.message_id),
+            Self::AnswerValidated(e) => Some(e.message_id),
+            Self::MessageRated(e) => Some(e.message_id),
             Self::ConversationCreated(_)
             | Self::ConversationUpdated(_)
             | Self::ConversationDeleted(_) => None,
@@ -293,6 +329,9 @@ mod tests {
             ConversationEvent::StreamCompleted(StreamCompleted {
                 model: None,
                 fallback_reason: None,
+                finish_reason: Some("length".into()),
+                refusal: None,
+                first_chunk_ms: Some(12),
                 message_id: Uuid::now_v7(),
                 content: "hello".into(),
                 status: MessageStatus::Failed,
@@ -322,6 +361,25 @@ mod tests {
                 agent_id: None,
                 agent_version: None,
                 citations: vec![],
+            }),
+            ConversationEvent::AnswerValidated(AnswerValidated {
+                message_id: Uuid::now_v7(),
+                checks: vec![crate::domain::validation::CheckResult {
+                    name: crate::domain::types::CheckName::Truncated,
+                    passed: false,
+                    detail: Some("length".into()),
+                }],
+                judge: Some(crate::domain::validation::JudgeVerdict {
+                    relevance: 4,
+                    groundedness: 2,
+                    reason: "r".into(),
+                    model: "judge".into(),
+                }),
+            }),
+            ConversationEvent::MessageRated(MessageRated {
+                message_id: Uuid::now_v7(),
+                rating: None,
+                comment: None,
             }),
         ];
         for event in events {

@@ -7,12 +7,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::events::{ConversationEvent, RecordedEvent};
+use super::events::{ConversationEvent, RecordedEvent, StreamCompleted};
 use super::projection::ConversationState;
 use super::types::{JobStatus, MessageStatus};
 
 /// The kind of a generated-title job.
 pub const TITLE_JOB: &str = "title";
+/// The kind of an answer's checks job, and of its judge job.
+pub const VALIDATE_JOB: &str = "validate";
+pub const JUDGE_JOB: &str = "judge";
 
 /// A job to record.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,13 +53,36 @@ pub struct TitleJob {
     pub owner_id: Uuid,
 }
 
+/// An answer's checks or judge job's payload. The checks read what the provider said of
+/// how the answer ended from here (it is in the log's `stream_completed`, not on the
+/// message).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerJob {
+    pub conversation_id: Uuid,
+    pub owner_id: Uuid,
+    pub message_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+}
+
 /// Which follow-up jobs this server records.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FollowUpRules {
     /// A generated title after a conversation's first complete answer, while its title is
     /// still a placeholder.
     pub titles: bool,
+    /// Checks after every answer, whatever its end.
+    pub validation: bool,
+    /// The judge's scores after a complete answer's checks.
+    pub judge: bool,
 }
+
+/// Background answer jobs run after the title (the user sees the title in the sidebar;
+/// checks only feed the report and a badge).
+const ANSWER_JOB_PRIORITY: i32 = -1;
 
 impl FollowUpRules {
     /// The jobs that follow from `events`, appended to the conversation now in `state`.
@@ -86,6 +112,43 @@ impl FollowUpRules {
                 dedupe_key: Some(format!("{TITLE_JOB}:{}", conversation.id)),
             });
         }
+        if conversation.deleted_at.is_some() {
+            return jobs;
+        }
+        let job = |kind: &'static str, message_id: Uuid, finish: Option<&StreamCompleted>| {
+            NewJob {
+                kind,
+                payload: serde_json::to_value(AnswerJob {
+                    conversation_id: conversation.id,
+                    owner_id: conversation.owner_id,
+                    message_id,
+                    finish_reason: finish.and_then(|f| f.finish_reason.clone()),
+                    refusal: finish.and_then(|f| f.refusal.clone()),
+                })
+                .expect("an answer job serializes"),
+                priority: ANSWER_JOB_PRIORITY,
+                // One per answer: an answer ends once, and is judged once.
+                dedupe_key: Some(format!("{kind}:{message_id}")),
+            }
+        };
+        for event in events {
+            match &event.event {
+                ConversationEvent::StreamCompleted(c) if self.validation => {
+                    jobs.push(job(VALIDATE_JOB, c.message_id, Some(c)));
+                }
+                // The checks' event without scores: the judge adds them, for an answer
+                // with text that ended whole.
+                ConversationEvent::AnswerValidated(v) if self.judge && v.judge.is_none() => {
+                    let judged = state.messages.get(&v.message_id).is_some_and(|m| {
+                        m.status == MessageStatus::Complete && !m.content.trim().is_empty()
+                    });
+                    if judged {
+                        jobs.push(job(JUDGE_JOB, v.message_id, None));
+                    }
+                }
+                _ => {}
+            }
+        }
         jobs
     }
 }
@@ -94,7 +157,7 @@ impl FollowUpRules {
 mod tests {
     use super::*;
     use crate::domain::commands::set_generated_title;
-    use crate::domain::events::{ConversationCreated, ConversationUpdated, StreamCompleted};
+    use crate::domain::events::{ConversationCreated, ConversationUpdated};
     use crate::domain::projection::apply;
 
     const OWNER: Uuid = Uuid::from_u128(1);
@@ -132,6 +195,9 @@ mod tests {
             ConversationEvent::StreamCompleted(StreamCompleted {
                 model: None,
                 fallback_reason: None,
+                finish_reason: Some("length".into()),
+                refusal: None,
+                first_chunk_ms: None,
                 message_id: Uuid::from_u128(3),
                 content: "answer".into(),
                 status,
@@ -141,7 +207,11 @@ mod tests {
         )]
     }
 
-    const TITLES: FollowUpRules = FollowUpRules { titles: true };
+    const TITLES: FollowUpRules = FollowUpRules {
+        titles: true,
+        validation: false,
+        judge: false,
+    };
 
     #[test]
     fn a_complete_answer_under_a_placeholder_title_asks_for_one_title() {
@@ -207,6 +277,36 @@ mod tests {
             .is_empty());
         assert!(set_generated_title(&pending, String::new())
             .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn every_answer_end_asks_for_its_checks_once() {
+        let rules = FollowUpRules {
+            validation: true,
+            ..Default::default()
+        };
+        for status in [MessageStatus::Complete, MessageStatus::Failed] {
+            let jobs = rules.jobs_after(&state(false, vec![]), &completed(status));
+            assert_eq!(jobs.len(), 1, "{status:?}");
+            assert_eq!(jobs[0].kind, VALIDATE_JOB);
+            assert_eq!(
+                jobs[0].dedupe_key.as_deref(),
+                Some("validate:00000000-0000-0000-0000-000000000003")
+            );
+            let payload: AnswerJob = serde_json::from_value(jobs[0].payload.clone()).unwrap();
+            assert_eq!(payload.message_id, Uuid::from_u128(3));
+            assert_eq!(payload.finish_reason.as_deref(), Some("length"));
+        }
+        assert!(FollowUpRules::default()
+            .jobs_after(&state(false, vec![]), &completed(MessageStatus::Complete))
+            .is_empty());
+        let deleted = state(
+            false,
+            vec![ConversationEvent::ConversationDeleted(Default::default())],
+        );
+        assert!(rules
+            .jobs_after(&deleted, &completed(MessageStatus::Complete))
             .is_empty());
     }
 }

@@ -11,6 +11,7 @@ pub mod knowledge;
 pub mod projection;
 pub mod types;
 pub mod users;
+pub mod validation;
 
 /// Why a command was refused. The API layer maps each variant to a status and code.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::events::{ConversationEvent, RecordedEvent};
 use super::types::{FallbackReason, MessageRole, MessageStatus, ToolCallRecord, Usage};
+use super::validation::{Rating, Validation};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConversationRecord {
@@ -50,6 +51,15 @@ pub struct MessageRecord {
     pub tool_calls: Vec<ToolCallRecord>,
     /// The passages its knowledge searches gave the model, each once.
     pub citations: Vec<super::knowledge::Passage>,
+    /// The agent that answered.
+    pub agent_id: Option<Uuid>,
+    /// Milliseconds from the answer's start to its first token, and to its end.
+    pub first_chunk_ms: Option<i64>,
+    pub total_ms: Option<i64>,
+    /// The latest `answer_validated` event's checks and judge.
+    pub validation: Option<Validation>,
+    /// The owner's rating, if they gave one (and did not remove it).
+    pub rating: Option<Rating>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -133,7 +143,11 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
         .as_mut()
         .ok_or(ApplyError::NoConversation { seq, event_type })?;
     conversation.last_seq = seq;
-    conversation.updated_at = at;
+    // A background check is not activity: it must not move the conversation up a list
+    // ordered by its last change.
+    if !matches!(recorded.event, ConversationEvent::AnswerValidated(_)) {
+        conversation.updated_at = at;
+    }
 
     let missing = |message_id| ApplyError::NoMessage {
         seq,
@@ -176,6 +190,11 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                     usage: None,
                     client_message_id: e.client_message_id.clone(),
                     instance_id: None,
+                    agent_id: None,
+                    first_chunk_ms: None,
+                    total_ms: None,
+                    validation: None,
+                    rating: None,
                     created_at: at,
                     updated_at: at,
                 },
@@ -200,6 +219,11 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                     usage: None,
                     client_message_id: None,
                     instance_id: e.instance_id,
+                    agent_id: e.agent_id,
+                    first_chunk_ms: None,
+                    total_ms: None,
+                    validation: None,
+                    rating: None,
                     created_at: at,
                     updated_at: at,
                 },
@@ -235,7 +259,33 @@ pub fn apply(state: &mut ConversationState, recorded: &RecordedEvent) -> Result<
                 message.model = Some(model.clone());
             }
             message.fallback_reason = e.fallback_reason;
+            message.first_chunk_ms = e.first_chunk_ms;
+            message.total_ms = Some((at - message.created_at).num_milliseconds().max(0));
             message.updated_at = at;
+            state.dirty_messages.insert(e.message_id);
+        }
+        ConversationEvent::AnswerValidated(e) => {
+            let message = state
+                .messages
+                .get_mut(&e.message_id)
+                .ok_or_else(|| missing(e.message_id))?;
+            message.validation = Some(Validation {
+                checks: e.checks.clone(),
+                judge: e.judge.clone(),
+            });
+            // Not `updated_at`: a check is not a change to the message's content.
+            state.dirty_messages.insert(e.message_id);
+        }
+        ConversationEvent::MessageRated(e) => {
+            let message = state
+                .messages
+                .get_mut(&e.message_id)
+                .ok_or_else(|| missing(e.message_id))?;
+            message.rating = e.rating.map(|rating| Rating {
+                rating,
+                comment: e.comment.clone(),
+                rated_at: at,
+            });
             state.dirty_messages.insert(e.message_id);
         }
         ConversationEvent::ToolCalled(e) => {
@@ -357,6 +407,9 @@ mod tests {
                         completion_tokens: 1,
                     }),
                     error: None,
+                    finish_reason: None,
+                    refusal: None,
+                    first_chunk_ms: None,
                 }),
             ),
             at(

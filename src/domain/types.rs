@@ -135,6 +135,50 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// What an agent's answers are: prose, or one JSON object (asked of the provider, and
+    /// checked by the `json` check).
+    ResponseFormat { Text => "text", Json => "json" }
+);
+
+#[allow(clippy::derivable_impls)]
+impl Default for ResponseFormat {
+    fn default() -> Self {
+        Self::Text
+    }
+}
+
+string_enum!(
+    /// A user's verdict on an answer.
+    RatingValue { Up => "up", Down => "down" }
+);
+
+string_enum!(
+    /// The checks run on an answer (see `domain::validation`). Each has a fixed bit in the
+    /// messages table's `checks_run` / `checks_failed` masks, so adding one needs no
+    /// migration and the report counts each with one expression.
+    CheckName {
+        Empty => "empty",
+        Truncated => "truncated",
+        Refusal => "refusal",
+        Citations => "citations",
+        Json => "json",
+    }
+);
+
+impl CheckName {
+    /// Its bit in the masks: never change one, only add.
+    pub fn bit(self) -> i32 {
+        match self {
+            Self::Empty => 1,
+            Self::Truncated => 2,
+            Self::Refusal => 4,
+            Self::Citations => 8,
+            Self::Json => 16,
+        }
+    }
+}
+
 /// A tool call as an answer's history holds it: what the model asked for and, once it
 /// returned, the result (`ok` and `content` are `None` while it runs).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -114,6 +114,8 @@ pub struct Catalogue {
     fallback_model: Option<String>,
     /// `EMBEDDING_MODEL`: a catalogue id, or a model name of the default provider.
     embedding_model: Option<String>,
+    /// `VALIDATION_JUDGE_MODEL`: the same.
+    judge_model: Option<String>,
 }
 
 impl Catalogue {
@@ -137,7 +139,19 @@ impl Catalogue {
             providers: vec![default_provider],
             fallback_model: None,
             embedding_model: None,
+            judge_model: None,
         }
+    }
+
+    /// Sets `VALIDATION_JUDGE_MODEL`.
+    pub fn with_judge_model(mut self, model: Option<String>) -> Self {
+        self.judge_model = model.filter(|m| !m.trim().is_empty());
+        self
+    }
+
+    /// `VALIDATION_JUDGE_MODEL`: the model that scores answers, if any.
+    pub fn judge_model(&self) -> Option<&str> {
+        self.judge_model.as_deref()
     }
 
     /// Sets `EMBEDDING_MODEL`.
@@ -278,6 +292,7 @@ impl Catalogue {
             providers,
             fallback_model: None,
             embedding_model: None,
+            judge_model: None,
         })
     }
 
@@ -321,11 +336,15 @@ impl RoutedProvider {
                 .with_context(|| format!("no client for provider `{}`", model.provider))?;
             routes.insert(model.id.clone(), (provider.clone(), model.upstream.clone()));
         }
-        // `FALLBACK_MODEL` and `EMBEDDING_MODEL` outside the catalogue: model names of the
+        // `FALLBACK_MODEL`, `EMBEDDING_MODEL` and `VALIDATION_JUDGE_MODEL` outside the catalogue: model names of the
         // default provider.
-        for extra in [&catalogue.fallback_model, &catalogue.embedding_model]
-            .into_iter()
-            .flatten()
+        for extra in [
+            &catalogue.fallback_model,
+            &catalogue.embedding_model,
+            &catalogue.judge_model,
+        ]
+        .into_iter()
+        .flatten()
         {
             if catalogue.get(extra).is_none() {
                 let provider = providers
@@ -509,6 +528,7 @@ mod tests {
                     content: String::new(),
                     usage: None,
                     tool_calls: Vec::new(),
+                    finish: Default::default(),
                 })
             })
         }

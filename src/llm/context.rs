@@ -173,6 +173,11 @@ mod tests {
             usage: None,
             client_message_id: None,
             instance_id: None,
+            agent_id: None,
+            first_chunk_ms: None,
+            total_ms: None,
+            validation: None,
+            rating: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         }

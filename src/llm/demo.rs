@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
-use super::{ChatProvider, ChatRequest, ChatStream, Completion, ProviderError, StreamItem};
+use super::{ChatProvider, ChatRequest, ChatStream, Completion, Finish, ProviderError, StreamItem};
 use crate::domain::types::{MessageRole, Usage};
 
 pub const DEMO_MODEL: &str = "demo";
@@ -62,6 +62,14 @@ pub fn word_deltas(text: &str) -> Vec<String> {
     deltas
 }
 
+/// The demo reply always ends whole.
+fn stopped() -> Finish {
+    Finish {
+        reason: Some("stop".into()),
+        refusal: None,
+    }
+}
+
 impl ChatProvider for DemoProvider {
     fn name(&self) -> &'static str {
         "demo"
@@ -75,6 +83,7 @@ impl ChatProvider for DemoProvider {
                 content,
                 usage,
                 tool_calls: Vec::new(),
+                finish: stopped(),
             })
         }
         .boxed()
@@ -86,7 +95,7 @@ impl ChatProvider for DemoProvider {
             let reply = Self::reply_to(&request);
             let usage = Self::usage(&request, &reply);
             let deltas = word_deltas(&reply).into_iter().map(StreamItem::Delta);
-            let items = deltas.chain(std::iter::once(StreamItem::Usage(usage)));
+            let items = deltas.chain([StreamItem::Finish(stopped()), StreamItem::Usage(usage)]);
             let stream = futures::stream::iter(items).then(move |item| async move {
                 if matches!(item, StreamItem::Delta(_)) {
                     tokio::time::sleep(delay).await;
@@ -129,6 +138,7 @@ mod tests {
             match item.unwrap() {
                 StreamItem::Delta(d) => text.push_str(&d),
                 StreamItem::Usage(u) => usage = Some(u),
+                StreamItem::Finish(finish) => assert_eq!(finish, whole.finish),
                 StreamItem::ToolCall(call) => panic!("the demo calls no tools: {call:?}"),
             }
         }

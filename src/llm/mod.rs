@@ -100,6 +100,8 @@ pub struct Sampling {
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub max_tokens: Option<u32>,
+    /// Ask for a JSON object as the answer (OpenAI's `response_format: json_object`).
+    pub json: bool,
 }
 
 /// What a call is expected to generate, for the tokens-per-minute budget before the
@@ -120,20 +122,33 @@ impl ChatRequest {
 }
 
 /// What a streamed completion yields, in order: text deltas, then the tool calls it made
-/// (each once whole, when the answer finishes), then at most one usage report.
+/// (each once whole, when the answer finishes), how it finished, then at most one usage
+/// report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StreamItem {
     Delta(String),
     ToolCall(ToolCall),
+    /// How the model call ended, when the provider said (before the usage report).
+    Finish(Finish),
     Usage(Usage),
 }
 
-#[derive(Clone, Debug)]
+/// How a model call ended, as the provider said: its `finish_reason` (`stop`, `length`,
+/// `tool_calls`, `content_filter`) and its `refusal` text, if it refused. What the answer
+/// checks read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Finish {
+    pub reason: Option<String>,
+    pub refusal: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
 pub struct Completion {
     pub content: String,
     pub usage: Option<Usage>,
     /// The tools the answer called instead of (or after) its text.
     pub tool_calls: Vec<ToolCall>,
+    pub finish: Finish,
 }
 
 /// Why the upstream did not give an answer. Messages are safe to show to users: they name

@@ -13,7 +13,7 @@ use async_openai::types::chat::{
     ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
     ChatCompletionRequestToolMessage, ChatCompletionRequestUserMessage,
     ChatCompletionStreamOptions, ChatCompletionTool, ChatCompletionTools,
-    CreateChatCompletionRequest, FunctionCall, FunctionObject,
+    CreateChatCompletionRequest, FinishReason, FunctionCall, FunctionObject, ResponseFormat,
 };
 use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
 use async_openai::Client;
@@ -21,8 +21,8 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
 use super::{
-    ChatMessage, ChatProvider, ChatRequest, ChatStream, Completion, ProviderError, StreamItem,
-    ToolCall,
+    ChatMessage, ChatProvider, ChatRequest, ChatStream, Completion, Finish, ProviderError,
+    StreamItem, ToolCall,
 };
 use crate::domain::types::{MessageRole, Usage};
 
@@ -126,6 +126,7 @@ fn build_request(request: &ChatRequest, stream: bool) -> CreateChatCompletionReq
         temperature: request.sampling.temperature.map(|t| t as f32),
         top_p: request.sampling.top_p.map(|p| p as f32),
         max_completion_tokens: request.sampling.max_tokens,
+        response_format: request.sampling.json.then_some(ResponseFormat::JsonObject),
         tools: tools(request),
         stream: stream.then_some(true),
         // Ask for token usage in the stream's last chunk.
@@ -170,6 +171,13 @@ fn by_status(status: u16, code: Option<&str>) -> ProviderError {
     } else {
         ProviderError::Rejected(detail)
     }
+}
+
+/// The wire name of a finish reason (`length`, `content_filter`, ...).
+fn finish_reason(reason: &FinishReason) -> Option<String> {
+    serde_json::to_value(reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
 }
 
 fn short(text: &str) -> String {
@@ -246,12 +254,16 @@ impl ChatProvider for OpenAiProvider {
                 .create(build_request(&request, false))
                 .await
                 .map_err(map_error)?;
-            let message = response
+            let choice = response
                 .choices
                 .into_iter()
                 .next()
-                .map(|c| c.message)
                 .ok_or_else(|| ProviderError::Upstream("the answer had no content".into()))?;
+            let finish = Finish {
+                reason: choice.finish_reason.as_ref().and_then(finish_reason),
+                refusal: choice.message.refusal.clone().filter(|r| !r.is_empty()),
+            };
+            let message = choice.message;
             let tool_calls: Vec<ToolCall> = message
                 .tool_calls
                 .unwrap_or_default()
@@ -265,16 +277,17 @@ impl ChatProvider for OpenAiProvider {
                     ChatCompletionMessageToolCalls::Custom(_) => None,
                 })
                 .collect();
-            // An answer that only calls tools has no text; any other needs some.
+            // An answer that only calls tools, or refuses, has no text; any other needs some.
             let content = match message.content {
                 Some(content) => content,
-                None if !tool_calls.is_empty() => String::new(),
+                None if !tool_calls.is_empty() || finish.refusal.is_some() => String::new(),
                 None => return Err(ProviderError::Upstream("the answer had no content".into())),
             };
             Ok(Completion {
                 content,
                 usage: response.usage.as_ref().map(usage),
                 tool_calls,
+                finish,
             })
         }
         .boxed()
@@ -326,8 +339,14 @@ impl ChatProvider for OpenAiProvider {
             // Tool calls arrive in pieces (see `ToolCallPieces`) and leave whole, once the
             // answer says it has finished.
             let stream = futures::stream::unfold(
-                (upstream, false, false, ToolCallPieces::default()),
-                |(mut upstream, finished, done, mut calls)| async move {
+                (
+                    upstream,
+                    false,
+                    false,
+                    ToolCallPieces::default(),
+                    String::new(),
+                ),
+                |(mut upstream, finished, done, mut calls, mut refusal)| async move {
                     if done {
                         return None;
                     }
@@ -338,11 +357,14 @@ impl ChatProvider for OpenAiProvider {
                                 let err = ProviderError::Upstream(
                                     "the stream ended before the answer was finished".into(),
                                 );
-                                return Some((vec![Err(err)], (upstream, finished, true, calls)));
+                                return Some((
+                                    vec![Err(err)],
+                                    (upstream, finished, true, calls, refusal),
+                                ));
                             }
                             Some(Err(e)) => {
                                 let items = vec![Err(map_error(e))];
-                                return Some((items, (upstream, finished, true, calls)));
+                                return Some((items, (upstream, finished, true, calls, refusal)));
                             }
                             Some(Ok(chunk)) => {
                                 let mut items = Vec::new();
@@ -356,18 +378,29 @@ impl ChatProvider for OpenAiProvider {
                                     for piece in choice.delta.tool_calls.unwrap_or_default() {
                                         calls.add(piece);
                                     }
-                                    if choice.finish_reason.is_some() {
+                                    if let Some(piece) = choice.delta.refusal {
+                                        refusal.push_str(&piece);
+                                    }
+                                    if let Some(reason) = &choice.finish_reason {
                                         now_finished = true;
                                         items.extend(
                                             calls.take().map(|c| Ok(StreamItem::ToolCall(c))),
                                         );
+                                        items.push(Ok(StreamItem::Finish(Finish {
+                                            reason: finish_reason(reason),
+                                            refusal: (!refusal.is_empty())
+                                                .then(|| std::mem::take(&mut refusal)),
+                                        })));
                                     }
                                 }
                                 if let Some(u) = chunk.usage.as_ref() {
                                     items.push(Ok(StreamItem::Usage(usage(u))));
                                 }
                                 if !items.is_empty() || now_finished != finished {
-                                    return Some((items, (upstream, now_finished, false, calls)));
+                                    return Some((
+                                        items,
+                                        (upstream, now_finished, false, calls, refusal),
+                                    ));
                                 }
                             }
                         }

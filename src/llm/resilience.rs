@@ -363,6 +363,7 @@ mod tests {
                     content: "ok".into(),
                     usage: None,
                     tool_calls: Vec::new(),
+                    finish: Default::default(),
                 })
             };
             async move { result }.boxed()

@@ -32,6 +32,14 @@ pub enum ClientFrame {
     CancelStream {
         message_id: Uuid,
     },
+    /// Rate an answer (`rating: null` removes the rating), as `PUT .../rating` does.
+    RateMessage {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        rating: Option<crate::domain::types::RatingValue>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
     Resume {
         conversation_id: Uuid,
         after_seq: i64,
@@ -84,6 +92,7 @@ impl ClientFrame {
         "leave_conversation",
         "stream_chat",
         "cancel_stream",
+        "rate_message",
         "resume",
         "ping",
     ];
@@ -97,6 +106,7 @@ impl ClientFrame {
             Self::LeaveConversation { .. } => "leave_conversation",
             Self::StreamChat { .. } => "stream_chat",
             Self::CancelStream { .. } => "cancel_stream",
+            Self::RateMessage { .. } => "rate_message",
             Self::Resume { .. } => "resume",
             Self::Ping => "ping",
         }
@@ -210,6 +220,13 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// An answer's checks (and the judge's scores) finished, or changed: to its
+    /// conversation's room.
+    MessageValidated {
+        conversation_id: Uuid,
+        message_id: Uuid,
+        validation: crate::domain::validation::Validation,
+    },
     Event {
         event: serde_json::Value,
     },
@@ -233,6 +250,7 @@ impl ServerFrame {
         "tool_call",
         "tool_result",
         "document_status",
+        "message_validated",
         "event",
         "error",
         "pong",
@@ -252,6 +270,7 @@ impl ServerFrame {
             Self::ToolCall { .. } => "tool_call",
             Self::ToolResult { .. } => "tool_result",
             Self::DocumentStatus { .. } => "document_status",
+            Self::MessageValidated { .. } => "message_validated",
             Self::Event { .. } => "event",
             Self::Error { .. } => "error",
             Self::Pong => "pong",
@@ -451,6 +470,9 @@ fn key_of(frame: &ServerFrame) -> (Option<Uuid>, FrameKey) {
                 seq: *seq,
             },
         ),
+        ServerFrame::MessageValidated {
+            conversation_id, ..
+        } => (Some(*conversation_id), FrameKey::Other),
         _ => (None, FrameKey::Other),
     }
 }
@@ -600,6 +622,11 @@ mod tests {
                 status: crate::domain::types::DocumentStatus::Processing,
                 progress: 0.5,
                 error: None,
+            },
+            ServerFrame::MessageValidated {
+                conversation_id: id,
+                message_id: id,
+                validation: Default::default(),
             },
             ServerFrame::Event {
                 event: serde_json::json!({}),

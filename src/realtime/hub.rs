@@ -208,6 +208,8 @@ impl StreamHub {
                         tool_calls: Vec::new(),
                         tool_seq: 0,
                         citations: Vec::new(),
+                        first_chunk_ms: None,
+                        finish: Default::default(),
                         finished: false,
                     }),
                     cancel: CancellationToken::new(),
@@ -482,6 +484,8 @@ impl StreamHub {
                 usage: None,
                 error: None,
                 answered: Default::default(),
+                finish: Default::default(),
+                first_chunk_ms: None,
             };
             let seq = match chat.finish_turn(&turn, None, outcome.clone()).await {
                 Ok(seq) => seq,

@@ -108,12 +108,17 @@ impl Relay<'_> {
         let mut answered = Answered::default();
         let mut usage = None;
         let mut checkpoints = Checkpoints::new(self.checkpoint_every);
-        let end = |status, error: Option<StreamError>, usage, answered: &Answered| TurnOutcome {
-            content: stream.lock().content.clone(),
-            status,
-            usage,
-            error,
-            answered: answered.clone(),
+        let end = |status, error: Option<StreamError>, usage, answered: &Answered| {
+            let state = stream.lock();
+            TurnOutcome {
+                content: state.content.clone(),
+                status,
+                usage,
+                error,
+                answered: answered.clone(),
+                finish: state.finish.clone(),
+                first_chunk_ms: state.first_chunk_ms,
+            }
         };
         for step in 1..=steps {
             let last = step == steps;
@@ -218,6 +223,7 @@ impl Relay<'_> {
                     Some(Err(err)) => return Err((MessageStatus::Failed, Some(err))),
                     Some(Ok(StreamItem::Usage(u))) => take_usage(&mut permit, u),
                     Some(Ok(StreamItem::ToolCall(call))) => calls.push(call),
+                    Some(Ok(StreamItem::Finish(finish))) => stream.lock().finish = finish,
                     Some(Ok(StreamItem::Delta(delta))) => {
                         let arrived = std::time::Instant::now();
                         deadline = Instant::now() + limits.idle_timeout;
@@ -234,6 +240,9 @@ impl Relay<'_> {
                                 }
                                 Some(Some(Ok(StreamItem::Usage(u)))) => take_usage(&mut permit, u),
                                 Some(Some(Ok(StreamItem::ToolCall(call)))) => calls.push(call),
+                                Some(Some(Ok(StreamItem::Finish(finish)))) => {
+                                    stream.lock().finish = finish
+                                }
                                 Some(None) => {
                                     ended = Some(None);
                                     break;
@@ -275,12 +284,17 @@ impl Relay<'_> {
         let chat = self.chat;
         let turn = &stream.turn;
         let limits = chat.upstream();
-        let ended = |status, error: Option<StreamError>, answered: &Answered| TurnOutcome {
-            content: stream.lock().content.clone(),
-            status,
-            usage: None,
-            error,
-            answered: answered.clone(),
+        let ended = |status, error: Option<StreamError>, answered: &Answered| {
+            let state = stream.lock();
+            TurnOutcome {
+                content: state.content.clone(),
+                status,
+                usage: None,
+                error,
+                answered: answered.clone(),
+                finish: state.finish.clone(),
+                first_chunk_ms: state.first_chunk_ms,
+            }
         };
         let mut early = early;
         loop {
@@ -396,9 +410,9 @@ impl Relay<'_> {
         let mut state = stream.lock();
         let index = state.next_index;
         if index == 0 {
-            metrics
-                .time_to_first_token
-                .observe(stream.started.elapsed().as_secs_f64());
+            let first = stream.started.elapsed();
+            state.first_chunk_ms = Some(first.as_millis() as i64);
+            metrics.time_to_first_token.observe(first.as_secs_f64());
             metrics
                 .first_token_server
                 .observe(asked.duration_since(stream.requested).as_secs_f64());

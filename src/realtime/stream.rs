@@ -20,6 +20,10 @@ pub(super) struct StreamState {
     pub tool_seq: i64,
     /// The passages its knowledge searches gave the model, each once.
     pub citations: Vec<crate::domain::knowledge::Passage>,
+    /// Milliseconds from the start to the first delta, once one came.
+    pub first_chunk_ms: Option<i64>,
+    /// How its last model call ended, as the provider said.
+    pub finish: crate::llm::Finish,
     /// Set, under the lock, just before `stream_complete` is published: snapshots taken
     /// afterwards skip the stream, so no socket sees a snapshot without its completion.
     pub finished: bool,

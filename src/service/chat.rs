@@ -230,6 +230,10 @@ pub struct TurnOutcome {
     pub error: Option<StreamError>,
     /// Set when a fallback answered.
     pub answered: Answered,
+    /// How the last model call ended, and when the first token came: what the checks and
+    /// the quality report read.
+    pub finish: crate::llm::Finish,
+    pub first_chunk_ms: Option<i64>,
 }
 
 /// A request to start a turn, before validation.
@@ -862,6 +866,12 @@ impl ChatService {
             .events
             .iter()
             .any(|e| matches!(e.event, ConversationEvent::ConversationCreated(_)));
+        if let Some((ahead, _)) = read_ahead.as_mut() {
+            if !created && !ahead.still_current(&committed.events) {
+                self.only_checks_between(conversation_id, ahead, &committed.events)
+                    .await;
+            }
+        }
         let (prepared, early) = match (created, &committed.state.conversation) {
             (true, Some(conversation)) => {
                 let mut history: Vec<MessageRecord> =
@@ -919,6 +929,47 @@ impl ChatService {
             },
             early,
         })
+    }
+
+    /// When the only events between a read ahead and the turn's commit are answer checks
+    /// and ratings, which change nothing a context holds, the read stands: it is moved to
+    /// the seq just before the turn (the checks of the previous answer, a background job,
+    /// land there whenever a user replies fast). One small read of the log, only then.
+    async fn only_checks_between(
+        &self,
+        conversation_id: Uuid,
+        ahead: &mut ReadAhead,
+        events: &[RecordedEvent],
+    ) {
+        /// More than this many events in between is not a check or two: read again.
+        const MAX_GAP: i64 = 8;
+        let [added, started] = events else {
+            return;
+        };
+        let gap = added.seq - ahead.last_seq - 1;
+        let shaped = started.seq == added.seq + 1
+            && matches!(added.event, ConversationEvent::MessageAdded(_))
+            && matches!(started.event, ConversationEvent::StreamStarted(_));
+        if !shaped || !(1..=MAX_GAP).contains(&gap) {
+            return;
+        }
+        let between = self
+            .store
+            .list_events(
+                conversation_id,
+                ahead.last_seq,
+                Some(added.seq - 1),
+                gap as u64,
+            )
+            .await;
+        let neutral = matches!(&between, Ok(between) if between.len() as i64 == gap
+        && between.iter().all(|e| matches!(
+            e.event,
+            ConversationEvent::AnswerValidated(_) | ConversationEvent::MessageRated(_)
+        )));
+        if neutral {
+            ahead.last_seq = added.seq - 1;
+        }
     }
 
     /// The agent `conversation_id` was last seen bound to, if any.
@@ -1124,6 +1175,9 @@ impl ChatService {
             error: outcome.error,
             model: outcome.answered.model,
             fallback_reason: outcome.answered.fallback_reason,
+            finish_reason: outcome.finish.reason,
+            refusal: outcome.finish.refusal,
+            first_chunk_ms: outcome.first_chunk_ms,
         };
         let committed = self
             .store
@@ -1219,7 +1273,11 @@ impl ChatService {
             usage,
             error: Some(self.failure(turn, answered, err)),
             answered: answered.clone(),
+            finish: Default::default(),
+            first_chunk_ms: None,
         };
+        let started = std::time::Instant::now();
+        let mut finish = crate::llm::Finish::default();
         let mut step = 0;
         let answer = loop {
             step += 1;
@@ -1275,6 +1333,7 @@ impl ChatService {
             };
             usage = add_usage(usage, completion.usage);
             said.push_str(&completion.content);
+            finish = completion.finish.clone();
             let Some(scope) = scope.as_ref().filter(|_| !last) else {
                 break Ok(());
             };
@@ -1296,6 +1355,9 @@ impl ChatService {
                 usage,
                 error: None,
                 answered,
+                finish,
+                // Not streamed: the whole answer is its first chunk.
+                first_chunk_ms: Some(started.elapsed().as_millis() as i64),
             },
             Err(err) => failed(&answered, err, &said, usage),
         };

@@ -82,6 +82,8 @@ impl Entry {
             }
             // The cache serves turns without an agent, whose context is text alone.
             ConversationEvent::ToolCalled(_) | ConversationEvent::ToolReturned(_) => {}
+            // Checks and ratings are about answers, never sent to the model.
+            ConversationEvent::AnswerValidated(_) | ConversationEvent::MessageRated(_) => {}
             ConversationEvent::StreamCompleted(done) => {
                 let usable = done.status == MessageStatus::Complete && !done.content.is_empty();
                 let started = self
@@ -484,6 +486,11 @@ mod tests {
                 usage: None,
                 client_message_id: None,
                 instance_id: None,
+                agent_id: None,
+                first_chunk_ms: None,
+                total_ms: None,
+                validation: None,
+                rating: None,
                 created_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
                 updated_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
             });
@@ -563,6 +570,9 @@ mod tests {
                         status,
                         usage: None,
                         error: None,
+                        finish_reason: None,
+                        refusal: None,
+                        first_chunk_ms: None,
                     })]);
                 }
                 15 => {

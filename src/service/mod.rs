@@ -16,6 +16,7 @@ pub mod sessions;
 pub mod titles;
 pub mod tokens;
 pub mod tools;
+pub mod validation;
 
 use crate::domain::DomainError;
 use crate::store::{ExecuteError, StoreError};

@@ -22,7 +22,7 @@ use crate::config::AgentsConfig;
 use crate::domain::agents::AgentRecord;
 use crate::domain::events::{ToolCalled, ToolReturned};
 use crate::domain::knowledge::Passage;
-use crate::domain::types::{AgentTool, MessageRole};
+use crate::domain::types::{AgentTool, MessageRole, ResponseFormat};
 use crate::llm::{ChatMessage, ChatRequest, Sampling, ToolCall, ToolSpec};
 
 /// Where a turn's tool calls and results go.
@@ -489,5 +489,6 @@ pub fn sampling_of(agent: &AgentRecord) -> Sampling {
         temperature: agent.definition.temperature,
         top_p: agent.definition.top_p,
         max_tokens: agent.definition.max_tokens,
+        json: agent.definition.response_format == ResponseFormat::Json,
     }
 }

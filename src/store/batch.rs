@@ -38,7 +38,7 @@ use crate::domain::follow_ups::{FollowUpRules, NewJob};
 use crate::domain::projection::{apply, ConversationState};
 
 /// Rows per multi-row statement: far below SQLite's 32,766 bound parameters for the widest
-/// table (messages, 14 columns).
+/// table (messages, 27 columns).
 const ROWS_PER_STATEMENT: usize = 1000;
 
 /// A command waiting in a batch, with its error type erased.
@@ -372,6 +372,16 @@ pub(super) async fn write_projections(
                         messages::Column::FallbackReason,
                         messages::Column::ToolCalls,
                         messages::Column::Citations,
+                        messages::Column::FirstChunkMs,
+                        messages::Column::TotalMs,
+                        messages::Column::Validation,
+                        messages::Column::ChecksRun,
+                        messages::Column::ChecksFailed,
+                        messages::Column::JudgeRelevance,
+                        messages::Column::JudgeGroundedness,
+                        messages::Column::Rating,
+                        messages::Column::RatingComment,
+                        messages::Column::RatedAt,
                         messages::Column::UpdatedAt,
                     ])
                     .to_owned(),

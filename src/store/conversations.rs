@@ -122,6 +122,37 @@ impl Store {
         Ok(Some(conversation))
     }
 
+    /// One message of this conversation, if it is there.
+    pub async fn find_message(
+        &self,
+        conversation_id: Uuid,
+        message_id: Uuid,
+    ) -> StoreResult<Option<MessageRecord>> {
+        let row = messages::Entity::find_by_id(message_id)
+            .filter(messages::Column::ConversationId.eq(conversation_id))
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(row.map(message_from_row))
+    }
+
+    /// The last user message before `position`: what an answer there answered.
+    pub async fn user_message_before(
+        &self,
+        conversation_id: Uuid,
+        position: i64,
+    ) -> StoreResult<Option<MessageRecord>> {
+        let row = messages::Entity::find()
+            .filter(messages::Column::ConversationId.eq(conversation_id))
+            .filter(messages::Column::Position.lt(position))
+            .filter(messages::Column::Role.eq(MessageRole::User.as_str()))
+            .order_by_desc(messages::Column::Position)
+            .one(&self.db)
+            .await
+            .map_err(StoreError::from_db)?;
+        Ok(row.map(message_from_row))
+    }
+
     /// The position of a message of this conversation, if it is there.
     pub async fn message_position(
         &self,

@@ -13,6 +13,7 @@ mod limit_hits;
 mod model_settings;
 mod records;
 mod refresh_tokens;
+pub mod report;
 mod streams;
 mod users;
 

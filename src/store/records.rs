@@ -7,6 +7,7 @@ use sea_orm::ActiveValue::Set;
 use crate::domain::projection::{ConversationRecord, MessageRecord};
 use crate::domain::types::{MessageRole, MessageStatus, Role, Usage};
 use crate::domain::users::UserRecord;
+use crate::domain::validation::{JudgeVerdict, Rating};
 
 pub fn conversation_from_row(row: conversations::Model) -> ConversationRecord {
     ConversationRecord {
@@ -71,6 +72,20 @@ pub fn message_from_row(row: messages::Model) -> MessageRecord {
             .citations
             .and_then(|json| serde_json::from_str(&json).ok())
             .unwrap_or_default(),
+        agent_id: row.agent_id,
+        first_chunk_ms: row.first_chunk_ms,
+        total_ms: row.total_ms,
+        validation: row
+            .validation
+            .and_then(|json| serde_json::from_str(&json).ok()),
+        rating: match (row.rating.and_then(|r| r.parse().ok()), row.rated_at) {
+            (Some(rating), Some(rated_at)) => Some(Rating {
+                rating,
+                comment: row.rating_comment,
+                rated_at,
+            }),
+            _ => None,
+        },
         created_at: row.created_at,
         updated_at: row.updated_at,
     }
@@ -94,9 +109,28 @@ pub fn message_to_row(m: &MessageRecord) -> messages::ActiveModel {
             .then(|| serde_json::to_string(&m.tool_calls).unwrap_or_default())),
         citations: Set((!m.citations.is_empty())
             .then(|| serde_json::to_string(&m.citations).unwrap_or_default())),
+        agent_id: Set(m.agent_id),
+        first_chunk_ms: Set(m.first_chunk_ms),
+        total_ms: Set(m.total_ms),
+        validation: Set(m
+            .validation
+            .as_ref()
+            .map(|v| serde_json::to_string(v).unwrap_or_default())),
+        checks_run: Set(m.validation.as_ref().map(|v| v.masks().0)),
+        checks_failed: Set(m.validation.as_ref().map(|v| v.masks().1)),
+        judge_relevance: Set(judge(m, |j| j.relevance)),
+        judge_groundedness: Set(judge(m, |j| j.groundedness)),
+        rating: Set(m.rating.as_ref().map(|r| r.rating.as_str().to_string())),
+        rating_comment: Set(m.rating.as_ref().and_then(|r| r.comment.clone())),
+        rated_at: Set(m.rating.as_ref().map(|r| r.rated_at)),
         created_at: Set(m.created_at),
         updated_at: Set(m.updated_at),
     }
+}
+
+fn judge(m: &MessageRecord, score: impl Fn(&JudgeVerdict) -> u8) -> Option<i32> {
+    let judge = m.validation.as_ref()?.judge.as_ref()?;
+    Some(i32::from(score(judge)))
 }
 
 pub fn user_from_row(row: users::Model) -> UserRecord {

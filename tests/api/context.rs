@@ -61,6 +61,9 @@ async fn seed(app: &TestApp, owner: &str, conversation: &str, history: Vec<Seede
                 events.push(ConversationEvent::StreamCompleted(StreamCompleted {
                     model: None,
                     fallback_reason: None,
+                    finish_reason: None,
+                    refusal: None,
+                    first_chunk_ms: None,
                     message_id: id,
                     content: text,
                     status,

@@ -150,6 +150,9 @@ pub fn test_env(
         // are not about titles count their requests without it (tests/api/titles.rs turns
         // it on).
         ("GENERATE_TITLES", "false".to_string()),
+        // Likewise, checks after every answer append an `answer_validated` event each: tests
+        // that count a log's events run without them (tests/api/validation.rs turns them on).
+        ("VALIDATION_ENABLED", "false".to_string()),
         ("JOB_POLL_MS", "100".to_string()),
     ]
     .into_iter()
@@ -388,6 +391,9 @@ impl TestApp {
             ConversationEvent::StreamCompleted(StreamCompleted {
                 model: None,
                 fallback_reason: None,
+                finish_reason: None,
+                refusal: None,
+                first_chunk_ms: None,
                 message_id: assistant_msg,
                 content: answer.into(),
                 status: MessageStatus::Complete,

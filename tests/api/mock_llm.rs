@@ -96,6 +96,11 @@ pub enum Reply {
     Text(String),
     /// Optional text first, then these tool calls; finish_reason "tool_calls".
     Calls { text: String, calls: Vec<MockCall> },
+    /// This text, with this finish_reason (`length`, `content_filter`).
+    Ended { text: String, finish: &'static str },
+    /// A refusal: no content, the text in `delta.refusal` pieces (whole: `message.refusal`),
+    /// finish_reason "stop".
+    Refusal(String),
     /// HTTP 500 with an OpenAI error body.
     Fail,
     /// No answer at all (streamed: 200 + SSE headers then nothing; whole: never answers).
@@ -473,6 +478,9 @@ fn call_pieces(index: usize, call: &MockCall) -> Vec<Value> {
 }
 
 async fn scripted_answer(reply: Reply, streaming: bool, delay: Duration) -> Response {
+    if let Reply::Refusal(refusal) = reply {
+        return refusal_answer(&refusal, streaming);
+    }
     let (text, calls, finish) = match reply {
         Reply::Fail => return server_error(),
         Reply::Hang if streaming => {
@@ -481,7 +489,9 @@ async fn scripted_answer(reply: Reply, streaming: bool, delay: Duration) -> Resp
         }
         Reply::Hang => return futures::future::pending().await,
         Reply::Text(text) => (text, None, "stop"),
+        Reply::Ended { text, finish } => (text, None, finish),
         Reply::Calls { text, calls } => (text, Some(calls), "tool_calls"),
+        Reply::Refusal(_) => unreachable!("answered above"),
     };
     let tokens = text_tokens(&text);
     // Several calls are interleaved: each call's first piece, then each call's first
@@ -546,6 +556,33 @@ async fn scripted_answer(reply: Reply, streaming: bool, delay: Duration) -> Resp
         Ok::<_, std::io::Error>(frame.into_bytes())
     });
     event_stream(Body::from_bytes_stream(stream))
+}
+
+/// A refusal as OpenAI sends one: `refusal` instead of `content`.
+fn refusal_answer(refusal: &str, streaming: bool) -> Response {
+    if !streaming {
+        return Json(json!({
+            "id": "chatcmpl-mock",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": "mock-model",
+            "choices": [{ "index": 0, "message": { "role": "assistant", "content": null, "refusal": refusal }, "finish_reason": "stop" }],
+        }))
+        .into_response();
+    }
+    let mut frames = vec![chunk(
+        json!({"role": "assistant", "content": null, "refusal": ""}),
+        None,
+    )];
+    frames.extend(
+        text_tokens(refusal)
+            .into_iter()
+            .map(|t| chunk(json!({ "refusal": t }), None)),
+    );
+    frames.push(chunk(json!({}), Some("stop")));
+    frames.push("data: [DONE]\n\n".to_string());
+    let all: String = frames.concat();
+    event_stream(Body::from_string(all))
 }
 
 /// The words of `text` as the mock's embeddings see them: lowercased, split on every

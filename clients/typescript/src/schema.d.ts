@@ -627,6 +627,77 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/validation/check": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Check a text now
+         * @description Runs the answer checks (`empty`, `truncated`, `refusal`; `citations` when passages
+         *     are given or the text cites; `json` when `expectJson`) and, when `judge` is true, the
+         *     judge model (400 when `VALIDATION_JUDGE_MODEL` is not set; 502 when it fails).
+         *     Nothing is stored.
+         */
+        post: operations["checkText"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/conversations/{id}/messages/{messageId}/rating": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        /**
+         * Rate an answer
+         * @description Thumbs up or down, with an optional comment, on an assistant message of your
+         *     conversation (404 for anyone else's; 400 for a user message; 409 while it streams).
+         *     A `message_rated` event records it; the same rating again records nothing.
+         */
+        put: operations["rateMessage"];
+        post?: never;
+        /**
+         * Remove your rating of an answer
+         * @description A `message_rated` event with `rating: null`; nothing when there was none.
+         */
+        delete: operations["unrateMessage"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/validation/report": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The quality report (admin)
+         * @description Per model and agent, the answers created in `[from, to)` (default: the 30 days up to
+         *     now; at most 366 days): how many, each check's failure rate, the judge's score
+         *     distribution, ratings, first-chunk and total latency percentiles, and tokens.
+         */
+        get: operations["qualityReport"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -680,6 +751,7 @@ export interface components {
             knowledgeBaseIds: string[];
             /** @description The agents it may ask (`ask_agent`). */
             handoffAgentIds: string[];
+            responseFormat: components["schemas"]["ResponseFormat"];
             visibility: components["schemas"]["Visibility"];
             /**
              * Format: int32
@@ -739,6 +811,63 @@ export interface components {
             message: components["schemas"]["Message"] & unknown;
             /** @description The conversation with every message, the new ones included. */
             conversation: components["schemas"]["Conversation"] & unknown;
+        };
+        /**
+         * @description The checks run on an answer.
+         * @enum {string}
+         */
+        CheckName: "empty" | "truncated" | "refusal" | "citations" | "json";
+        /**
+         * CheckPassage
+         * @description A passage the text should be grounded in. With `chunkId`, a bracketed chunk id in the
+         *     text may name it; `[n]` markers name passages by their place in the list (from 1).
+         */
+        CheckPassage: {
+            text: string;
+            /** Format: uuid */
+            chunkId?: string;
+        };
+        /** CheckRequestBody */
+        CheckRequestBody: {
+            text: string;
+            /** @description The passages it should be grounded in: the `citations` check runs when given. */
+            passages?: components["schemas"]["CheckPassage"][];
+            /** @description Run the `json` check. */
+            expectJson?: boolean;
+            /** @description Also ask the judge model (400 when none is configured). */
+            judge?: boolean;
+            /** @description The question the text answers, for the judge. */
+            question?: string;
+            /** @description The provider's `finish_reason`, if known (`length` fails `truncated`). */
+            finishReason?: string;
+        };
+        /**
+         * CheckResultView
+         * @description One check's verdict.
+         */
+        CheckResultView: {
+            name: components["schemas"]["CheckName"];
+            passed: boolean;
+            /** @description Why it failed (or, for a pass worth explaining, why it passed). */
+            detail?: string;
+        };
+        /**
+         * CheckStats
+         * @description One check's failures in a report group.
+         */
+        CheckStats: {
+            /**
+             * Format: int64
+             * @description Answers it ran on.
+             */
+            run: number;
+            /** Format: int64 */
+            failed: number;
+            /**
+             * Format: double
+             * @description `failed / run`.
+             */
+            rate: number;
         };
         /** Conversation */
         Conversation: {
@@ -808,6 +937,8 @@ export interface components {
             tools?: components["schemas"]["AgentTool"][];
             knowledgeBaseIds?: string[];
             handoffAgentIds?: string[];
+            /** @description `text` when absent. */
+            responseFormat?: components["schemas"]["ResponseFormat"] & unknown;
             /** @description `public` takes an admin. */
             visibility?: components["schemas"]["Visibility"] & unknown;
         };
@@ -876,8 +1007,8 @@ export interface components {
             seq: number;
             /**
              * @description `conversation_created`, `conversation_updated`, `conversation_deleted`, `message_added`,
-             *     `message_edited`, `message_deleted`, `stream_started`, `stream_completed`, `tool_called`
-             *     or `tool_returned`.
+             *     `message_edited`, `message_deleted`, `stream_started`, `stream_completed`, `tool_called`,
+             *     `tool_returned`, `answer_validated` or `message_rated`.
              */
             type: string;
             /** @description The event's fields (camelCase), by type. */
@@ -942,6 +1073,37 @@ export interface components {
          * @enum {string}
          */
         JobStatus: "queued" | "running" | "done" | "failed" | "cancelled";
+        /**
+         * JudgeStats
+         * @description The judge's scores in a report group. The score of an answer is the lower of its
+         *     relevance and groundedness.
+         */
+        JudgeStats: {
+            /** Format: int64 */
+            count: number;
+            /** Format: double */
+            mean?: number | null;
+            /** @description How many answers scored 1, 2, 3, 4 and 5. */
+            histogram: number[];
+            /** Format: double */
+            relevanceMean?: number | null;
+            /** Format: double */
+            groundednessMean?: number | null;
+        };
+        /**
+         * JudgeView
+         * @description The judge model's scores, 1 (worst) to 5 (best).
+         */
+        JudgeView: {
+            /** Format: uint8 */
+            relevance: number;
+            /** Format: uint8 */
+            groundedness: number;
+            /** @description One sentence. */
+            reason: string;
+            /** @description The model that judged. */
+            model: string;
+        };
         /** KnowledgeBase */
         KnowledgeBase: {
             /** Format: uuid */
@@ -952,6 +1114,16 @@ export interface components {
             documentCount: number;
             /** Format: date-time */
             createdAt: string;
+        };
+        /**
+         * LatencyStats
+         * @description Nearest-rank percentiles in milliseconds; `null` without measured answers.
+         */
+        LatencyStats: {
+            /** Format: int64 */
+            p50?: number | null;
+            /** Format: int64 */
+            p95?: number | null;
         };
         /** LoginRequest */
         LoginRequest: {
@@ -1005,6 +1177,13 @@ export interface components {
              *     cites), each once; `null` when there are none.
              */
             citations?: components["schemas"]["PassageView"][] | null;
+            /**
+             * @description An answer's checks (and judge's scores), once its background check has run; `null`
+             *     before, and for other messages.
+             */
+            validation?: (components["schemas"]["ValidationView"] & unknown) | null;
+            /** @description The owner's rating of an answer; `null` when none. */
+            rating?: (components["schemas"]["RatingView"] & unknown) | null;
         };
         /** MessageResponse */
         MessageResponse: {
@@ -1069,6 +1248,42 @@ export interface components {
          * @enum {string}
          */
         Priority: "low" | "normal" | "high";
+        /** QualityReport */
+        QualityReport: {
+            /** Format: date-time */
+            from: string;
+            /** Format: date-time */
+            to: string;
+            groups: components["schemas"]["ReportGroupView"][];
+        };
+        /** RateRequest */
+        RateRequest: {
+            rating: components["schemas"]["RatingValue"];
+            /** @description At most 2,000 characters; blank is none. */
+            comment?: string;
+        };
+        /** RatingStats */
+        RatingStats: {
+            /** Format: int64 */
+            up: number;
+            /** Format: int64 */
+            down: number;
+        };
+        /**
+         * @description Thumbs up or down.
+         * @enum {string}
+         */
+        RatingValue: "up" | "down";
+        /**
+         * RatingView
+         * @description The owner's rating of an answer.
+         */
+        RatingView: {
+            rating: components["schemas"]["RatingValue"];
+            comment?: string | null;
+            /** Format: date-time */
+            ratedAt: string;
+        };
         /** RefreshRequest */
         RefreshRequest: {
             refreshToken: string;
@@ -1080,11 +1295,42 @@ export interface components {
             password: string;
             displayName?: string;
         };
+        /**
+         * ReportGroupView
+         * @description One model and agent's answers in the window.
+         */
+        ReportGroupView: {
+            model: string;
+            /**
+             * Format: uuid
+             * @description `null`: answers without an agent.
+             */
+            agentId?: string | null;
+            /**
+             * Format: int64
+             * @description Finished answers (any status) created in the window.
+             */
+            answers: number;
+            /** @description By check name; only the checks that ran on some answer. */
+            checks: {
+                [key: string]: components["schemas"]["CheckStats"];
+            };
+            judge: components["schemas"]["JudgeStats"];
+            ratings: components["schemas"]["RatingStats"];
+            firstChunkMs: components["schemas"]["LatencyStats"];
+            totalMs: components["schemas"]["LatencyStats"];
+            tokens: components["schemas"]["TokenStats"];
+        };
         /** ResetPasswordRequest */
         ResetPasswordRequest: {
             /** @description At least 8 characters, at most 1,024 bytes. */
             password: string;
         };
+        /**
+         * @description What an agent's answers are.
+         * @enum {string}
+         */
+        ResponseFormat: "text" | "json";
         /** @enum {string} */
         Role: "user" | "admin";
         /**
@@ -1105,6 +1351,13 @@ export interface components {
         SearchResponse: {
             mode: components["schemas"]["SearchMode"];
             results: components["schemas"]["PassageView"][];
+        };
+        /** TokenStats */
+        TokenStats: {
+            /** Format: int64 */
+            prompt: number;
+            /** Format: int64 */
+            completion: number;
         };
         /**
          * ToolCallView
@@ -1160,6 +1413,7 @@ export interface components {
             tools?: components["schemas"]["AgentTool"][];
             knowledgeBaseIds?: string[];
             handoffAgentIds?: string[];
+            responseFormat?: components["schemas"]["ResponseFormat"];
             visibility?: components["schemas"]["Visibility"];
         };
         /** UpdateModelRequest */
@@ -1200,6 +1454,14 @@ export interface components {
             priority: components["schemas"]["Priority"] & unknown;
             /** Format: date-time */
             createdAt: string;
+        };
+        /**
+         * ValidationView
+         * @description An answer's checks, and the judge's scores when a judge is configured.
+         */
+        ValidationView: {
+            checks: components["schemas"]["CheckResultView"][];
+            judge?: components["schemas"]["JudgeView"];
         };
         /**
          * @description Who may chat with an agent.
@@ -4979,6 +5241,387 @@ export interface operations {
                 };
                 content: {
                     "application/json; charset=utf-8": components["schemas"]["SearchResponse"];
+                };
+            };
+            /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated but not allowed (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or owned by someone else (`*_NOT_FOUND`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (`CONFLICT`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unexpected failure (`INTERNAL_ERROR`); details are only logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    checkText: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["CheckRequestBody"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ValidationView"];
+                };
+            };
+            /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated but not allowed (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or owned by someone else (`*_NOT_FOUND`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (`CONFLICT`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unexpected failure (`INTERNAL_ERROR`); details are only logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    rateMessage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                messageId: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["RateRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["Message"];
+                };
+            };
+            /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated but not allowed (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or owned by someone else (`*_NOT_FOUND`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (`CONFLICT`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unexpected failure (`INTERNAL_ERROR`); details are only logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    unrateMessage: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+                messageId: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, invalid or expired credentials (`UNAUTHORIZED`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Authenticated but not allowed (`FORBIDDEN`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found, or owned by someone else (`*_NOT_FOUND`) */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflicts with the current state (`CONFLICT`) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The body is larger than `MAX_BODY_BYTES` (`PAYLOAD_TOO_LARGE`) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A rate limit was hit (`RATE_LIMIT_EXCEEDED`); see `Retry-After` */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unexpected failure (`INTERNAL_ERROR`); details are only logged */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    qualityReport: {
+        parameters: {
+            query?: {
+                from?: string;
+                to?: string;
+                model?: string;
+                agentId?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["QualityReport"];
                 };
             };
             /** @description Invalid input (`VALIDATION_ERROR`); the message names the field */
