@@ -555,3 +555,155 @@ async fn job_with_status(app: &TestApp, admin: &str, kind: &str, status: &str) -
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One answer row of a known history, written straight into the projection the report reads.
+struct Seeded {
+    model: &'static str,
+    agent: Option<uuid::Uuid>,
+    role: &'static str,
+    status: &'static str,
+    day: i64,
+    run: i32,
+    failed: i32,
+    judge: Option<(i32, i32)>,
+    rating: Option<&'static str>,
+    first_ms: Option<i64>,
+    total_ms: i64,
+}
+
+async fn seed(app: &TestApp, conversation: &str, rows: &[Seeded]) {
+    use sea_orm::{ActiveModelTrait, Set};
+    let db = app.db().await;
+    let start = chrono::DateTime::parse_from_rfc3339("2020-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+    for (i, r) in rows.iter().enumerate() {
+        let at = start + chrono::Duration::days(r.day) + chrono::Duration::minutes(i as i64);
+        entity::messages::ActiveModel {
+            id: Set(uuid::Uuid::now_v7()),
+            conversation_id: Set(conversation.parse().unwrap()),
+            position: Set(1_000 + i as i64),
+            role: Set(r.role.into()),
+            content: Set("seeded".into()),
+            status: Set(r.status.into()),
+            model: Set(Some(r.model.into())),
+            prompt_tokens: Set(Some(10)),
+            completion_tokens: Set(Some(20)),
+            client_message_id: Set(None),
+            instance_id: Set(None),
+            fallback_reason: Set(None),
+            tool_calls: Set(None),
+            citations: Set(None),
+            agent_id: Set(r.agent),
+            first_chunk_ms: Set(r.first_ms),
+            total_ms: Set(Some(r.total_ms)),
+            validation: Set(None),
+            checks_run: Set(Some(r.run)),
+            checks_failed: Set(Some(r.failed)),
+            judge_relevance: Set(r.judge.map(|j| j.0)),
+            judge_groundedness: Set(r.judge.map(|j| j.1)),
+            rating: Set(r.rating.map(Into::into)),
+            rating_comment: Set(None),
+            rated_at: Set(r.rating.map(|_| at)),
+            created_at: Set(at),
+            updated_at: Set(at),
+        }
+        .insert(&db)
+        .await
+        .expect("seed a message row");
+    }
+    let _ = db.close().await;
+}
+
+backend_test!(
+    the_report_counts_a_known_history_per_model_and_agent,
+    backend | backend: Backend | async move {
+        let Some((app, mock)) = validated_app(backend, &[]).await else { return };
+        let admin = app.register_user(&unique_email()).await;
+        let user = app.register_user(&unique_email()).await;
+        let conversation = str_field(&app.create_conversation(&admin.access, "seeded").await, "id");
+        let agent = uuid::Uuid::now_v7();
+        let row = |model, agent, run, failed, judge, rating, first_ms, total_ms| Seeded {
+            model, agent, role: "assistant", status: "complete", day: 3, run, failed, judge, rating, first_ms, total_ms,
+        };
+        seed(&app, &conversation, &[
+            row("m-a", None, 7, 0, Some((5, 4)), Some("up"), Some(100), 1000),
+            row("m-a", None, 7, 2, Some((2, 3)), Some("down"), Some(200), 2000),
+            row("m-a", None, 15, 8, None, None, Some(300), 3000),
+            Seeded { status: "failed", ..row("m-a", None, 7, 5, Some((1, 1)), None, None, 4000) },
+            row("m-b", Some(agent), 23, 16, Some((3, 5)), Some("up"), Some(50), 500),
+            // Not counted: a user message, an answer before the window, one still streaming.
+            Seeded { role: "user", ..row("m-a", None, 7, 7, None, None, Some(1), 1) },
+            Seeded { day: -2, ..row("m-a", None, 7, 7, None, None, Some(1), 1) },
+            Seeded { status: "streaming", ..row("m-a", None, 7, 7, None, None, Some(1), 1) },
+        ])
+        .await;
+        let window = "from=2020-01-01T00:00:00Z&to=2020-01-11T00:00:00Z";
+        let report = expect_json(app.get(&format!("/api/validation/report?{window}"), Some(&admin.access)).await, StatusCode::OK).await;
+        assert_eq!(timestamp(&report, "from").to_rfc3339(), "2020-01-01T00:00:00+00:00");
+        let groups = report["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 2, "{report}");
+        let a = &groups[0];
+        assert_eq!((a["model"].as_str(), a["agentId"].is_null(), a["answers"].as_i64()), (Some("m-a"), true, Some(4)), "{a}");
+        assert_eq!(a["checks"], json!({
+            "empty": {"run": 4, "failed": 1, "rate": 0.25},
+            "truncated": {"run": 4, "failed": 1, "rate": 0.25},
+            "refusal": {"run": 4, "failed": 1, "rate": 0.25},
+            "citations": {"run": 1, "failed": 1, "rate": 1.0},
+        }));
+        assert_eq!(a["judge"]["count"], 3);
+        assert_eq!(a["judge"]["histogram"], json!([1, 1, 0, 1, 0]), "the lower score of each: 4, 2, 1");
+        let close = |v: &Value, x: f64| (v.as_f64().unwrap() - x).abs() < 1e-9;
+        assert!(close(&a["judge"]["mean"], 7.0 / 3.0), "{a}");
+        assert!(close(&a["judge"]["relevanceMean"], 8.0 / 3.0));
+        assert!(close(&a["judge"]["groundednessMean"], 8.0 / 3.0));
+        assert_eq!(a["ratings"], json!({"up": 1, "down": 1}));
+        assert_eq!(a["firstChunkMs"], json!({"p50": 200, "p95": 300}), "nearest rank over 100, 200, 300");
+        assert_eq!(a["totalMs"], json!({"p50": 2000, "p95": 4000}));
+        assert_eq!(a["tokens"], json!({"prompt": 40, "completion": 80}));
+        let b = &groups[1];
+        assert_eq!((b["model"].as_str(), b["agentId"].as_str(), b["answers"].as_i64()), (Some("m-b"), Some(agent.to_string().as_str()), Some(1)));
+        assert_eq!(b["checks"]["json"], json!({"run": 1, "failed": 1, "rate": 1.0}));
+        assert_eq!(b["checks"]["empty"]["failed"], 0);
+        assert_eq!(b["judge"]["histogram"], json!([0, 0, 1, 0, 0]));
+        assert_eq!(b["firstChunkMs"], json!({"p50": 50, "p95": 50}));
+
+        // Filters by model and by agent.
+        for filter in ["model=m-b".to_string(), format!("agentId={agent}")] {
+            let only = expect_json(app.get(&format!("/api/validation/report?{window}&{filter}"), Some(&admin.access)).await, StatusCode::OK).await;
+            let models: Vec<&str> = only["groups"].as_array().unwrap().iter().map(|g| g["model"].as_str().unwrap()).collect();
+            assert_eq!(models, ["m-b"], "{filter}");
+        }
+        // A window with nothing in it.
+        let empty = expect_json(app.get("/api/validation/report?from=2019-01-01T00:00:00Z&to=2019-02-01T00:00:00Z", Some(&admin.access)).await, StatusCode::OK).await;
+        assert_eq!(empty["groups"], json!([]));
+
+        // A real answer, checked and rated, is in the default window (the last 30 days).
+        let key = unique_key("reported");
+        mock.script(&key, vec![Reply::Text("Reported.".into())]);
+        let live = scripted_conversation(&app, &user.access, &key).await;
+        let mut ws = WsClient::authed(&app.address, &user.access).await;
+        let message = answer(&mut ws, &live, "report me").await;
+        validated(&app, &user.access, &live, &message).await;
+        let path = format!("/api/conversations/{live}/messages/{message}/rating");
+        expect_json(app.send(app.client.put(app.url(&path)).bearer_auth(&user.access).json(&json!({"rating": "down"}))).await, StatusCode::OK).await;
+        let now = expect_json(app.get("/api/validation/report", Some(&admin.access)).await, StatusCode::OK).await;
+        let live_group = now["groups"].as_array().unwrap().iter().find(|g| g["model"] == "mock-model").cloned().unwrap_or_default();
+        assert_eq!(live_group["answers"], 1, "{now}");
+        assert_eq!(live_group["ratings"], json!({"up": 0, "down": 1}));
+        assert_eq!(live_group["checks"]["empty"], json!({"run": 1, "failed": 0, "rate": 0.0}));
+        assert!(live_group["firstChunkMs"]["p50"].as_i64().is_some(), "{live_group}");
+        assert!(live_group["totalMs"]["p50"].as_i64().unwrap() >= live_group["firstChunkMs"]["p50"].as_i64().unwrap());
+
+        // Admins only; a window the wrong way round or too long is a 400 naming `from`.
+        expect_error(app.get("/api/validation/report", Some(&user.access)).await, StatusCode::FORBIDDEN, "FORBIDDEN").await;
+        expect_error(app.get("/api/validation/report", None).await, StatusCode::UNAUTHORIZED, "UNAUTHORIZED").await;
+        for query in ["from=2020-01-02T00:00:00Z&to=2020-01-01T00:00:00Z", "from=2000-01-01T00:00:00Z&to=2020-01-01T00:00:00Z"] {
+            let err = expect_error(app.get(&format!("/api/validation/report?{query}"), Some(&admin.access)).await, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+            assert!(err["message"].as_str().unwrap().contains("from"), "{err}");
+        }
+        for query in ["from=yesterday", "agentId=nope"] {
+            expect_error(app.get(&format!("/api/validation/report?{query}"), Some(&admin.access)).await, StatusCode::BAD_REQUEST, "VALIDATION_ERROR").await;
+        }
+    }
+);
