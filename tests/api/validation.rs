@@ -707,3 +707,45 @@ backend_test!(
         }
     }
 );
+
+backend_test!(
+    citations_are_checked_against_the_passages_an_answer_retrieved,
+    backend | backend: Backend | async move {
+        use crate::knowledge::{create_kb, settled, upload_to};
+        use crate::mock_llm::call;
+        let Some((app, mock)) = validated_app(backend, &[]).await else { return };
+        let owner = app.register_user(&unique_email()).await;
+        let kb = create_kb(&app, &owner.access, "Manual").await;
+        let uploaded = expect_json(
+            upload_to(&app, &owner.access, &kb, "pump.txt", b"The pump is reset by holding the red button for ten seconds.").await,
+            StatusCode::ACCEPTED,
+        )
+        .await;
+        assert_eq!(settled(&app, &owner.access, &kb, &str_field(&uploaded, "id")).await["status"], "ready");
+        let key = unique_key("cited");
+        let agent = expect_json(
+            app.post("/api/agents", Some(&owner.access), &json!({"name": "Support", "instructions": key, "tools": ["search_knowledge"], "knowledgeBaseIds": [kb]})).await,
+            StatusCode::CREATED,
+        )
+        .await;
+        let search = |id: &str| Reply::Calls { text: String::new(), calls: vec![call(id, "search_knowledge", json!({"query": "reset the pump red button"}))] };
+        mock.script(&key, vec![
+            search("s1"),
+            Reply::Text("Hold the red button for ten seconds [1].".into()),
+            search("s2"),
+            Reply::Text("Hold it for ten seconds [1], or unplug it [3].".into()),
+        ]);
+        let created = expect_json(app.post("/api/conversations", Some(&owner.access), &json!({"agentId": agent["id"]})).await, StatusCode::CREATED).await;
+        let conversation = str_field(&created, "id");
+        let mut ws = WsClient::authed(&app.address, &owner.access).await;
+        let good = ws.chat(Some(&conversation), "How do I reset the pump?").await;
+        assert_eq!(good.complete["citations"].as_array().unwrap().len(), 1, "{}", good.complete);
+        let bad = ws.chat(Some(&conversation), "Anything else?").await;
+        let good = validated(&app, &owner.access, &conversation, &str_field(&good.complete, "messageId")).await;
+        let bad = validated(&app, &owner.access, &conversation, &str_field(&bad.complete, "messageId")).await;
+        assert_eq!(verdict(&good["validation"], "citations"), Some(true), "{good}");
+        assert_eq!(verdict(&bad["validation"], "citations"), Some(false), "{bad}");
+        let why = detail(&bad["validation"], "citations");
+        assert!(why.contains("[3]") && !why.contains("[1]") && why.contains("1 retrieved"), "{why}");
+    }
+);
