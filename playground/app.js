@@ -46,6 +46,8 @@
     documents: new Map(),     // documentId -> Document (with `live` once a frame updated it)
     documentFrames: new Map(),// documentId -> the latest document_status of a document not listed yet
     documentLoads: new Map(), // knowledgeBaseId -> {again, done}: the GET of its documents in flight
+    answers: new Map(),       // assistant messageId -> {rating, ratingSeq, validation, busy}
+    eventsLoad: 0,            // the latest GET of the event log: only its answer is shown
   };
 
   // ---------- session ----------
@@ -150,6 +152,7 @@
     state.documents.clear();
     state.documentFrames.clear();
     state.documentLoads.clear();
+    state.answers.clear();
     renderAgents();
     renderKnowledgeBases();
     els.chatView.hidden = true;
@@ -247,6 +250,7 @@
     state.currentAgentId = conv.agentId || null;
     renderAgentBinding();
     els.messages.replaceChildren(...conv.messages.map((m) => {
+      if (m.role === 'assistant') mergeAnswer(m, conv.lastSeq);
       const el = messageElement(m.role, m.content, m.status, m.id);
       const live = state.streams.get(m.id);
       if (live) {
@@ -270,8 +274,17 @@
     li.dataset.role = role;
     if (id) li.dataset.messageId = id;
     li.querySelector('.role').textContent = role === 'assistant' ? 'Assistant' : role === 'user' ? 'You' : role;
+    const footer = li.querySelector('.message-footer');
+    if (role === 'assistant') {
+      footer.querySelectorAll('.rate').forEach((button) => {
+        button.addEventListener('click', () => rateAnswer(li, button.dataset.rating));
+      });
+    } else {
+      footer.remove();
+    }
     setContent(li, content);
     setStatus(li, status);
+    renderAnswerMeta(li);
     return li;
   }
   function setContent(el, text) { el.querySelector('.content').textContent = text; }
@@ -406,6 +419,135 @@
     const badge = el.querySelector('.status');
     badge.textContent = status === 'complete' ? '' : status;
     badge.hidden = status === 'complete';
+    // An answer is rated (and checked) once it has ended; the server refuses one still streaming.
+    const footer = el.querySelector('.message-footer');
+    if (footer) footer.hidden = status === 'streaming' || !el.dataset.messageId;
+  }
+
+  // ---------- ratings and checks of answers ----------
+  function answerState(messageId) {
+    let a = state.answers.get(messageId);
+    if (!a) {
+      a = { rating: null, ratingSeq: 0, validation: null, busy: false };
+      state.answers.set(messageId, a);
+    }
+    return a;
+  }
+
+  /**
+   * An answer read over REST (at the log's `lastSeq`) into state. A rating event seen on the
+   * socket after that read wins; so do the judge's scores of a frame the read had not seen.
+   */
+  function mergeAnswer(m, lastSeq) {
+    const a = answerState(m.id);
+    if (a.ratingSeq <= lastSeq) {
+      a.rating = m.rating || null;
+      a.ratingSeq = lastSeq;
+    }
+    if (m.validation && !(a.validation && a.validation.judge && !m.validation.judge)) a.validation = m.validation;
+  }
+
+  function answerElement(messageId) {
+    return els.messages.querySelector(`.message[data-role="assistant"][data-message-id="${messageId}"]`);
+  }
+
+  function renderAnswerMeta(el) {
+    if (!el.querySelector('.message-footer') || !el.dataset.messageId) return;
+    const a = state.answers.get(el.dataset.messageId);
+    setRating(el, a ? a.rating : null, Boolean(a && a.busy));
+    setValidation(el, a ? a.validation : null);
+  }
+
+  function setRating(el, rating, busy) {
+    const value = rating ? rating.rating : null;
+    el.querySelectorAll('.rate').forEach((button) => {
+      button.setAttribute('aria-pressed', String(button.dataset.rating === value));
+      button.disabled = busy;
+    });
+    const group = el.querySelector('.rating');
+    if (busy) group.setAttribute('aria-busy', 'true');
+    else group.removeAttribute('aria-busy');
+  }
+
+  /** "✓ checks passed" or "⚠ <failed checks>" (details in the tooltip), and the judge's scores. */
+  function setValidation(el, validation) {
+    const badge = el.querySelector('.validation-badge');
+    if (!badge) return;
+    if (!validation) {
+      badge.hidden = true;
+      badge.textContent = '';
+      badge.removeAttribute('title');
+      delete badge.dataset.state;
+      return;
+    }
+    const checks = validation.checks || [];
+    const failed = checks.filter((c) => !c.passed);
+    const judge = validation.judge;
+    const parts = [failed.length ? `⚠ ${failed.map((c) => c.name).join(', ')}` : '✓ checks passed'];
+    if (judge) parts.push(`judge ${judge.relevance}/${judge.groundedness}`);
+    const tips = failed.length
+      ? failed.map((c) => `${c.name}: ${c.detail || 'failed'}`)
+      : [`Passed: ${checks.map((c) => c.name).join(', ') || 'no checks ran'}`];
+    if (judge) {
+      tips.push(`Judge (${judge.model}): relevance ${judge.relevance}/5, groundedness ${judge.groundedness}/5. ${judge.reason}`);
+    }
+    badge.textContent = parts.join(' · ');
+    badge.title = tips.join('\n');
+    badge.dataset.state = failed.length ? 'failed' : 'passed';
+    badge.hidden = false;
+  }
+
+  /** A click on a thumb: rate with it, or remove the rating when it is the one pressed. */
+  async function rateAnswer(el, value) {
+    const messageId = el.dataset.messageId;
+    const conversationId = state.current;
+    if (!messageId || !conversationId) return;
+    const a = answerState(messageId);
+    if (a.busy) return;
+    const path = `/api/conversations/${conversationId}/messages/${messageId}/rating`;
+    const remove = Boolean(a.rating && a.rating.rating === value);
+    a.busy = true;
+    renderAnswerMeta(el);
+    showChatError('');
+    try {
+      if (remove) {
+        await request('DELETE', path);
+        a.rating = null;
+      } else {
+        const message = await request('PUT', path, { rating: value });
+        a.rating = message.rating || null;
+      }
+      if (state.current === conversationId) loadEvents();
+    } catch (err) {
+      showChatError(`Could not rate the answer: ${err.message}`);
+    } finally {
+      a.busy = false;
+      const shown = answerElement(messageId);
+      if (shown) renderAnswerMeta(shown);
+    }
+  }
+
+  /** A `message_rated` event (this tab's own change, or another tab's). */
+  function onRatedEvent(event) {
+    const d = event.data || {};
+    if (!d.messageId) return;
+    const a = answerState(d.messageId);
+    if (event.seq <= a.ratingSeq) return; // older than what is shown
+    a.ratingSeq = event.seq;
+    a.rating = d.rating ? { rating: d.rating, comment: d.comment ?? null, ratedAt: event.createdAt } : null;
+    const el = answerElement(d.messageId);
+    if (el) {
+      renderAnswerMeta(el);
+      loadEvents(); // on screen: the open conversation's log has a new entry
+    }
+  }
+
+  function onMessageValidated(f) {
+    const a = answerState(f.messageId);
+    a.validation = f.validation;
+    const el = answerElement(f.messageId);
+    if (el) renderAnswerMeta(el);
+    if (f.conversationId === state.current) loadEvents(); // its answer_validated event
   }
   function appendMessage(el) {
     els.messages.append(el);
@@ -548,8 +690,12 @@
       case 'tool_call': onToolCall(frame); break;
       case 'tool_result': onToolResult(frame); break;
       case 'document_status': onDocumentStatus(frame); break;
+      case 'message_validated': onMessageValidated(frame); break;
+      case 'event':
+        if (frame.event && frame.event.type === 'message_rated') onRatedEvent(frame.event);
+        break;
       case 'error': onError(frame); break;
-      default: break; // joined, left, pong, event
+      default: break; // joined, left, pong
     }
   }
 
@@ -703,10 +849,12 @@
   // ---------- events ----------
   async function loadEvents() {
     const id = state.current;
+    const load = ++state.eventsLoad;
     if (!id) { renderEvents(null); return; }
     try {
       const events = await request('GET', `/api/conversations/${id}/events?limit=1000`);
-      if (state.current === id) renderEvents(events);
+      // Several loads may overlap (a rating, then its event frame): the last one asked wins.
+      if (state.current === id && state.eventsLoad === load) renderEvents(events);
     } catch (err) {
       showChatError(err.message);
     }
@@ -714,8 +862,14 @@
 
   function summarize(event) {
     const d = event.data || {};
-    const text = d.content ?? d.title ?? '';
+    const text = d.content ?? d.title ?? d.comment ?? '';
     const parts = [];
+    if (event.type === 'message_rated') parts.push(d.rating ? `rated ${d.rating}` : 'rating removed');
+    if (event.type === 'answer_validated' && Array.isArray(d.checks)) {
+      const failed = d.checks.filter((c) => !c.passed).map((c) => c.name);
+      parts.push(failed.length ? `failed: ${failed.join(', ')}` : `${d.checks.length} checks passed`);
+      if (d.judge) parts.push(`judge ${d.judge.relevance}/${d.judge.groundedness}`);
+    }
     if (d.name) parts.push(d.name);
     if (typeof d.ok === 'boolean') parts.push(d.ok ? 'ok' : 'error');
     if (d.role) parts.push(d.role);

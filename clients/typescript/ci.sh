@@ -70,4 +70,4 @@ npm run --silent typecheck
 echo "ci: src/client.mjs type-checks against the generated schema"
 
 # Last, so the output ends with the test runner's summary (# tests, # pass, # fail).
-node --test test/schema.test.mjs test/compose.test.mjs test/api.test.mjs test/ws.test.mjs test/browser.test.mjs test/agents.browser.test.mjs test/agents.api.test.mjs
+node --test test/schema.test.mjs test/compose.test.mjs test/api.test.mjs test/ws.test.mjs test/browser.test.mjs test/agents.browser.test.mjs test/agents.api.test.mjs test/validation.browser.test.mjs

@@ -126,11 +126,15 @@ fn pass(name: CheckName) -> CheckResult {
     }
 }
 
+/// A detail is at most this long: it travels in frames (across instances too) and rows.
+const MAX_DETAIL_CHARS: usize = 300;
+
 fn fail(name: CheckName, detail: impl Into<String>) -> CheckResult {
+    let detail = detail.into();
     CheckResult {
         name,
         passed: false,
-        detail: Some(detail.into()),
+        detail: Some(clip(&detail, MAX_DETAIL_CHARS)),
     }
 }
 
@@ -171,10 +175,7 @@ fn truncated(facts: &AnswerFacts<'_>) -> CheckResult {
 fn refusal(facts: &AnswerFacts<'_>) -> CheckResult {
     let name = CheckName::Refusal;
     if let Some(refusal) = facts.refusal.filter(|r| !r.trim().is_empty()) {
-        return fail(
-            name,
-            format!("the provider marked a refusal: {}", clip(refusal)),
-        );
+        return fail(name, format!("the provider marked a refusal: {refusal}"));
     }
     if facts.finish_reason == Some("content_filter") {
         return fail(name, "the provider's content filter stopped the answer");
@@ -299,8 +300,8 @@ fn bracketed(text: &str) -> Vec<&str> {
     found
 }
 
-fn clip(text: &str) -> String {
-    let mut clipped: String = text.chars().take(200).collect();
+fn clip(text: &str, max: usize) -> String {
+    let mut clipped: String = text.chars().take(max).collect();
     if clipped.len() < text.len() {
         clipped.push('…');
     }
@@ -524,6 +525,19 @@ mod tests {
             verdict(&run_checks(&facts("As [1] says.")), CheckName::Citations),
             Some(false)
         );
+    }
+
+    #[test]
+    fn a_long_detail_is_clipped() {
+        let many: String = (10..400).map(|n| format!("[{n}] ")).collect();
+        let checks = run_checks(&facts(&many));
+        let detail = checks
+            .iter()
+            .find(|c| c.name == CheckName::Citations)
+            .and_then(|c| c.detail.clone())
+            .unwrap();
+        assert_eq!(detail.chars().count(), MAX_DETAIL_CHARS + 1, "{detail}");
+        assert!(detail.ends_with('…'));
     }
 
     #[test]

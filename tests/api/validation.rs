@@ -622,7 +622,7 @@ backend_test!(
         let admin = app.register_user(&unique_email()).await;
         let user = app.register_user(&unique_email()).await;
         let conversation = str_field(&app.create_conversation(&admin.access, "seeded").await, "id");
-        let agent = uuid::Uuid::now_v7();
+        let (agent, other_agent) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
         let row = |model, agent, run, failed, judge, rating, first_ms, total_ms| Seeded {
             model, agent, role: "assistant", status: "complete", day: 3, run, failed, judge, rating, first_ms, total_ms,
         };
@@ -632,6 +632,8 @@ backend_test!(
             row("m-a", None, 15, 8, None, None, Some(300), 3000),
             Seeded { status: "failed", ..row("m-a", None, 7, 5, Some((1, 1)), None, None, 4000) },
             row("m-b", Some(agent), 23, 16, Some((3, 5)), Some("up"), Some(50), 500),
+            // The same model through an agent: a group of its own, ranked apart.
+            row("m-a", Some(other_agent), 7, 0, None, None, Some(150), 1500),
             // Not counted: a user message, an answer before the window, one still streaming.
             Seeded { role: "user", ..row("m-a", None, 7, 7, None, None, Some(1), 1) },
             Seeded { day: -2, ..row("m-a", None, 7, 7, None, None, Some(1), 1) },
@@ -642,7 +644,7 @@ backend_test!(
         let report = expect_json(app.get(&format!("/api/validation/report?{window}"), Some(&admin.access)).await, StatusCode::OK).await;
         assert_eq!(timestamp(&report, "from").to_rfc3339(), "2020-01-01T00:00:00+00:00");
         let groups = report["groups"].as_array().unwrap();
-        assert_eq!(groups.len(), 2, "{report}");
+        assert_eq!(groups.len(), 3, "{report}");
         let a = &groups[0];
         assert_eq!((a["model"].as_str(), a["agentId"].is_null(), a["answers"].as_i64()), (Some("m-a"), true, Some(4)), "{a}");
         assert_eq!(a["checks"], json!({
@@ -661,7 +663,11 @@ backend_test!(
         assert_eq!(a["firstChunkMs"], json!({"p50": 200, "p95": 300}), "nearest rank over 100, 200, 300");
         assert_eq!(a["totalMs"], json!({"p50": 2000, "p95": 4000}));
         assert_eq!(a["tokens"], json!({"prompt": 40, "completion": 80}));
-        let b = &groups[1];
+        let other = &groups[1];
+        assert_eq!((other["model"].as_str(), other["agentId"].as_str()), (Some("m-a"), Some(other_agent.to_string().as_str())));
+        assert_eq!(other["firstChunkMs"], json!({"p50": 150, "p95": 150}));
+        assert_eq!(other["judge"], json!({"count": 0, "mean": null, "histogram": [0, 0, 0, 0, 0], "relevanceMean": null, "groundednessMean": null}));
+        let b = &groups[2];
         assert_eq!((b["model"].as_str(), b["agentId"].as_str(), b["answers"].as_i64()), (Some("m-b"), Some(agent.to_string().as_str()), Some(1)));
         assert_eq!(b["checks"]["json"], json!({"run": 1, "failed": 1, "rate": 1.0}));
         assert_eq!(b["checks"]["empty"]["failed"], 0);
