@@ -36,6 +36,8 @@ pub enum ClientFrame {
     RateMessage {
         conversation_id: Uuid,
         message_id: Uuid,
+        /// Required, and `null` to remove: a frame that forgot it is an error, not a removal.
+        #[serde(deserialize_with = "present_or_null")]
         rating: Option<crate::domain::types::RatingValue>,
         #[serde(default)]
         comment: Option<String>,
@@ -45,6 +47,16 @@ pub enum ClientFrame {
         after_seq: i64,
     },
     Ping,
+}
+
+/// An `Option` field that must be present (`null` allowed): `deserialize_with` takes serde's
+/// missing-means-`None` for `Option`s away.
+fn present_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer)
 }
 
 impl ClientFrame {
@@ -535,6 +547,14 @@ mod tests {
                 r#"{"type":"explode"}"#,
                 "type: unknown frame type `explode`",
             ),
+            (
+                r#"{"type":"rate_message","conversationId":"00000000-0000-0000-0000-000000000000","messageId":"00000000-0000-0000-0000-000000000000"}"#,
+                "missing field `rating`",
+            ),
+            (
+                r#"{"type":"rate_message","conversationId":"00000000-0000-0000-0000-000000000000","messageId":"00000000-0000-0000-0000-000000000000","rating":"sideways"}"#,
+                "rating: ",
+            ),
             (r#"{"conversationId":1}"#, "type: missing"),
             (r#"[1,2]"#, "JSON object"),
             (r#"{not json"#, "not valid JSON"),
@@ -650,7 +670,7 @@ mod tests {
             let id = Uuid::nil();
             let frame = serde_json::json!({
                 "type": name, "token": "t", "conversationId": id, "messageId": id,
-                "message": "m", "afterSeq": 0,
+                "message": "m", "afterSeq": 0, "rating": null,
             });
             let parsed = ClientFrame::parse(&frame.to_string()).unwrap();
             assert_eq!(parsed.type_name(), *name);

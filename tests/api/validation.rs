@@ -373,6 +373,17 @@ backend_test!(
         // Counted.
         let metrics = crate::hardening_support::metrics_text(&app).await;
         assert!(metrics.lines().any(|l| l.starts_with("chat_message_ratings_total{") && l.contains("rating=\"down\"") && l.ends_with(" 1")), "{metrics}");
+
+        // `rating: null` removes it over the WebSocket too; a frame without `rating` is an error.
+        other.send(json!({"type": "rate_message", "conversationId": conversation, "messageId": message})).await;
+        let error = other.expect_type("error").await;
+        assert_eq!(error["code"], "VALIDATION_ERROR");
+        assert!(error["message"].as_str().unwrap().contains("rating"), "{error}");
+        other.send(json!({"type": "rate_message", "conversationId": conversation, "messageId": message, "rating": null})).await;
+        let removed = other.expect_type("event").await;
+        assert!(removed["event"]["data"]["rating"].is_null(), "{removed}");
+        let now = message_when(&app, &user.access, &conversation, &message, |m| !m.is_null()).await;
+        assert!(now["rating"].is_null(), "{now}");
     }
 );
 
