@@ -429,6 +429,18 @@ mod tests {
                 "{status:?}"
             );
         }
+        // A cancelled answer passes, and says why, even when the provider had said `length`.
+        let cancelled = run_checks(&AnswerFacts {
+            status: Some(MessageStatus::Cancelled),
+            finish_reason: Some("length"),
+            ..facts("partial")
+        });
+        let truncated = cancelled
+            .iter()
+            .find(|c| c.name == CheckName::Truncated)
+            .unwrap();
+        assert!(truncated.passed);
+        assert_eq!(truncated.detail.as_deref(), Some("cancelled by the user"));
     }
 
     #[test]
@@ -483,18 +495,26 @@ mod tests {
             .find(|c| c.name == CheckName::Citations)
             .unwrap();
         assert!(!failed.passed);
+        let why = failed.detail.as_deref().unwrap();
         assert!(
-            failed.detail.as_deref().unwrap().contains("[3]"),
-            "{failed:?}"
+            why.contains("marker [3] points to no passage (2 retrieved)"),
+            "{why}"
         );
+        assert!(!why.contains("never retrieved"), "{why}");
         let stranger_text = format!("See [{}].", Uuid::from_u128(9));
         let stranger = AnswerFacts {
             passages: retrieved,
             ..facts(&stranger_text)
         };
+        let checks = run_checks(&stranger);
+        let failed = checks
+            .iter()
+            .find(|c| c.name == CheckName::Citations)
+            .unwrap();
+        assert!(!failed.passed);
         assert_eq!(
-            verdict(&run_checks(&stranger), CheckName::Citations),
-            Some(false)
+            failed.detail.as_deref(),
+            Some(format!("cites chunks never retrieved: {}", Uuid::from_u128(9)).as_str())
         );
         let by_id_text = format!("See [{a}].");
         let by_id = AnswerFacts {
@@ -515,7 +535,7 @@ mod tests {
             None
         );
         // Indexes in code and link texts are not citations.
-        let code = "Use `xs[0]` or\n```\nlet y = xs[1];\n```\nsee [the docs](https://x.y).";
+        let code = "Use `xs[0]` or\n```\nlet y = xs[1];\n```\nsee [the docs](https://x.y) and [2](https://x.y/2).";
         assert_eq!(
             verdict(&run_checks(&facts(code)), CheckName::Citations),
             None
