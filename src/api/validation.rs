@@ -358,7 +358,7 @@ impl ValidationApi {
     ) -> ApiResult<Json<ValidationView>> {
         let b = body.0;
         if b.text.chars().count() > MAX_CHECK_TEXT_CHARS {
-            return Err(invalid(
+            return Err(ApiError::validation(
                 "text",
                 format!("must be at most {MAX_CHECK_TEXT_CHARS} characters"),
             ));
@@ -367,7 +367,7 @@ impl ValidationApi {
             .as_ref()
             .is_some_and(|p| p.len() > MAX_CHECK_PASSAGES)
         {
-            return Err(invalid(
+            return Err(ApiError::validation(
                 "passages",
                 format!("at most {MAX_CHECK_PASSAGES} passages"),
             ));
@@ -466,10 +466,10 @@ impl ValidationApi {
         let to = to.0.unwrap_or_else(Utc::now);
         let from = from.0.unwrap_or(to - Duration::days(30));
         if from >= to {
-            return Err(invalid("from", "must be before `to`".into()));
+            return Err(ApiError::validation("from", "must be before `to`"));
         }
         if to - from > Duration::days(MAX_REPORT_DAYS) {
-            return Err(invalid(
+            return Err(ApiError::validation(
                 "from",
                 format!("the window is at most {MAX_REPORT_DAYS} days"),
             ));
@@ -492,8 +492,4 @@ impl ValidationApi {
             groups: groups.into_iter().map(Into::into).collect(),
         }))
     }
-}
-
-fn invalid(field: &'static str, message: String) -> ApiError {
-    ServiceError::Validation { field, message }.into()
 }

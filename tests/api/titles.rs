@@ -40,7 +40,7 @@ fn title_requests(mock: &MockLlm) -> Vec<Value> {
 }
 
 /// Polls the admin job list until a job of `kind` has `status` (10 s at most).
-async fn job_with_status(app: &TestApp, admin: &str, kind: &str, status: &str) -> Value {
+pub async fn job_with_status(app: &TestApp, admin: &str, kind: &str, status: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let jobs = as_array(

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::mock_llm::{MockLlm, Reply, Whole};
 use crate::streaming::streaming_app_with;
+use crate::titles::job_with_status;
 use crate::ws_client::WsClient;
 
 /// The start of what the judge is asked (src/domain/validation.rs).
@@ -543,29 +544,6 @@ backend_test!(
         assert_eq!(events.iter().filter(|e| e["type"] == "answer_validated").count(), 2, "{events:?}");
     }
 );
-
-/// Polls the admin job list until a job of `kind` has `status` (10 s at most).
-async fn job_with_status(app: &TestApp, admin: &str, kind: &str, status: &str) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let jobs = as_array(
-            expect_json(
-                app.get(&format!("/api/admin/jobs?kind={kind}"), Some(admin))
-                    .await,
-                StatusCode::OK,
-            )
-            .await,
-        );
-        if let Some(job) = jobs.iter().find(|j| j["status"] == status) {
-            return job.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {kind} job is {status} after 10 s: {jobs:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// One answer row of a known history, written straight into the projection the report reads.
 struct Seeded {

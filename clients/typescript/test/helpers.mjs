@@ -204,3 +204,40 @@ export async function openSocket(url, options = {}) {
     },
   };
 }
+
+/**
+ * A page that records script errors, console errors, failed requests (but a missing
+ * favicon), CSP violations, and the frames its WebSocket receives.
+ * @param {import('playwright-core').Browser} browser
+ * @param {{ width: number, height: number }} [viewport]
+ */
+export async function newRecordingPage(browser, viewport = { width: 1400, height: 900 }) {
+  const context = await browser.newContext({ viewport });
+  await context.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+    });
+  });
+  const page = await context.newPage();
+  const problems = [];
+  /** @type {any[]} */
+  const frames = [];
+  page.on('pageerror', (err) => problems.push(`pageerror: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' && !msg.text().startsWith('Failed to load resource')) {
+      problems.push(`console: ${msg.text()}`);
+    }
+  });
+  page.on('response', (res) => {
+    if (res.status() >= 400 && new URL(res.url()).pathname !== '/favicon.ico') {
+      problems.push(`HTTP ${res.status()} ${res.request().method()} ${res.url()}`);
+    }
+  });
+  page.on('websocket', (ws) => {
+    ws.on('framereceived', ({ payload }) => {
+      try { frames.push(JSON.parse(String(payload))); } catch { /* not JSON */ }
+    });
+  });
+  return { context, page, problems, frames };
+}

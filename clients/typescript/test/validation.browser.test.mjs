@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 import { createClient } from '../src/client.mjs';
-import { screenshotDir, startServer, uniqueEmail } from './helpers.mjs';
+import { newRecordingPage, screenshotDir, startServer, uniqueEmail } from './helpers.mjs';
 
 const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 
@@ -27,39 +27,9 @@ after(async () => {
   await server?.stop();
 });
 
-/**
- * A page that records script errors, console errors, failed requests (but a missing
- * favicon), CSP violations, and the frames its WebSocket receives.
- */
-async function newPage(viewport = { width: 1400, height: 900 }) {
-  const context = await browser.newContext({ viewport });
-  await context.addInitScript(() => {
-    window.__cspViolations = [];
-    document.addEventListener('securitypolicyviolation', (e) => {
-      window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
-    });
-  });
-  const page = await context.newPage();
-  const problems = [];
-  /** @type {any[]} */
-  const frames = [];
-  page.on('pageerror', (err) => problems.push(`pageerror: ${err.message}`));
-  page.on('console', (msg) => {
-    if (msg.type() === 'error' && !msg.text().startsWith('Failed to load resource')) {
-      problems.push(`console: ${msg.text()}`);
-    }
-  });
-  page.on('response', (res) => {
-    if (res.status() >= 400 && new URL(res.url()).pathname !== '/favicon.ico') {
-      problems.push(`HTTP ${res.status()} ${res.request().method()} ${res.url()}`);
-    }
-  });
-  page.on('websocket', (ws) => {
-    ws.on('framereceived', ({ payload }) => {
-      try { frames.push(JSON.parse(String(payload))); } catch { /* not JSON */ }
-    });
-  });
-  return { context, page, problems, frames };
+/** A recording page (see `newRecordingPage`) in this file's browser. */
+function newPage(viewport = { width: 1400, height: 900 }) {
+  return newRecordingPage(browser, viewport);
 }
 
 /** Waits until the answer's thumbs say `up`, `down` or `none`. */
